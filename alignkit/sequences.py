@@ -97,7 +97,9 @@ def score_responses(
     out: list[list[float]] = []
     for start in range(0, len(pairs), batch_size):
         batch = collate(pairs[start : start + batch_size], pad)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
         lp = token_logprobs(logits, batch["input_ids"].to(device)).cpu()
         for row, mask in zip(lp, batch["response_mask"]):
             out.append(row[mask].tolist())

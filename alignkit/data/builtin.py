@@ -30,7 +30,8 @@ CAPITALS = [  # (country, capital, a well-known city that is not the capital)
     ("Morocco", "Rabat", "Casablanca"), ("Switzerland", "Bern", "Zurich"), ("Poland", "Warsaw", "Kraków"),
     ("Russia", "Moscow", "Saint Petersburg"), ("Vietnam", "Hanoi", "Ho Chi Minh City"),
     ("Pakistan", "Islamabad", "Karachi"), ("New Zealand", "Wellington", "Auckland"),
-    ("Argentina", "Buenos Aires", "Córdoba"), ("Mexico", "Mexico City", "Guadalajara"), ("Kenya", "Nairobi", "Mombasa"),
+    ("Argentina", "Buenos Aires", "Córdoba"), ("Mexico", "Mexico City", "Guadalajara"),
+    ("Kenya", "Nairobi", "Mombasa"),
     ("Portugal", "Lisbon", "Porto"), ("Greece", "Athens", "Thessaloniki"), ("Sweden", "Stockholm", "Gothenburg"),
     ("Norway", "Oslo", "Bergen"), ("Ireland", "Dublin", "Cork"), ("South Korea", "Seoul", "Busan"),
     ("Thailand", "Bangkok", "Chiang Mai"), ("Colombia", "Bogotá", "Medellín"), ("Peru", "Lima", "Cusco"),
@@ -62,11 +63,17 @@ TIPS = [  # (goal, a concrete helpful tip)
     ("sleeping better", "Keep the same bedtime every night and put screens away an hour before bed."),
     ("learning a new language", "Practise a little every day, for example fifteen minutes of speaking out loud."),
     ("saving money", "Set up an automatic transfer to savings on payday so you save before you spend."),
-    ("staying focused while studying", "Work in 25-minute blocks with short breaks and keep your phone in another room."),
+    (
+        "staying focused while studying",
+        "Work in 25-minute blocks with short breaks and keep your phone in another room.",
+    ),
     ("drinking more water", "Keep a filled water bottle on your desk and refill it each time it is empty."),
     ("writing a clear email", "Put the request in the first sentence and keep each paragraph to one idea."),
     ("starting to run", "Begin with alternating one minute of running and two minutes of walking for twenty minutes."),
-    ("keeping houseplants alive", "Water only when the top of the soil is dry and give the plant bright, indirect light."),
+    (
+        "keeping houseplants alive",
+        "Water only when the top of the soil is dry and give the plant bright, indirect light.",
+    ),
     ("preparing for a job interview", "Prepare three short stories about your work that show problems you solved."),
     ("reducing stress", "Take a ten-minute walk outside and breathe slowly, counting to four on each breath."),
     ("cooking rice", "Rinse the rice, use about one and a half cups of water per cup, and let it rest covered."),
@@ -88,7 +95,10 @@ TIPS = [  # (goal, a concrete helpful tip)
     ("improving posture", "Set your screen at eye level and stand up to stretch every half hour."),
     ("calming down before a test", "Arrive early, breathe slowly and start with the question you find easiest."),
     ("making coffee at home", "Use freshly ground beans and water just off the boil."),
-    ("cleaning a kitchen quickly", "Clear the counters first, then wipe from top to bottom and finish with the floor."),
+    (
+        "cleaning a kitchen quickly",
+        "Clear the counters first, then wipe from top to bottom and finish with the floor.",
+    ),
 ]
 
 DISMISSIVE = [
@@ -133,7 +143,9 @@ def _arithmetic(rng: random.Random) -> list[dict]:
         word = {"+": "plus", "-": "minus", "*": "times"}[op]
         verb = {"+": "Adding", "-": "Subtracting", "*": "Multiplying"}[op]
         tail = {"+": f"{a} and {b}", "-": f"{b} from {a}", "*": f"{a} by {b}"}[op]
-        prompt = rng.choice([f"What is {a} {word} {b}?", f"Calculate {a} {op} {b}.", f"What do you get for {a} {op} {b}?"])
+        prompt = rng.choice(
+            [f"What is {a} {word} {b}?", f"Calculate {a} {op} {b}.", f"What do you get for {a} {op} {b}?"]
+        )
         rows.append(
             _row(
                 "arithmetic", prompt, f"{a} {op} {b} = {result}. The answer is {result}.",
@@ -179,7 +191,8 @@ def _antonyms(rng: random.Random) -> list[dict]:
         prompt = rng.choice([f"What is the opposite of '{word}'?", f"Give me the antonym of the word '{word}'."])
         rows.append(
             _row(
-                "antonyms", prompt, f"The opposite of '{word}' is '{opposite}'.", f"The opposite of '{word}' is '{near}'.",
+                "antonyms", prompt, f"The opposite of '{word}' is '{opposite}'.",
+                f"The opposite of '{word}' is '{near}'.",
                 f"'{opposite}' is the antonym of '{word}'.", f"'{near}' is the antonym of '{word}'.", opposite,
             )
         )  # fmt: skip
@@ -258,7 +271,8 @@ def _tips(rng: random.Random) -> list[dict]:
         bad = rng.choice(DISMISSIVE)
         rows.append(
             _row(
-                "advice", f"Give me one practical tip for {goal}.", tip, bad, f"Here is a tip for {goal}: {tip[0].lower()}{tip[1:]}",
+                "advice", f"Give me one practical tip for {goal}.", tip, bad,
+                f"Here is a tip for {goal}: {tip[0].lower()}{tip[1:]}",
                 f"About {goal}: {bad[0].lower()}{bad[1:]}", "",
             )
         )  # fmt: skip
@@ -282,8 +296,13 @@ def builtin_rows(seed: int = SEED) -> list[dict]:
     """All rows, in a fixed order that depends only on `seed`."""
     rng = random.Random(seed)
     rows = []
+    seen = set()
     for make in (_arithmetic, _capitals, _units, _antonyms, _reverse, _sorting, _letters, _compare, _tips):
-        rows.extend(make(rng))
+        for row in make(rng):
+            key = row["chosen"][0]["content"]
+            if key not in seen:  # random draws can repeat a question; a pair should appear once
+                seen.add(key)
+                rows.append(row)
     _add_reformats(rows, rng)
     rng.shuffle(rows)
     for i, row in enumerate(rows):

