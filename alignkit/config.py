@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -267,6 +269,26 @@ def config_keys() -> set[str]:
     return {f.name for cls in CONFIG_CLASSES for f in fields(cls)}
 
 
+def _field_types() -> dict[str, object]:
+    return {name: hint for cls in CONFIG_CLASSES for name, hint in typing.get_type_hints(cls).items()}
+
+
+def _type_ok(value, hint) -> bool:
+    """Whether a YAML value fits a field's annotation (YAML values skip argparse's conversion, so we check here)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def _check_yaml_keys(path: str) -> None:
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -277,11 +299,15 @@ def _check_yaml_keys(path: str) -> None:
     if not isinstance(data, dict):
         raise AlignkitError(f"config file {path} must be a mapping of field: value")
     known = config_keys() | {"env"}
-    for key in data:
+    hints = _field_types()
+    for key, value in data.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise AlignkitError(f"config file {path}: unknown key '{key}'{hint}")
+        if key != "env" and not _type_ok(value, hints[key]):
+            expected = str(hints[key]).replace("typing.", "")
+            raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; expected {expected}")
 
 
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:

@@ -24,6 +24,12 @@ from alignkit.errors import AlignkitError
 
 logger = logging.getLogger(__name__)
 
+# For base models without a chat template (Pythia, GPT-2): Anthropic HH's own transcript format.
+HH_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '\n\nHuman: ' + message['content'] }}"
+    "{% else %}{{ '\n\nAssistant: ' + message['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\n\nAssistant:' }}{% endif %}"
+)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -113,6 +119,11 @@ def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        logger.warning(
+            "%s has no chat template: using Anthropic HH's 'Human:/Assistant:' format", cfg.model_name_or_path
+        )
+        tokenizer.chat_template = HH_CHAT_TEMPLATE
     return tokenizer
 
 

@@ -171,6 +171,22 @@ def run_sft_stage(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir
     return result
 
 
+def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Dataset:
+    """The pairs `max_steps` optimizer steps will use: a seeded random subset when that is fewer than all.
+
+    The reference log-probs are precomputed for every pair handed to the trainer, so handing it only the pairs it will
+    train on keeps that pass from scoring data no step uses.
+    """
+    r = cfg.run
+    needed = max_steps * r.per_device_train_batch_size * r.gradient_accumulation_steps * PartialState().num_processes
+    if max_steps <= 0 or needed >= len(pairs):
+        return pairs
+    logger.warning(
+        "[preference] %d steps use %d of the %d pairs (a seeded random subset)", max_steps, needed, len(pairs)
+    )
+    return pairs.shuffle(seed=r.seed).select(range(needed))
+
+
 def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
     """TRL `loss_type` and `loss_weights`: the preference loss, plus an SFT term on y+ when it is weighted."""
     p = cfg.preference
@@ -190,6 +206,7 @@ def run_preference_stage(
         return StageResult("preference", merged, "skipped (already complete)", done["seconds"], done["steps"])
     p = cfg.preference
     loss_type, loss_weights = preference_loss(cfg)
+    pairs = pairs_for_steps(pairs, p.preference_max_steps, cfg)
     columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
     args = DPOConfig(
         **_training_kwargs(
