@@ -1,0 +1,38 @@
+"""LLM-as-a-judge win rates: did the candidate (e.g. extended SFT + DPO) beat the baseline?
+
+    from alignkit.judge import JudgeConfig, evaluate_win_rate
+    result = evaluate_win_rate("runs/dpo/final", "HuggingFaceTB/SmolLM2-135M-Instruct", judge=JudgeConfig(),
+                               output_dir="runs/dpo/win_rate")
+    print(result.win_rate, result.win_rate_ci, result.position_consistency)
+
+Modules: `config` (dataclasses), `parse` (templates, verdict parser), `metrics` (pure functions), `cache`
+(crash-safe JSONL), `client` (async judging with retries and a budget), `local_server` (llama.cpp judge), `inputs`
+(outputs files, prompt sets, model loading), `report` (md/html/png), `benchmarks` (lm-eval), `fake_server`
+(a scriptable OpenAI-compatible server for tests and benchmarks).
+"""
+
+from alignkit.judge.config import JudgeConfig, WinRateConfig
+from alignkit.judge.evaluate import PairResult, WinRateResult, evaluate_win_rate
+from alignkit.judge.metrics import (
+    bootstrap_ci,
+    combine_orders,
+    length_controlled_win_rate,
+    position_consistency,
+    win_rate,
+)
+from alignkit.judge.parse import load_template, parse_verdict
+
+__all__ = [
+    "JudgeConfig",
+    "PairResult",
+    "WinRateConfig",
+    "WinRateResult",
+    "bootstrap_ci",
+    "combine_orders",
+    "evaluate_win_rate",
+    "length_controlled_win_rate",
+    "load_template",
+    "parse_verdict",
+    "position_consistency",
+    "win_rate",
+]

@@ -1,0 +1,95 @@
+"""A persistent judgment cache that survives being killed at any instant.
+
+One JSON line per finished judgment, appended with a single `write` on an O_APPEND descriptor and fsync'ed before the
+judgment counts as done. A kill can therefore lose at most the line being written, and a torn last line is skipped on
+load (and fenced off with a newline before the next append) instead of poisoning the file. Reruns read the file and
+serve every recorded judgment without a request, which is what makes paid judges restartable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+
+def cache_key(
+    judge_model: str, template_sha256: str, params: dict, instruction: str, output_a: str, output_b: str
+) -> str:
+    """Identity of one request: the judge, the template text, the sampling parameters, the prompt and both outputs in
+    their order. The endpoint URL and the key are deliberately not part of it: the local server gets a new port every
+    run, and the same model behind another URL is the same judge."""
+    payload = json.dumps(
+        {
+            "judge_model": judge_model,
+            "template_sha256": template_sha256,
+            "params": params,
+            "instruction": instruction,
+            "output_a": output_a,
+            "output_b": output_b,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class JudgmentCache:
+    """Maps cache keys to judgment records; `put` returns only once the record is on disk."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._records: dict[str, dict] = {}
+        self.skipped_lines = 0
+        self._needs_fence = False
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            self._needs_fence = bool(raw) and not raw.endswith(b"\n")
+            for line in raw.splitlines():
+                try:
+                    record = json.loads(line)
+                    self._records[record["key"]] = record
+                except (ValueError, KeyError, TypeError):
+                    self.skipped_lines += 1  # a line torn by a kill mid-write; its judgment is simply redone
+        self._fd: int | None = None
+        self._lock = threading.Lock()  # put() may run on worker threads so that fsync does not stall the event loop
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def get(self, key: str) -> dict | None:
+        return self._records.get(key)
+
+    def put(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if self._needs_fence:
+                line = "\n" + line
+                self._needs_fence = False
+            data = line.encode()
+            written = os.write(self._fd, data)
+            while written < len(data):  # short writes are rare on regular files but allowed by POSIX
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)  # inside the lock, so close() can never pull the descriptor from under it
+        self._records[key] = record
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> JudgmentCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,284 @@
+"""Asking an OpenAI-compatible judge many questions at once, politely and restartably.
+
+The `openai` client's own retries are switched off (`max_retries=0`) so that every HTTP request is counted here: the
+request budget, the retry counts in the report and the "a cached rerun makes zero requests" guarantee all depend on
+that. Failures are sorted into three kinds:
+
+* transient (429, 5xx, timeouts, dropped connections, malformed bodies): retried with exponential backoff and jitter,
+  honouring Retry-After, up to `max_retries` times;
+* unparseable answers (a well-formed reply without a readable verdict): re-asked at `retry_temperature` up to
+  `parse_retries` times, then recorded (and cached) as unparseable, never guessed;
+* rejected (400, 422: e.g. a prompt longer than the judge's context): recorded as an error without retrying, since
+  the same request would fail the same way;
+* fatal for the whole run (401, 403, 404: wrong key, wrong model, wrong URL): raised at once as an AlignkitError,
+  because every other request would fail the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import openai
+from tqdm.auto import tqdm
+
+from alignkit.errors import AlignkitError
+from alignkit.judge.cache import JudgmentCache, cache_key
+from alignkit.judge.config import JudgeConfig
+from alignkit.judge.parse import Template, Verdict, parse_verdict, reason_of
+
+_FATAL_STATUS = {401, 403, 404}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One question to the judge: an instruction and two outputs in the order the judge will see them."""
+
+    instruction: str
+    output_a: str
+    output_b: str
+
+
+@dataclass
+class Judgment:
+    key: str
+    status: str  # "ok" | "unparseable" (both cached) | "error" (a request kept failing) | "pending" (budget spent)
+    verdict: Verdict | None = None  # "A" | "B" | "tie" when status == "ok"
+    raw: str | None = None
+    reason: str = ""
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class JudgeStats:
+    requests: int = 0  # HTTP requests sent in this run, successful or not
+    cache_hits: int = 0
+    retries: Counter = field(default_factory=Counter)  # reason -> count
+    parse_failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    budget_exhausted: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "retries": dict(self.retries),
+            "parse_failures": self.parse_failures,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "budget_exhausted": self.budget_exhausted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _BudgetExhausted(Exception):
+    pass
+
+
+class _Rejected(Exception):
+    pass
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    try:
+        return float(error.response.headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+class JudgeRunner:
+    """Judges comparisons against one endpoint with bounded concurrency, a budget and a persistent cache."""
+
+    def __init__(self, config: JudgeConfig, template: Template, cache: JudgmentCache):
+        self.config = config
+        self.base_url = config.base_url
+        self.template = template
+        self.cache = cache
+        self.stats = JudgeStats()
+        self._params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        self._rng = random.Random(0)
+
+    def key(self, c: Comparison) -> str:
+        return cache_key(self.config.model, self.template.sha256, self._params, c.instruction, c.output_a, c.output_b)
+
+    def uncached(self, comparisons: Sequence[Comparison]) -> int:
+        """How many distinct questions still need a request (0: no server needs to be started)."""
+        return len({k for k in map(self.key, comparisons) if k not in self.cache})
+
+    def run(
+        self, comparisons: Sequence[Comparison], base_url: str | None = None, progress: bool = True
+    ) -> list[Judgment]:
+        """Judgments in the order of `comparisons` (synchronous wrapper; works inside a running event loop too).
+
+        `base_url` overrides the config's, e.g. with the address of a local server started for this run.
+        """
+        if base_url is not None:
+            self.base_url = base_url
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(comparisons, progress))
+        # Called from a notebook or another async program: run our loop on a worker thread instead.
+        box: dict = {}
+
+        def target():
+            try:
+                box["result"] = asyncio.run(self.arun(comparisons, progress))
+            except BaseException as e:  # re-raised in the caller's thread
+                box["error"] = e
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def arun(self, comparisons: Sequence[Comparison], progress: bool = True) -> list[Judgment]:
+        start = time.perf_counter()
+        keys = [self.key(c) for c in comparisons]
+        unique: dict[str, Comparison] = {}
+        for k, c in zip(keys, comparisons):
+            unique.setdefault(k, c)  # the same question asked twice is paid for once
+        results: dict[str, Judgment] = {}
+        todo = []
+        for k, c in unique.items():
+            record = self.cache.get(k)
+            if record is not None:
+                self.stats.cache_hits += 1
+                results[k] = Judgment(
+                    key=k,
+                    status=record["status"],
+                    verdict=record.get("verdict"),
+                    raw=record.get("raw"),
+                    reason=reason_of(record.get("raw")),
+                    cached=True,
+                )
+            else:
+                todo.append((k, c))
+        if not todo:
+            self.stats.seconds += time.perf_counter() - start
+            return [results[k] for k in keys]
+        bar = tqdm(
+            total=len(unique), initial=len(results), desc="judge", unit="judgment", disable=not progress, leave=False
+        )
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        async with openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self.config.api_key(),
+            max_retries=0,  # every request is counted and retried by us
+            timeout=self.config.timeout_s,
+        ) as client:
+
+            async def one(k: str, c: Comparison) -> None:
+                async with semaphore:
+                    results[k] = await self._judge_one(client, k, c)
+                bar.update(1)
+                bar.set_postfix(requests=self.stats.requests, cached=self.stats.cache_hits, refresh=False)
+
+            tasks = [asyncio.create_task(one(k, c)) for k, c in todo]
+            try:
+                # gather would keep the other tasks running after a fatal error; wait for the first exception.
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                bar.close()
+        self.stats.seconds += time.perf_counter() - start
+        return [results[k] for k in keys]
+
+    async def _judge_one(self, client: openai.AsyncOpenAI, key: str, c: Comparison) -> Judgment:
+        messages = self.template.render(c.instruction, c.output_a, c.output_b)
+        transient_failures = 0
+        parse_failures = 0
+        raw = None
+        while True:
+            temperature = self.config.temperature if parse_failures == 0 else self.config.retry_temperature
+            try:
+                raw = await self._request(client, messages, temperature)
+            except _BudgetExhausted:
+                self.stats.budget_exhausted = True
+                return Judgment(key=key, status="pending", error="request budget spent")
+            except _Rejected as e:
+                return Judgment(key=key, status="error", error=str(e))
+            except _Transient as e:
+                transient_failures += 1
+                if transient_failures > self.config.max_retries:
+                    return Judgment(key=key, status="error", error=f"gave up after {transient_failures} tries: {e}")
+                self.stats.retries[e.reason] += 1
+                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (transient_failures - 1))
+                delay *= 0.5 + self._rng.random()  # jitter, so that throttled requests do not return in lockstep
+                if e.retry_after is not None:
+                    delay = max(delay, min(e.retry_after, self.config.backoff_max_s))
+                await asyncio.sleep(delay)
+                continue
+            verdict = parse_verdict(raw)
+            if verdict is not None:
+                record = {"status": "ok", "verdict": verdict, "raw": raw, "parse_failures": parse_failures}
+                break
+            parse_failures += 1
+            self.stats.parse_failures += 1
+            if parse_failures > self.config.parse_retries:
+                record = {"status": "unparseable", "verdict": None, "raw": raw, "parse_failures": parse_failures}
+                break
+        record |= {"judge_model": self.config.model, "template_sha256": self.template.sha256, "time": time.time()}
+        await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done
+        return Judgment(key=key, status=record["status"], verdict=record["verdict"], raw=raw, reason=reason_of(raw))
+
+    async def _request(self, client: openai.AsyncOpenAI, messages: list[dict], temperature: float) -> str:
+        if self.config.max_requests is not None and self.stats.requests >= self.config.max_requests:
+            raise _BudgetExhausted
+        self.stats.requests += 1
+        try:
+            response = await client.chat.completions.create(
+                model=self.config.model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=self.config.max_tokens,
+            )
+        except openai.APITimeoutError as e:
+            raise _Transient("timeout") from e
+        except openai.APIConnectionError as e:
+            raise _Transient("connection") from e
+        except openai.APIStatusError as e:
+            if e.status_code == 429:
+                raise _Transient("429", _retry_after(e)) from e
+            if e.status_code >= 500:
+                raise _Transient(f"{e.status_code}", _retry_after(e)) from e
+            if e.status_code in _FATAL_STATUS:
+                raise AlignkitError(
+                    f"The judge at {self.base_url} answered HTTP {e.status_code} for model {self.config.model!r} "
+                    f"(check --judge-base-url, --judge-model and the key in ${self.config.api_key_env}): {e.message}"
+                ) from None
+            # 400/422 (e.g. a prompt longer than the judge's context) would fail identically if repeated.
+            raise _Rejected(f"HTTP {e.status_code}: {e.message}") from e
+        except ValueError as e:  # a body that is not JSON
+            raise _Transient("malformed") from e
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as e:
+            raise _Transient("malformed") from e
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self.stats.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.stats.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+        return content or ""

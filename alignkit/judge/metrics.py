@@ -1,0 +1,199 @@
+"""Win-rate metrics as pure functions of per-pair verdicts: no model, no judge, no files.
+
+Vocabulary: every pair (prompt, candidate output, baseline output) is judged twice, once with the candidate shown
+first (position A) and once with it shown second (position B). Each verdict becomes a candidate score, 1 (win),
+0.5 (tie) or 0 (loss), and the pair's outcome follows MT-Bench's conservative rule: a win or a loss only when both
+orders agree, otherwise a tie. A judge whose verdict flips with the order is not expressing a preference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from alignkit.judge.parse import Verdict
+
+WIN, TIE, LOSS = 1.0, 0.5, 0.0
+
+
+def candidate_score(verdict: Verdict, candidate_position: str) -> float:
+    """1, 0.5 or 0 for the candidate, given the judge's verdict and where the candidate was shown ("A" or "B").
+
+    >>> candidate_score("A", "A"), candidate_score("A", "B"), candidate_score("tie", "B")
+    (1.0, 0.0, 0.5)
+    """
+    if verdict == "tie":
+        return TIE
+    if verdict not in ("A", "B") or candidate_position not in ("A", "B"):
+        raise ValueError(f"verdict {verdict!r} / position {candidate_position!r}")
+    return WIN if verdict == candidate_position else LOSS
+
+
+def combine_orders(candidate_first: Verdict, candidate_second: Verdict) -> tuple[float, bool]:
+    """(pair score, consistent) from the verdict with the candidate as A and the verdict with it as B.
+
+    >>> combine_orders("A", "B")  # preferred in both orders
+    (1.0, True)
+    >>> combine_orders("A", "A")  # the judge always prefers position A: a flip, hence a tie
+    (0.5, False)
+    >>> combine_orders("A", "tie")  # preferred once, tied once: not agreed on, so a tie
+    (0.5, False)
+    """
+    first = candidate_score(candidate_first, "A")
+    second = candidate_score(candidate_second, "B")
+    consistent = first == second
+    return (first if consistent else TIE), consistent
+
+
+def outcome_counts(scores: Sequence[float]) -> dict[str, int]:
+    """Number of wins, ties and losses of the candidate."""
+    s = np.asarray(scores, dtype=float)
+    return {"wins": int((s == WIN).sum()), "ties": int((s == TIE).sum()), "losses": int((s == LOSS).sum())}
+
+
+def win_rate(scores: Sequence[float]) -> float:
+    """Mean candidate score, i.e. (wins + ties / 2) / pairs; NaN with no pairs."""
+    return float(np.mean(scores)) if len(scores) else float("nan")
+
+
+def standard_error(scores: Sequence[float]) -> float:
+    """Standard error of the mean score (sample standard deviation / sqrt(n))."""
+    n = len(scores)
+    return float(np.std(scores, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
+def position_consistency(consistent: Sequence[bool]) -> float:
+    """Share of pairs whose two verdicts agree once mapped back to the models (1.0 = order never mattered)."""
+    return float(np.mean(consistent)) if len(consistent) else float("nan")
+
+
+def verdict_shares(verdicts: Sequence[Verdict]) -> dict[str, float]:
+    """Share of raw verdicts naming position A, position B, or a tie. With both orders asked equally often, an
+    unbiased judge names A and B about equally; a judge that names A in 90% is reading the order, not the answers.
+
+    >>> verdict_shares(["A", "A", "B", "tie"])
+    {'A': 0.5, 'B': 0.25, 'tie': 0.25}
+    """
+    n = len(verdicts)
+    return {k: (sum(v == k for v in verdicts) / n if n else float("nan")) for k in ("A", "B", "tie")}
+
+
+def bootstrap_ci(
+    scores: Sequence[float], n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the win rate, resampling pairs with replacement."""
+    s = np.asarray(scores, dtype=float)
+    if len(s) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = s[rng.integers(0, len(s), size=(n_resamples, len(s)))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_length_model(
+    scores: Sequence[float], length_diff: Sequence[float], l2: float = 1.0, scale: float | None = None
+) -> tuple[float, float]:
+    """(intercept, slope) of P(candidate wins) = sigmoid(intercept + slope * tanh(length_diff / scale)).
+
+    Fitted by Newton's method on the binomial log-likelihood (ties enter as y = 0.5), with an L2 penalty `l2` on the
+    slope only: it keeps the fit finite when outcomes are perfectly separated by length, and leaves the intercept,
+    which is what the length-controlled win rate reads, unpenalised. `scale` defaults to the standard deviation of
+    the differences, so the feature is unit-free; tanh bounds the pull of a few very long outputs.
+    """
+    y = np.asarray(scores, dtype=float)
+    d = np.asarray(length_diff, dtype=float)
+    if scale is None:
+        scale = float(np.std(d))
+    x = np.tanh(d / scale) if scale > 0 else np.zeros_like(d)
+    X = np.stack([np.ones_like(x), x], axis=1)
+    penalty = np.diag([0.0, l2])
+    theta = np.zeros(2)
+
+    def objective(t: np.ndarray) -> float:
+        p = np.clip(_sigmoid(X @ t), 1e-12, 1 - 1e-12)
+        return float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)) - 0.5 * t @ penalty @ t)
+
+    for _ in range(100):
+        p = _sigmoid(X @ theta)
+        grad = X.T @ (y - p) - penalty @ theta
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        current, size = objective(theta), 1.0
+        while objective(theta + size * step) < current - 1e-12 and size > 1e-6:
+            size /= 2  # damped Newton: never accept a step that lowers the likelihood
+        theta = theta + size * step
+        if np.max(np.abs(size * step)) < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def length_controlled_win_rate(scores: Sequence[float], length_diff: Sequence[float], l2: float = 1.0) -> float:
+    """The win rate the length model predicts for a pair whose outputs have equal length: sigmoid(intercept).
+
+    In the spirit of AlpacaEval 2's length-controlled win rate (a GLM with a tanh-scaled length term, read off at zero
+    length difference), without its per-instruction difficulty term, which needs many models per instruction. When
+    every score is the same the answer is that score (the logistic intercept would run off to infinity). With no length
+    difference at all it equals the plain win rate exactly.
+    """
+    y = np.asarray(scores, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    if np.all(y == y[0]):
+        return float(y[0])
+    intercept, _ = fit_length_model(y, length_diff, l2=l2)
+    return float(_sigmoid(np.array(intercept)))
+
+
+def length_controlled_ci(
+    scores: Sequence[float],
+    length_diff: Sequence[float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    l2: float = 1.0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the length-controlled win rate (the model is refitted on each resample)."""
+    y = np.asarray(scores, dtype=float)
+    d = np.asarray(length_diff, dtype=float)
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(y), size=len(y))
+        values.append(length_controlled_win_rate(y[idx], d[idx], l2=l2))
+    tail = (1 - confidence) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def summarize(
+    scores: Sequence[float],
+    consistent: Sequence[bool],
+    candidate_lengths: Sequence[int],
+    baseline_lengths: Sequence[int],
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """All headline numbers for fully judged pairs (both orders with a verdict)."""
+    diff = np.asarray(candidate_lengths, dtype=float) - np.asarray(baseline_lengths, dtype=float)
+    low, high = bootstrap_ci(scores, n_resamples, seed)
+    lc_low, lc_high = length_controlled_ci(scores, diff, max(200, n_resamples // 4), seed)
+    return {
+        "n_pairs": len(scores),
+        **outcome_counts(scores),
+        "win_rate": win_rate(scores),
+        "win_rate_ci": [low, high],
+        "standard_error": standard_error(scores),
+        "position_consistency": position_consistency(consistent),
+        "length_controlled_win_rate": length_controlled_win_rate(scores, diff),
+        "length_controlled_ci": [lc_low, lc_high],
+        "candidate_longer_share": float(np.mean(diff > 0)) if len(diff) else float("nan"),
+        "mean_length_candidate": float(np.mean(candidate_lengths)) if len(candidate_lengths) else float("nan"),
+        "mean_length_baseline": float(np.mean(baseline_lengths)) if len(baseline_lengths) else float("nan"),
+    }
