@@ -8,6 +8,7 @@ reference costs no second copy of the weights.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -17,13 +18,13 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from peft import LoraConfig, PeftModel
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from alignkit.config import RecipeConfig
-from alignkit.models import resolve_dtype
+from alignkit.models import load_model, resolve_dtype
 from alignkit.monitors import SqueezingCallback
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,33 @@ STAGE_DONE = "stage_complete.json"
 @dataclass
 class StageResult:
     name: str
-    model: torch.nn.Module
-    status: str  # "trained", "resumed", "skipped (already complete)", "off", "stopped early: <why>"
+    status: str  # "trained", "resumed from checkpoint-N", "skipped (already complete)", "off", "stopped early ..."
+    weights: Path | None = None  # the stage's saved adapter (LoRA) or full model; None when the stage did not run
     seconds: float = 0.0
     steps: int = 0
     rows: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
     log_history: list[dict] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last logged value of every metric."""
+        return {k: v for entry in self.log_history for k, v in entry.items() if k != "step"}
+
+
+def load_stage_model(cfg: RecipeConfig, stages: list[StageResult]):
+    """The model after `stages`: the base model with each stage's adapter merged in order (or the last full model).
+
+    Rebuilding from what the stages saved, instead of merging the trainer's model in place, gives every process full
+    weights whatever the backend (under ZeRO-3 or FSDP the trained model's parameters are shards) and makes a resumed
+    or skipped stage yield exactly what a fresh one does.
+    """
+    done = [s for s in stages if s.weights is not None]
+    if not cfg.model.use_lora and done:
+        return load_model(cfg.model, source=done[-1].weights)
+    model = load_model(cfg.model)
+    for stage in done:
+        model = PeftModel.from_pretrained(model, stage.weights).merge_and_unload()
+    return model
 
 
 def lora_config(cfg: RecipeConfig) -> LoraConfig:
@@ -77,7 +98,9 @@ def _training_kwargs(cfg: RecipeConfig, stage_dir: Path, lr: float, max_steps: i
         "save_only_model": False,
         "report_to": r.report_to,
         "seed": r.seed,
-        "use_cpu": r.use_cpu,
+        # transformers rebuilds the process state from this flag; without a GPU it must say CPU, or CPU processes
+        # launched together (torchrun, gloo) would each train alone.
+        "use_cpu": not on_gpu,
         "bf16": on_gpu and dtype == torch.bfloat16,
         "fp16": on_gpu and dtype == torch.float16,
         "dataloader_num_workers": r.dataloader_num_workers,
@@ -86,16 +109,18 @@ def _training_kwargs(cfg: RecipeConfig, stage_dir: Path, lr: float, max_steps: i
     }
 
 
-def _finished(stage_dir: Path) -> dict | None:
+def _skipped(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
+    """The record of a stage that a previous run finished, or None."""
     marker = stage_dir / STAGE_DONE
-    return json.loads(marker.read_text()) if marker.exists() else None
-
-
-def _load_stage_weights(base, stage_dir: Path, use_lora: bool):
-    """Rebuild a finished stage's output from its saved adapter (merged into `base`) or full weights."""
-    if use_lora:
-        return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
-    return type(base).from_pretrained(stage_dir / "model", dtype=base.dtype)
+    if not marker.exists():
+        return None
+    logger.warning("[%s] already complete in %s: skipping", name, stage_dir)
+    done = json.loads(marker.read_text())
+    history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
+    weights = stage_dir / ("adapter" if use_lora else "model")
+    return StageResult(
+        name, "skipped (already complete)", weights, done["seconds"], done["steps"], done["rows"], history
+    )
 
 
 def _attach(trainer, callbacks) -> None:
@@ -114,15 +139,15 @@ def _train(trainer, stage_dir: Path, name: str) -> tuple[str, float]:
     return ("resumed from " + Path(checkpoint).name) if checkpoint else "trained", time.perf_counter() - start
 
 
-def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> torch.nn.Module:
-    """Save the stage (once, by the main process), write its marker, and return the merged model."""
+def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> StageResult:
+    """Save the stage (gathered, once), write its metrics and done-marker, and free the trainer's model."""
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, SqueezingCallback) and callback.stopped_early:
             result.status = "stopped early by the squeezing guard"
-    trainer.save_model(str(stage_dir / ("adapter" if use_lora else "model")))
+    result.weights = stage_dir / ("adapter" if use_lora else "model")
+    trainer.save_model(str(result.weights))  # gathers ZeRO-3/FSDP shards; writes on the main process only
     result.steps = trainer.state.global_step
     result.log_history = trainer.state.log_history
-    result.metrics = {k: v for entry in trainer.state.log_history for k, v in entry.items() if k != "step"}
     state = PartialState()
     if state.is_main_process:
         (stage_dir / "metrics.json").write_text(json.dumps(result.log_history, indent=1))
@@ -134,19 +159,18 @@ def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> to
         }
         (stage_dir / STAGE_DONE).write_text(json.dumps(done, indent=1))
     state.wait_for_everyone()
-    model = trainer.model
-    return model.merge_and_unload() if use_lora else model
+    trainer.accelerator.free_memory()
+    gc.collect()
+    return result
 
 
 def run_sft_stage(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()) -> StageResult:
     """Stage 1: SFT on (x, y+) and, in extended mode, (x, y-). Completion-only loss."""
     mode = cfg.sft.sft_mode
     if mode == "none":
-        return StageResult("sft", model, "off")
-    if done := _finished(stage_dir):
-        logger.warning("[sft] already complete in %s: skipping", stage_dir)
-        merged = _load_stage_weights(model, stage_dir, cfg.model.use_lora)
-        return StageResult("sft", merged, "skipped (already complete)", done["seconds"], done["steps"], done["rows"])
+        return StageResult("sft", "off")
+    if done := _skipped("sft", stage_dir, cfg.model.use_lora):
+        return done
     rows, counts = sft_rows(pairs, mode)
     logger.warning("[sft] mode=%s: %d rows (%s)", mode, len(rows), ", ".join(f"{k}: {v}" for k, v in counts.items()))
     args = SFTConfig(
@@ -165,10 +189,9 @@ def run_sft_stage(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir
         callbacks=list(callbacks),
     )
     _attach(trainer, callbacks)
-    result = StageResult("sft", model, "", rows=dict(counts))
+    result = StageResult("sft", "", rows=dict(counts))
     result.status, result.seconds = _train(trainer, stage_dir, "sft")
-    result.model = _finish(trainer, result, stage_dir, cfg.model.use_lora)
-    return result
+    return _finish(trainer, result, stage_dir, cfg.model.use_lora)
 
 
 def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Dataset:
@@ -187,6 +210,19 @@ def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Datase
     return pairs.shuffle(seed=r.seed).select(range(needed))
 
 
+def _on_disk(dataset: Dataset, path: Path) -> Dataset:
+    """The dataset as saved in `path` (written once by the main process; a resumed stage reuses the saved copy).
+
+    TRL caches the precomputed reference log-probs next to the dataset's files; an in-memory dataset has them in a
+    per-process temporary folder that the other processes cannot see, which breaks multi-process runs.
+    """
+    state = PartialState()
+    if state.is_main_process and not path.exists():
+        dataset.save_to_disk(str(path))
+    state.wait_for_everyone()
+    return load_from_disk(str(path))
+
+
 def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
     """TRL `loss_type` and `loss_weights`: the preference loss, plus an SFT term on y+ when it is weighted."""
     p = cfg.preference
@@ -200,13 +236,11 @@ def run_preference_stage(
     model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()
 ) -> StageResult:
     """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference."""
-    if done := _finished(stage_dir):
-        logger.warning("[preference] already complete in %s: skipping", stage_dir)
-        merged = _load_stage_weights(model, stage_dir, cfg.model.use_lora)
-        return StageResult("preference", merged, "skipped (already complete)", done["seconds"], done["steps"])
+    if done := _skipped("preference", stage_dir, cfg.model.use_lora):
+        return done
     p = cfg.preference
     loss_type, loss_weights = preference_loss(cfg)
-    pairs = pairs_for_steps(pairs, p.preference_max_steps, cfg)
+    pairs = _on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
     columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
     args = DPOConfig(
         **_training_kwargs(
@@ -228,7 +262,6 @@ def run_preference_stage(
         callbacks=list(callbacks),
     )
     _attach(trainer, callbacks)
-    result = StageResult("preference", model, "", rows={"pairs": len(pairs)})
+    result = StageResult("preference", "", rows={"pairs": len(pairs)})
     result.status, result.seconds = _train(trainer, stage_dir, "preference")
-    result.model = _finish(trainer, result, stage_dir, cfg.model.use_lora)
-    return result
+    return _finish(trainer, result, stage_dir, cfg.model.use_lora)

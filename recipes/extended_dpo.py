@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 
 from alignkit.config import RecipeConfig, parse_recipe_config
@@ -20,14 +21,15 @@ from alignkit.data import check_lengths, load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
+from alignkit.onpolicy import run_onpolicy_preference_stage
 from alignkit.report import write_metrics, write_report
-from alignkit.stages import run_preference_stage, run_sft_stage
+from alignkit.stages import load_stage_model, run_preference_stage, run_sft_stage
 
 logger = logging.getLogger("alignkit")
 
 
 def main(cfg: RecipeConfig) -> Path:
-    state = PartialState()
+    state = PartialState(cpu=cfg.run.use_cpu or not torch.cuda.is_available())  # cpu=True: gloo for CPU processes
     out = Path(cfg.run.output_dir)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -36,29 +38,36 @@ def main(cfg: RecipeConfig) -> Path:
     # --- setup
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.data, seed=cfg.run.seed)
-    notes = []
+    batch = cfg.run.per_device_train_batch_size * cfg.run.gradient_accumulation_steps * state.num_processes
+    notes = [f"effective batch {batch} = {cfg.run.per_device_train_batch_size} per device x "
+             f"{cfg.run.gradient_accumulation_steps} accumulation x {state.num_processes} process(es)"]  # fmt: skip
+    logger.warning(notes[0])
     if truncated := check_lengths(data["train"], tokenizer, cfg.data.max_length, cfg.data.dataset_name):
         notes.append(f"{truncated} training pairs have a response truncated to max_length={cfg.data.max_length}.")
     monitor = None
     if cfg.monitor.probe_enabled:
         probes = build_probe_set(data["train"], data.get("test"), cfg.monitor, seed=cfg.run.seed, cache_dir=out)
         monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, out)
-    model = load_model(cfg.model)
 
     # --- stage 1: SFT (extended: y+ and y-)
     callbacks = [monitor.callback("sft", out / "sft")] if monitor else []
-    sft = run_sft_stage(model, tokenizer, data["train"], cfg, out / "sft", callbacks)
+    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks)
 
-    # --- stage 2: DPO/IPO against the SFT model
-    callbacks = [monitor.callback("preference", out / "preference")] if monitor else []
-    preference = run_preference_stage(sft.model, tokenizer, data["train"], cfg, out / "preference", callbacks)
+    # --- stage 2: DPO/IPO, starting from the SFT model, which is also the reference
+    if cfg.preference.sampling == "off_policy":  # the dataset's pairs
+        callbacks = [monitor.callback("preference", out / "preference")] if monitor else []
+        policy = load_stage_model(cfg, [sft])
+        preference = run_preference_stage(policy, tokenizer, data["train"], cfg, out / "preference", callbacks)
+        del policy
+    else:  # on_policy / mixed: rounds of sample from the policy -> rank -> train (docs/onpolicy.md)
+        preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], monitor)
 
     # --- save and report
     final_dir = out / "final"
+    stages = [sft, preference]
     if state.is_main_process:
-        preference.model.save_pretrained(final_dir)
+        load_stage_model(cfg, stages).save_pretrained(final_dir)
         tokenizer.save_pretrained(final_dir)
-        stages = [sft, preference]
         write_metrics(out, stages)
         sections = [monitor.finish()] if monitor else []
         report = write_report(out, cfg, stages, final_dir, sections, notes)
