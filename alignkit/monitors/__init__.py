@@ -1,0 +1,29 @@
+"""Squeezing monitors: the paper's probe families tracked through every training stage (docs/monitors.md).
+
+from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+
+probes = build_probe_set(data["train"], data["test"], config, seed=42)
+monitor = SqueezingMonitor(probes, config, tokenizer, run_dir)
+callback = monitor.callback("preference", run_dir / "preference")  # a TrainerCallback; .attach(trainer)
+...
+markdown = monitor.finish()
+"""
+
+from alignkit.monitors.callback import SqueezingCallback, SqueezingMonitor
+from alignkit.monitors.config import ALL_FAMILIES, GUARD_ACTIONS, MonitorConfig
+from alignkit.monitors.probes import Probe, ProbeSet, build_probe_set
+from alignkit.monitors.scoring import family_metrics, response_token_stats, squeezing_score
+
+__all__ = [
+    "ALL_FAMILIES",
+    "GUARD_ACTIONS",
+    "MonitorConfig",
+    "Probe",
+    "ProbeSet",
+    "SqueezingCallback",
+    "SqueezingMonitor",
+    "build_probe_set",
+    "family_metrics",
+    "response_token_stats",
+    "squeezing_score",
+]

@@ -1,0 +1,386 @@
+"""The squeezing monitor: probe families tracked through every stage of a run, with alerts, a guard and a figure.
+
+    monitor = SqueezingMonitor(probe_set, config, tokenizer, run_dir)
+    trainer = SFTTrainer(..., callbacks=[monitor.callback("sft", run_dir / "sft")])
+    trainer.train()
+    trainer = DPOTrainer(..., callbacks=[cb := monitor.callback("preference", run_dir / "preference")])
+    cb.attach(trainer)  # metrics to TensorBoard/W&B at the probe step; `mitigate` with any loss_weights
+    trainer.train()
+    markdown = monitor.finish()  # writes squeezing.png, returns the report section
+
+One `SqueezingMonitor` spans the run: it owns the probe set, the global step axis across stages (each stage's steps
+continue where the previous stage ended), every evaluation record and the alert/guard log. Each stage gets its own
+`SqueezingCallback`, which works with any transformers/TRL trainer: the model comes from the callback arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback
+
+from alignkit.errors import AlignkitError
+from alignkit.monitors.config import ALL_FAMILIES, MonitorConfig
+from alignkit.monitors.evaluate import evaluate_probes
+from alignkit.monitors.guard import alert_message, check_mitigation, raise_sft_weight, sft_weight_slot
+from alignkit.monitors.plot import plot_probes
+from alignkit.monitors.probes import SPLITS, ProbeSet
+from alignkit.monitors.scoring import (
+    CONCENTRATION_FAMILIES,
+    auto_probe_due,
+    family_metrics,
+    merge_shards,
+    metric_key,
+    shard,
+    squeezing_score,
+)
+
+logger = logging.getLogger("alignkit.monitors")
+
+GREEDY_SAMPLES = 2  # greedy decodings per split kept in each JSONL record, to read what "greedy" was
+
+
+class SqueezingMonitor:
+    """Owns the probe set and the records of a whole run; hands out one callback per stage.
+
+    Args:
+        probe_set: from `build_probe_set` (saved to `<run_dir>/probe_set.jsonl` here, on the main process).
+        config: the monitor settings.
+        tokenizer: the tokenizer to encode probes with; None takes the trainer's `processing_class`.
+        run_dir: where the probe set and the figure go; stage JSONL files go to each callback's `stage_dir`.
+    """
+
+    def __init__(self, probe_set: ProbeSet, config: MonitorConfig, tokenizer=None, run_dir: str | Path | None = None):
+        self.probe_set = probe_set
+        self.config = config
+        self.tokenizer = tokenizer
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.records: list[dict] = []  # every evaluation of every stage, in order
+        self.boundaries: list[tuple[int, str]] = []  # (global step where a stage began, stage name)
+        self.events: list[dict] = []  # alerts and the guard's actions
+        self.notes: list[str] = list(probe_set.notes)
+        self.next_offset = 0  # global step at which the next stage's step 0 sits
+        # Known for sure only once a trainer has set up the distributed state (a PartialState made before the
+        # TrainingArguments can report a single process under torchrun on CPU), so callbacks fill it in.
+        self.is_main_process: bool | None = None
+        self._probe_set_saved = False
+
+    def _save_probe_set(self) -> None:
+        if self.run_dir is not None and not self._probe_set_saved and self._main():
+            self.probe_set.save(self.run_dir / "probe_set.jsonl")
+            self._probe_set_saved = True
+
+    def _main(self) -> bool:
+        return self.is_main_process if self.is_main_process is not None else PartialState().is_main_process
+
+    def callback(self, stage: str, stage_dir: str | Path | None = None, trainer=None) -> SqueezingCallback:
+        """A TrainerCallback probing the stage named `stage`; its JSONL goes to `<stage_dir>/probes.jsonl`."""
+        if stage_dir is None and self.run_dir is not None:
+            stage_dir = self.run_dir / stage
+        callback = SqueezingCallback(self, stage, stage_dir)
+        return callback.attach(trainer) if trainer is not None else callback
+
+    def finish(self, figure_name: str = "squeezing.png") -> str:
+        """Write the figure (main process, when there is a run_dir) and return the report's markdown section."""
+        figure = None
+        self._save_probe_set()
+        if self._main() and self.run_dir is not None and self.records:
+            figure = plot_probes(
+                self.records, self.boundaries, self.run_dir / figure_name, self.config.squeeze_threshold
+            )
+        return self.summary_markdown(figure.name if figure else None)
+
+    def summary_markdown(self, figure: str | None = None) -> str:
+        """Start → end of every family and split, per stage; the alerts and what the guard did."""
+        lines = ["## Squeezing monitor", ""]
+        counts = " + ".join(f"{self.probe_set.count(s)} {s}" for s in SPLITS if self.probe_set.count(s))
+        lines.append(f"Probes: {counts} prompts; families: {', '.join(self.probe_set.families)}.")
+        lines += [f"- note: {n}" for n in self.notes]
+        if not self.records:
+            return "\n".join([*lines, "", "No evaluation was recorded."]) + "\n"
+        if figure:
+            lines += ["", f"![probe families through training]({figure})"]
+        stages = list(dict.fromkeys(r["stage"] for r in self.records))
+        first = self.records[0]
+        lines += [
+            "",
+            "Mean log π(y|x) over the probes (summed over response tokens); in brackets the change within that stage. "
+            "`argmax prob` and `entropy` are per-token means along the response.",
+            "",
+            "| family | split | run start | " + " | ".join(f"end of {s}" for s in stages) + " |",
+            "|---|---|---:|" + "---:|" * len(stages),
+        ]
+        rows = [(f, "logp", f) for f in ALL_FAMILIES if f in self.probe_set.families]
+        rows += [
+            (f, name, f"{f} {name.replace('_', ' ')}")
+            for f in CONCENTRATION_FAMILIES
+            for name in ("argmax_prob", "entropy")
+        ]
+        for family, name, label in rows:
+            for split in SPLITS:
+                key = metric_key(split, family, name)
+                if key not in first and not any(key in r for r in self.records):
+                    continue
+                digits = 2 if name == "logp" else 3
+                cells = [_fmt(first.get(key), digits)]
+                for stage in stages:
+                    stage_records = [r for r in self.records if r["stage"] == stage and key in r]
+                    if not stage_records:
+                        cells.append("–")
+                        continue
+                    start, end = stage_records[0][key], stage_records[-1][key]
+                    cells.append(f"{_fmt(end, digits)} ({end - start:+.{digits}f})")
+                lines.append(f"| {label} | {split} | " + " | ".join(cells) + " |")
+        score_cells = []
+        for stage in stages:
+            scores = [r["squeeze/score"] for r in self.records if r["stage"] == stage and "squeeze/score" in r]
+            if scores:
+                score_cells.append(f"{stage}: end {scores[-1]:.3f}, max {max(scores):.3f}")
+        lines += [
+            "",
+            f"Squeezing score (nats/token, threshold {self.config.squeeze_threshold:g}): "
+            + "; ".join(score_cells)
+            + ".",
+        ]
+        lines += ["", "### Alerts and guard actions", ""]
+        if not self.events:
+            lines.append(f"No squeezing alert (guard action '{self.config.guard_action}').")
+        for event in self.events:
+            lines.append(f"- **{event['stage']}, step {event['step']}** — {event['message']} Guard: {event['action']}")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+class SqueezingCallback(TrainerCallback):
+    """Probes the model at the stage's first step, on the schedule, and at its last step; alerts and guards.
+
+    Use `attach(trainer)` so that the metrics reach the trainer's loggers (TensorBoard, W&B) at the step they were
+    measured, and so that `mitigate` can reach the trainer's loss weights whatever the config. Unattached, metrics are
+    merged into the trainer's next log entry (its log history, and callbacks registered after this one).
+    """
+
+    def __init__(self, monitor: SqueezingMonitor, stage: str, stage_dir: str | Path | None = None):
+        self.monitor = monitor
+        self.config = monitor.config
+        self.stage = stage
+        self.jsonl_path = Path(stage_dir) / "probes.jsonl" if stage_dir is not None else None
+        self.trainer = None
+        self.tokenizer = monitor.tokenizer
+        self.stopped_early = False
+        self._pending: dict[str, float] = {}
+        self._start_metrics: dict[str, float] | None = None
+        self._above = False
+        self._guard_acted = False
+        self._mitigation_note: str | None = None
+        self._offset = 0
+        self._last_eval_step: int | None = None
+        self._t_begin = 0.0
+        self.probe_seconds = 0.0
+        self._last_probe_seconds = 0.0
+
+    def attach(self, trainer) -> SqueezingCallback:
+        """Give the callback its trainer: for logging through `Trainer.log` and for `mitigate`."""
+        self.trainer = trainer
+        return self
+
+    # --- trainer events
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not self.config.probe_enabled:
+            return control
+        self.tokenizer = self.monitor.tokenizer or processing_class
+        if self.tokenizer is None:
+            raise AlignkitError("SqueezingMonitor has no tokenizer: pass one, or use a trainer with processing_class")
+        if self.config.guard_action == "mitigate":
+            self._mitigation_note = check_mitigation(self.trainer, args, self.stage)
+        self.monitor.is_main_process = state.is_world_process_zero
+        self.monitor._save_probe_set()
+        self._offset = self.monitor.next_offset
+        self.monitor.boundaries.append((self._offset + state.global_step, self.stage))
+        if self.jsonl_path is not None and self.monitor._main():
+            self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+            if state.global_step == 0:  # a fresh stage; a resumed one appends to what it wrote before
+                self.jsonl_path.write_text("")
+        self._t_begin = time.perf_counter()
+        self._evaluate("begin", args, state, control, model)
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.config.probe_enabled:
+            return control
+        last = control.should_training_stop or state.global_step >= state.max_steps
+        if last or self._due(state.global_step, args):
+            self._evaluate("end" if last else "step", args, state, control, model)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending and logs is not None:  # unattached: ride along with the trainer's next log entry
+            logs.update(self._pending)
+            if state.log_history:
+                state.log_history[-1].update(self._pending)
+            self._pending = {}
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.config.probe_enabled:
+            return control
+        if self._last_eval_step != state.global_step:  # the loop ended some other way than at max_steps
+            self._evaluate("end", args, state, control, model)
+        self.monitor.next_offset = self._offset + state.global_step
+        return control
+
+    # --- schedule
+
+    def _due(self, step: int, args) -> bool:
+        if self.config.probe_every > 0:
+            return step % self.config.probe_every == 0
+        # Timing differs between ranks, and every rank must take part in each evaluation: the main process decides.
+        train_seconds = time.perf_counter() - self._t_begin - self.probe_seconds
+        due = auto_probe_due(
+            self.config.probe_time_budget, train_seconds, self.probe_seconds, self._last_probe_seconds
+        )
+        if args.world_size > 1:
+            decision = [due]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            due = decision[0]
+        return due
+
+    # --- one evaluation
+
+    def _evaluate(self, event: str, args, state, control, model) -> None:
+        t0 = time.perf_counter()
+        probes = self.monitor.probe_set.probes
+        mine = shard(probes, args.process_index, args.world_size)
+        was_training = model.training
+        model.eval()  # no dropout while probing; the trainer's mode is restored below
+        try:
+            results = evaluate_probes(
+                model,
+                self.tokenizer,
+                [p for _, p in mine],
+                self.monitor.probe_set.families,
+                batch_size=self.config.probe_batch_size,
+                max_length=self.config.probe_max_length,
+                max_new_tokens=self.config.probe_max_new_tokens,
+            )
+        finally:
+            if was_training:
+                model.train()
+        part = [(i, {"stats": r.stats, "greedy": r.greedy}) for (i, _), r in zip(mine, results)]
+        merged = merge_shards(
+            _gather(part, args.world_size), len(probes)
+        )  # every rank gets all results, so all decide alike
+
+        scored = [(p.split, family, stats) for p, r in zip(probes, merged) for family, stats in r["stats"].items()]
+        metrics = family_metrics(scored, argmax="argmax" in self.monitor.probe_set.families)
+        first = self._start_metrics is None
+        if first:
+            self._start_metrics = dict(metrics)
+        squeeze = squeezing_score(self._start_metrics, metrics)
+        if squeeze is not None:
+            metrics.update(
+                {"squeeze/score": squeeze.score, "squeeze/rise": squeeze.rise, "squeeze/fall": squeeze.fall}
+            )
+        if (slot := sft_weight_slot(self.trainer, args)) is not None:
+            metrics["guard/sft_weight"] = slot[0][slot[1]]
+
+        step = state.global_step
+        record = {"stage": self.stage, "event": event, "step": step, "global_step": self._offset + step}
+        above = squeeze is not None and not first and squeeze.score >= self.config.squeeze_threshold
+        if above and not self._above:
+            record["alert"] = self._alert(squeeze, args, state, control, last=event == "end")
+            if self.stopped_early:
+                record["event"] = event = "end"
+        self._above = above
+        metrics["squeeze/alert"] = float(above)
+
+        elapsed = time.perf_counter() - t0
+        self.probe_seconds += elapsed
+        self._last_probe_seconds = elapsed
+        self._last_eval_step = step
+        metrics["probe/seconds"] = elapsed
+        record.update(metrics)
+        record["greedy_samples"] = {
+            s: [r["greedy"] for p, r in zip(probes, merged) if p.split == s and r["greedy"] is not None][
+                :GREEDY_SAMPLES
+            ]
+            for s in SPLITS
+        }
+        self.monitor.records.append(record)
+        if self.monitor._main() and self.jsonl_path is not None:
+            with self.jsonl_path.open("a", encoding="utf-8") as f:  # reopened per evaluation: flushed even on a crash
+                f.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
+        if self.monitor._main() and event != "step":
+            logger.info("[%s] probes at %s (step %d): %s", self.stage, event, step, _headline(metrics))
+        self._log(metrics, control)
+
+    def _alert(self, squeeze, args, state, control, last: bool) -> str:
+        message = alert_message(self.stage, state.global_step, squeeze, self.config.squeeze_threshold)
+        action = "warn"
+        if not self._guard_acted and self.config.guard_action == "stop":
+            if last:
+                action = "stop: the stage was ending at this step anyway"
+            else:
+                control.should_training_stop = True
+                control.should_save = True  # the trainer saves a checkpoint before leaving the loop
+                self.stopped_early = True
+                action = f"stopped the stage at step {state.global_step} of {state.max_steps} and saved a checkpoint"
+            self._guard_acted = True
+        elif not self._guard_acted and self.config.guard_action == "mitigate":
+            changed = raise_sft_weight(self.trainer, args, self.config.guard_sft_weight)
+            if changed is not None:
+                action = (
+                    f"raised the SFT-on-y+ loss weight from {changed[0]:g} to {changed[1]:g} for the rest of the stage"
+                )
+            else:
+                action = f"warn ({self._mitigation_note})"
+            self._guard_acted = True
+        if self.monitor._main():
+            logger.warning("%s Guard: %s", message, action)
+        self.monitor.events.append(
+            {"stage": self.stage, "step": state.global_step, "global_step": self._offset + state.global_step,
+             "score": squeeze.score, "message": message, "action": action}
+        )  # fmt: skip
+        return message
+
+    def _log(self, metrics: dict[str, float], control) -> None:
+        if self.trainer is None:
+            self._pending.update(metrics)
+            return
+        # `Trainer.log` ends in `callback_handler.on_log`, which clears `should_log`: without restoring it, the
+        # trainer's own log entry due at this step would be skipped.
+        should_log = control.should_log
+        if isinstance(self.trainer, Trainer):
+            # The base method on purpose: TRL's DPO/SFT trainers override `log` to flush their own running metric
+            # averages into every call, which would cut their logging windows at each probe.
+            Trainer.log(self.trainer, dict(metrics))
+        else:
+            self.trainer.log(dict(metrics))
+        control.should_log = should_log
+
+
+def _gather(part: list, world: int) -> list[list]:
+    """Every rank's shard, on every rank (a list with this rank's shard alone when not distributed)."""
+    if world == 1:
+        return [part]
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, part)
+    return parts
+
+
+def _json_safe(record: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    keys = [metric_key("train", f, "logp") for f in ("chosen", "rejected", "greedy", "argmax")] + ["squeeze/score"]
+    return ", ".join(f"{k.removeprefix('probe/train/')} {metrics[k]:.2f}" for k in keys if k in metrics)

@@ -1,0 +1,155 @@
+"""Running the probes through a model: greedy decodings, then all families of a batch of prompts in one pass.
+
+Every family of a probe shares its prompt, and chat prompts (system turn, template tokens) are often longer than the
+short answers being scored. So by default a batch of probes costs two forward passes: one over the prompts, whose
+key/value cache is then repeated for each of the prompt's responses, and one over all the responses of all families
+at once. Scoring a (prompt, response) pair in one forward pass each (`share_prompt=False`) gives the same numbers
+(tests/test_monitors_callback.py checks it against `alignkit.sequences.score_responses`) for about twice the compute
+on the built-in data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from alignkit.generation import generate
+from alignkit.monitors.probes import Probe
+from alignkit.monitors.scoring import response_token_stats
+from alignkit.sequences import EncodedPair, collate, encode_pair
+
+
+@dataclass
+class ProbeResult:
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # family -> response_token_stats of the pair
+    greedy: str | None = None  # the greedy decoding scored as the `greedy` family
+
+
+@torch.inference_mode()
+def evaluate_probes(
+    model,
+    tokenizer,
+    probes: Sequence[Probe],
+    families: Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = 512,
+    max_new_tokens: int = 64,
+    share_prompt: bool = True,
+) -> list[ProbeResult]:
+    """Score every family of every probe with `model` as it is (adapter enabled; the caller sets eval mode).
+
+    `argmax` needs no pass of its own: `family_metrics` reads it off the `chosen` statistics.
+    """
+    results = [ProbeResult() for _ in probes]
+    if "greedy" in families and probes:
+        decoded = generate(model, tokenizer, [p.prompt for p in probes], max_new_tokens, batch_size=batch_size)
+        for result, texts in zip(results, decoded):
+            result.greedy = texts[0]
+
+    # encode_pair keeps the tokenization identical to the rest of alignkit (prompt and response tokenized apart).
+    encoded: list[list[tuple[str, EncodedPair]]] = []
+    for probe, result in zip(probes, results):
+        responses = {f: r for f, r in probe.responses.items() if f in families}
+        if result.greedy is not None:
+            responses["greedy"] = result.greedy
+        pairs = [(f, encode_pair(tokenizer, probe.prompt, r, max_length)) for f, r in responses.items()]
+        encoded.append([(f, _without_eos(p, tokenizer.eos_token_id) if f == "greedy" else p) for f, p in pairs])
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    score = _score_shared_prompt if share_prompt else _score_pairs
+    for chunk in _chunks(encoded, batch_size):
+        stats = score(model, [(i, encoded[i]) for i in chunk], pad, device)
+        for i, family, values in stats:
+            results[i].stats[family] = values
+    return results
+
+
+def _without_eos(pair: EncodedPair, eos: int | None) -> EncodedPair:
+    """The greedy decoding without the EOS that `encode_pair` appends.
+
+    A decoding cut off at `max_new_tokens` never chose to end there, and scoring an EOS it did not produce would add
+    a large, meaningless negative term; one that did end chose EOS greedily, so that term was close to 0 anyway.
+    """
+    if eos is not None and pair.response_len > 1 and pair.input_ids[-1] == eos:
+        return EncodedPair(pair.input_ids[:-1], pair.prompt_len)
+    return pair
+
+
+def _chunks(encoded: list[list[tuple[str, EncodedPair]]], batch_size: int) -> list[list[int]]:
+    """Probe indices per forward batch: whole probes, at most `batch_size` pairs (or one probe's, if it has more)."""
+    # Longest first, so that each batch holds similar lengths and pads little.
+    order = sorted(range(len(encoded)), key=lambda i: -max((len(p.input_ids) for _, p in encoded[i]), default=0))
+    chunks: list[list[int]] = []
+    rows = 0
+    for i in order:
+        if not encoded[i]:
+            continue
+        if chunks and rows + len(encoded[i]) <= batch_size:
+            chunks[-1].append(i)
+            rows += len(encoded[i])
+        else:
+            chunks.append([i])
+            rows = len(encoded[i])
+    return chunks
+
+
+def _score_pairs(model, chunk, pad: int, device) -> list[tuple[int, str, dict[str, float]]]:
+    """One forward pass over right-padded (prompt + response) rows."""
+    rows = [(i, family, pair) for i, pairs in chunk for family, pair in pairs]
+    batch = collate([pair for _, _, pair in rows], pad)
+    input_ids = batch["input_ids"].to(device)
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+    return _unpack(rows, response_token_stats(logits, input_ids, batch["response_mask"].to(device)))
+
+
+def _score_shared_prompt(model, chunk, pad: int, device) -> list[tuple[int, str, dict[str, float]]]:
+    """Prompts once (left-padded, cached), then every response of every probe against its prompt's cache."""
+    prompts = [pairs[0][1].input_ids[: pairs[0][1].prompt_len] for _, pairs in chunk]
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for b, ids in enumerate(prompts):
+        prompt_ids[b, width - len(ids) :] = torch.tensor(ids)
+        prompt_mask[b, width - len(ids) :] = 1
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=prompt_ids.to(device),
+        attention_mask=prompt_mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        logits_to_keep=1,  # only the last prompt position predicts a response token
+    )
+
+    rows = [(i, family, pair) for i, pairs in chunk for family, pair in pairs]
+    owner = torch.tensor([b for b, (_, pairs) in enumerate(chunk) for _ in pairs])  # row -> its prompt in the batch
+    responses = [pair.input_ids[pair.prompt_len :] for _, _, pair in rows]
+    if any(pair.input_ids[: pair.prompt_len] != prompts[b] for b, (_, _, pair) in zip(owner.tolist(), rows)):
+        raise RuntimeError("a probe's families tokenized its prompt differently; score with share_prompt=False")
+    r_width = max(len(r) for r in responses)
+    response_ids = torch.full((len(rows), r_width + 1), pad, dtype=torch.long)  # column 0: stands for the prompt
+    response_mask = torch.zeros((len(rows), r_width), dtype=torch.bool)
+    for b, ids in enumerate(responses):
+        response_ids[b, 1 : len(ids) + 1] = torch.tensor(ids)
+        response_mask[b, : len(ids)] = True
+    cache = out.past_key_values
+    cache.reorder_cache(owner.to(device))  # one copy of the prompt's keys/values per response row
+    prompt_lengths = prompt_mask.sum(-1)[owner]
+    out_r = model(
+        input_ids=response_ids[:, 1:].to(device),
+        attention_mask=torch.cat([prompt_mask[owner], response_mask.long()], dim=1).to(device),
+        position_ids=(prompt_lengths[:, None] + torch.arange(r_width)[None]).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # Position 0 holds the last prompt logit (predicting response token 1), then each response position's logit:
+    # the same (logits, ids, mask) alignment as `collate`, so the same statistics function applies.
+    logits = torch.cat([out.logits[:, -1:][owner.to(device)], out_r.logits], dim=1)
+    return _unpack(rows, response_token_stats(logits, response_ids.to(device), response_mask.to(device)))
+
+
+def _unpack(rows, stats: dict[str, torch.Tensor]) -> list[tuple[int, str, dict[str, float]]]:
+    values = {name: tensor.tolist() for name, tensor in stats.items()}
+    return [(i, family, {name: v[r] for name, v in values.items()}) for r, (i, family, _) in enumerate(rows)]

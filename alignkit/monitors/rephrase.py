@@ -1,0 +1,107 @@
+"""Writing the rewrite families (`*_rephrase`, `*_reformat`) with an LLM behind any OpenAI-compatible endpoint.
+
+Used only when the preference data lacks those columns. Each rewrite is generated once (temperature 0) and cached in
+a JSONL file keyed by endpoint model, kind, prompt and response, so rebuilding a probe set, or building the same one
+for a second run, costs no calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+from alignkit.sequences import Prompt
+
+DEFAULT_CACHE = Path("~/.cache/alignkit/rephrase_cache.jsonl")
+
+INSTRUCTIONS = {
+    # Same meaning, other words: the paper's y+_gpts / y-_gpts.
+    "rephrase": (
+        "Rewrite the answer below in different words while keeping exactly the same meaning, facts and length. "
+        "Reply with the rewritten answer only."
+    ),
+    # Same format, other meaning: the paper's y+_gptf / y-_gptf.
+    "reformat": (
+        "Write a new answer with exactly the same format, sentence structure and length as the answer below, but "
+        "about something else so that its meaning is different. Reply with the new answer only."
+    ),
+}
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+class Rephraser:
+    """Rewrites answers through `client.chat.completions.create`, with an on-disk cache.
+
+    Args:
+        client: an `openai.OpenAI` (or anything with the same `chat.completions.create`).
+        model: the model name the endpoint serves.
+        cache_path: JSONL file of earlier rewrites; created on first write.
+    """
+
+    def __init__(self, client, model: str, cache_path: str | Path = DEFAULT_CACHE, max_tokens: int = 256):
+        self.client = client
+        self.model = model
+        self.max_tokens = max_tokens
+        self.cache_path = Path(cache_path).expanduser()
+        self.cache: dict[str, str] = {}
+        if self.cache_path.is_file():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.cache[row["key"]] = row["text"]
+        self.calls = 0  # endpoint calls made by this instance (cache misses)
+
+    @classmethod
+    def from_config(cls, config, cache_dir: str | Path | None = None) -> Rephraser:
+        from openai import OpenAI
+
+        if config.probe_rephrase_cache:
+            cache = Path(config.probe_rephrase_cache)
+        elif cache_dir is not None:
+            cache = Path(cache_dir) / "rephrase_cache.jsonl"
+        else:
+            cache = DEFAULT_CACHE
+        # Local servers (llama.cpp, vLLM) accept any key, so a missing variable is not an error.
+        api_key = os.environ.get(config.probe_rephrase_api_key_env) or "not-needed"
+        client = OpenAI(base_url=config.probe_rephrase_base_url, api_key=api_key, max_retries=2, timeout=120)
+        return cls(client, config.probe_rephrase_model, cache)
+
+    def _key(self, kind: str, prompt: Prompt, response: str) -> str:
+        blob = json.dumps([self.model, kind, _prompt_text(prompt), response], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def rewrite(self, kind: str, prompt: Prompt, response: str) -> str | None:
+        """The `kind` ('rephrase' or 'reformat') rewrite of `response` (an answer to `prompt`); None if empty."""
+        if kind not in INSTRUCTIONS:
+            raise ValueError(f"unknown rewrite kind {kind!r}; expected one of {sorted(INSTRUCTIONS)}")
+        key = self._key(kind, prompt, response)
+        if key in self.cache:
+            return self.cache[key] or None
+        message = f"{INSTRUCTIONS[kind]}\n\nQuestion:\n{_prompt_text(prompt)}\n\nAnswer:\n{response}"
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": message}],
+                temperature=0.0,
+                max_tokens=self.max_tokens,
+            )
+        except Exception as err:  # the openai client raises many types; the user needs the endpoint named
+            raise AlignkitError(
+                f"the rewrite endpoint failed for model {self.model!r} ({type(err).__name__}: {err}); check "
+                "probe_rephrase_base_url / probe_rephrase_model, or leave them unset to skip the rewrite families"
+            ) from err
+        self.calls += 1
+        text = (completion.choices[0].message.content or "").strip()
+        self.cache[key] = text
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.cache_path.open("a", encoding="utf-8") as f:  # appended per call so partial progress survives
+            f.write(json.dumps({"key": key, "kind": kind, "text": text}, ensure_ascii=False) + "\n")
+        return text or None  # an empty rewrite would be scored as the EOS alone: that probe goes without it

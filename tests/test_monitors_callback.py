@@ -1,0 +1,202 @@
+"""The squeezing monitor inside real TRL trainers (tiny model, CPU): families, JSONL, PNG, guard actions, stages."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from datasets import Dataset
+
+from alignkit.data.builtin import load_builtin
+from alignkit.errors import AlignkitError
+from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+from alignkit.monitors.evaluate import evaluate_probes
+from alignkit.sequences import score_responses
+
+from .conftest import build_tiny_model
+
+FAST_FAMILIES = ["chosen", "rejected", "irrelevant_test", "non_human", "argmax"]  # no generation: quick on CPU
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_builtin()
+
+
+def _pairs(data, n=8):
+    return data["train"].select(range(n)).select_columns(["prompt", "chosen", "rejected"])
+
+
+def _dpo(model, ref_model, tokenizer, train, out, steps, callbacks, **args):
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        gradient_checkpointing=False,
+        use_cpu=True,
+        max_length=96,
+        disable_tqdm=True,
+        **args,
+    )
+    return DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def test_shared_prompt_scoring_matches_pairwise_scoring(data, tiny_model, tiny_tokenizer):
+    probes = build_probe_set(data["train"], data["test"], MonitorConfig(probe_num_prompts=3), seed=0)
+    tiny_model.eval()
+    shared = evaluate_probes(tiny_model, tiny_tokenizer, probes.probes, probes.families, 8, 512, 4)
+    pairwise = evaluate_probes(tiny_model, tiny_tokenizer, probes.probes, probes.families, 8, 512, 4, False)
+    prompts, responses, got, greedy = [], [], [], []
+    for probe, a, b in zip(probes.probes, shared, pairwise):
+        assert sorted(a.stats) == sorted(probes.families[:-1])  # every family but argmax (read off chosen)
+        for family, stats in a.stats.items():
+            prompts.append(probe.prompt)
+            responses.append(a.greedy if family == "greedy" else probe.responses[family])
+            got.append(stats["logp"])
+            greedy.append(family == "greedy" and stats["n_tokens"] > 0 and a.greedy != "")
+            for name, value in stats.items():
+                assert value == pytest.approx(b.stats[family][name], abs=1e-4), (family, name)
+    reference = score_responses(tiny_model, tiny_tokenizer, prompts, responses, batch_size=4)
+    # Greedy decodings are scored without the EOS that score_responses appends (they may have been cut off).
+    expected = [sum(r[:-1]) if is_greedy else sum(r) for r, is_greedy in zip(reference, greedy)]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenizer, tmp_path):
+    config = MonitorConfig(
+        probe_num_prompts=2, probe_every=2, probe_max_new_tokens=4, squeeze_threshold=-100.0, guard_action="mitigate"
+    )
+    probes = build_probe_set(data["train"], data["test"], config, seed=0)
+    monitor = SqueezingMonitor(probes, config, tiny_tokenizer, tmp_path)
+    callback = monitor.callback("preference", tmp_path / "preference")
+    trainer = _dpo(
+        build_tiny_model(tiny_tokenizer),
+        build_tiny_model(tiny_tokenizer),
+        tiny_tokenizer,
+        _pairs(data),
+        tmp_path / "preference",
+        6,
+        [callback],
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, 0.0],  # the SFT term is there from the start, weighted 0 until the guard raises it
+    )
+    callback.attach(trainer)
+    trainer.train()
+
+    records = [json.loads(line) for line in (tmp_path / "preference" / "probes.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"], r["global_step"]) for r in records] == [
+        ("begin", 0, 0),
+        ("step", 2, 2),
+        ("step", 4, 4),
+        ("end", 6, 6),
+    ]
+    for record in records:
+        for split in ("train", "test"):
+            for family in probes.families:
+                for name in ("logp", "logp_per_token"):
+                    assert math.isfinite(record[f"probe/{split}/{family}/{name}"]), (split, family, name)
+            for family in ("chosen", "rejected"):
+                assert 0 < record[f"probe/{split}/{family}/argmax_prob"] <= 1
+                assert record[f"probe/{split}/{family}/entropy"] > 0
+        assert math.isfinite(record["squeeze/score"])
+    # The alert fired at step 2 (threshold far below any score); the weight changed for steps 3 to 6.
+    assert [r["guard/sft_weight"] for r in records] == [0.0, 0.0, 1.0, 1.0]
+    assert "alert" in records[1] and trainer.loss_weights == [1.0, 1.0]
+    losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    # The NLL of y+ under a random 400-token model is ~6 nats/token; DPO's loss starts at log 2.
+    assert losses[1] < 1.0 and losses[2] < 1.0 and min(losses[s] for s in (3, 4, 5, 6)) > 3.0
+    logged = [h["step"] for h in trainer.state.log_history if "probe/train/chosen/logp" in h]
+    assert logged == [0, 2, 4, 6]  # through the trainer's log, at the step they were measured
+
+    summary = monitor.finish()
+    assert (tmp_path / "squeezing.png").stat().st_size > 10_000
+    assert (tmp_path / "probe_set.jsonl").exists()
+    assert "| chosen | train |" in summary and "end of preference" in summary
+    assert "raised the SFT-on-y+ loss weight from 0 to 1" in summary
+
+
+def test_stop_guard_ends_the_stage_early_with_a_checkpoint(data, tiny_tokenizer, tmp_path):
+    config = MonitorConfig(
+        probe_num_prompts=2,
+        probe_families=FAST_FAMILIES,
+        probe_every=2,
+        squeeze_threshold=-100.0,
+        guard_action="stop",
+    )
+    probes = build_probe_set(data["train"], data["test"], config, seed=0)
+    monitor = SqueezingMonitor(probes, config, tiny_tokenizer, tmp_path)
+    model = build_tiny_model(tiny_tokenizer)
+    trainer = _dpo(model, build_tiny_model(tiny_tokenizer), tiny_tokenizer, _pairs(data), tmp_path / "dpo", 8, [])
+    trainer.add_callback(monitor.callback("dpo", tmp_path / "dpo", trainer=trainer))
+    trainer.train()
+
+    assert trainer.state.global_step == 2 < trainer.state.max_steps
+    assert (tmp_path / "dpo" / "checkpoint-2").is_dir()
+    records = [json.loads(line) for line in (tmp_path / "dpo" / "probes.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in records] == [("begin", 0), ("end", 2)]
+    assert "stopped the stage at step 2 of 8" in monitor.finish()
+
+
+def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    config = MonitorConfig(probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate")
+    probes = build_probe_set(data["train"], data["test"], config, seed=0)
+    monitor = SqueezingMonitor(probes, config, None, tmp_path)  # tokenizer from the trainer's processing_class
+    model = build_tiny_model(tiny_tokenizer)
+    rows = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in _pairs(data)])
+    sft_args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        gradient_checkpointing=False,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    sft = SFTTrainer(
+        model=model,
+        args=sft_args,
+        train_dataset=rows,
+        processing_class=tiny_tokenizer,
+        callbacks=[monitor.callback("sft", tmp_path / "sft")],
+    )
+    sft.train()  # automatic schedule: only the first and last step fit a 5% budget in 3 tiny steps
+    sft_logged = [h for h in sft.state.log_history if "probe/test/chosen/logp" in h]
+    assert [h["step"] for h in sft_logged] == [1, 3]  # step 0's probes ride along with the first log entry
+
+    with pytest.raises(AlignkitError, match="needs an SFT term"):  # mitigate, but DPO without an 'sft' loss term
+        _dpo(model, build_tiny_model(tiny_tokenizer), tiny_tokenizer, _pairs(data), tmp_path / "x", 2, [
+            monitor.callback("bad", tmp_path / "x")
+        ]).train()  # fmt: skip
+
+    config.guard_action = "warn"
+    dpo = _dpo(model, build_tiny_model(tiny_tokenizer), tiny_tokenizer, _pairs(data), tmp_path / "dpo", 2, [
+        monitor.callback("dpo", tmp_path / "dpo")
+    ])  # fmt: skip
+    dpo.train()
+    assert [(r["stage"], r["step"], r["global_step"]) for r in monitor.records] == [
+        ("sft", 0, 0),
+        ("sft", 3, 3),
+        ("dpo", 0, 3),
+        ("dpo", 2, 5),
+    ]
+    assert monitor.boundaries == [(0, "sft"), (3, "dpo")]
+    summary = monitor.finish()
+    assert "end of sft" in summary and "end of dpo" in summary
