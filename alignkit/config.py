@@ -30,6 +30,8 @@ TRL_LOSS_TYPES = (
     "apo_zero", "apo_down", "discopop", "sigmoid_norm",
 )  # fmt: skip
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLING_MODES = ("off_policy", "on_policy", "mixed")
+RANKERS = ("builtin_verifier", "judge", "reward_model", "callable")
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -197,6 +199,92 @@ class PreferenceStageConfig:
             "fixed anyway). Turn off to save the time of the up-front pass on huge datasets."
         },
     )
+    sampling: str = field(
+        default="off_policy",
+        metadata={
+            "help": "Where the preference pairs come from. 'off_policy': the dataset's pairs. 'on_policy': "
+            "onpolicy_rounds rounds of: sample k responses per prompt from the current policy, rank them with "
+            "`ranker`, train on (best, worst); pairs the policy already finds likely are squeezed less "
+            "(docs/onpolicy.md). 'mixed': each round's pairs are on-policy pairs plus dataset pairs, in the ratio "
+            "onpolicy_mix_ratio."
+        },
+    )
+    onpolicy_rounds: int = field(
+        default=2,
+        metadata={
+            "help": "Sample-rank-train rounds. preference_max_steps is the total over all rounds, split evenly; "
+            "with preference_max_steps=-1 each round trains preference_num_train_epochs over its pairs."
+        },
+    )
+    onpolicy_prompts_per_round: int = field(
+        default=64,
+        metadata={"help": "Training prompts sampled in each round (a seeded draw; rounds use different prompts)."},
+    )
+    onpolicy_num_samples: int = field(
+        default=4, metadata={"help": "k: responses sampled per prompt; the best and the worst form the pair."}
+    )
+    onpolicy_max_new_tokens: int = field(default=64, metadata={"help": "Most tokens per sampled response."})
+    onpolicy_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature. 1.0 with top_p 1.0 samples the policy itself (strictly on-policy)."},
+    )
+    onpolicy_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass; 1.0 turns it off."})
+    onpolicy_batch_size: int = field(
+        default=16,
+        metadata={"help": "Prompts per generation batch (each gives k sequences) and texts per reward-model batch."},
+    )
+    onpolicy_mix_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "sampling=mixed: the fraction of each round's pairs that are on-policy (the rest: dataset)."
+        },
+    )
+    onpolicy_reference: str = field(
+        default="fixed",
+        metadata={
+            "help": "Reference model of rounds after the first. 'fixed': the SFT model throughout (with LoRA, one "
+            "adapter keeps training on the SFT weights; the reference is that adapter disabled). 'updated': the "
+            "policy at the start of each round (with LoRA, each round's adapter is merged and a fresh one starts)."
+        },
+    )
+    generation_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "Sampler: 'transformers' (batched generate with KV cache; any device) or 'vllm' (needs vllm and "
+            "a CUDA GPU; untested in this project's CI)."
+        },
+    )
+    ranker: str = field(
+        default="builtin_verifier",
+        metadata={
+            "help": "Scores the sampled responses. 'builtin_verifier': checks the row's reference_answer (the "
+            "built-in data's checkable tasks; offline). 'judge': an LLM judge at ranker_path (OpenAI-compatible URL "
+            "or 'local'). "
+            "'reward_model': a sequence-classification model at ranker_path (folder or hub id). 'callable': "
+            "ranker_path = 'module:function' or 'file.py:function', called as f(prompts, candidates[, rows]) and "
+            "returning one list of scores (None = cannot score) per prompt."
+        },
+    )
+    ranker_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the ranker loads: judge URL or 'local', reward model path/hub id, or module:function."
+        },
+    )
+    ranker_judge_mode: str = field(
+        default="pairwise",
+        metadata={
+            "help": "ranker=judge: 'pairwise' (round-robin tournament, every pair in both orders; k(k-1) requests "
+            "per prompt) or 'pointwise' (each response graded good / partly / bad against the reference answer)."
+        },
+    )
+    ranker_judge_model: str | None = field(
+        default=None, metadata={"help": "ranker=judge: the model name sent to the endpoint (not needed for 'local')."}
+    )
+    ranker_judge_api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "ranker=judge: NAME of the environment variable holding the API key (None: no key)."},
+    )
 
     def __post_init__(self):
         _check_choice("loss", self.loss, ("dpo", *TRL_LOSS_TYPES))
@@ -207,6 +295,56 @@ class PreferenceStageConfig:
             raise AlignkitError(
                 f"config field 'preference_max_steps' is {self.preference_max_steps}; use -1 or a positive number"
             )
+        self._check_onpolicy()
+
+    def _check_onpolicy(self) -> None:
+        _check_choice("sampling", self.sampling, SAMPLING_MODES)
+        _check_choice("onpolicy_reference", self.onpolicy_reference, ("fixed", "updated"))
+        _check_choice("generation_backend", self.generation_backend, ("transformers", "vllm"))
+        _check_choice("ranker", self.ranker, RANKERS)
+        _check_choice("ranker_judge_mode", self.ranker_judge_mode, ("pairwise", "pointwise"))
+        for name in (
+            "onpolicy_rounds",
+            "onpolicy_prompts_per_round",
+            "onpolicy_max_new_tokens",
+            "onpolicy_batch_size",
+        ):
+            _check_positive(name, getattr(self, name))
+        if self.onpolicy_num_samples < 2:
+            raise AlignkitError(
+                f"config field 'onpolicy_num_samples' is {self.onpolicy_num_samples}; a pair needs at least 2 samples"
+            )
+        _check_positive("onpolicy_temperature", self.onpolicy_temperature)
+        if not 0 < self.onpolicy_top_p <= 1:
+            raise AlignkitError(f"config field 'onpolicy_top_p' is {self.onpolicy_top_p}; it must be in (0, 1]")
+        if not 0 < self.onpolicy_mix_ratio < 1:
+            raise AlignkitError(
+                f"config field 'onpolicy_mix_ratio' is {self.onpolicy_mix_ratio}; it must be in (0, 1) "
+                "(use sampling: on_policy or off_policy for all of one kind)"
+            )
+        if self.sampling == "off_policy":
+            return
+        if self.ranker != "builtin_verifier" and not self.ranker_path:
+            what = {"judge": "an OpenAI-compatible URL or 'local'", "reward_model": "a model folder or hub id",
+                    "callable": "'module:function'"}[self.ranker]  # fmt: skip
+            raise AlignkitError(f"ranker '{self.ranker}' needs ranker_path: {what}")
+        if self.ranker == "callable" and ":" not in self.ranker_path:
+            raise AlignkitError(f"config field 'ranker_path' is {self.ranker_path!r}; ranker 'callable' needs "
+                                "'module:function' or 'path/to/file.py:function'")  # fmt: skip
+        if self.ranker == "judge" and not (self.ranker_path == "local" or self.ranker_path.startswith("http")):
+            raise AlignkitError(f"config field 'ranker_path' is {self.ranker_path!r}; ranker 'judge' needs 'local' or "
+                                "an OpenAI-compatible URL such as https://api.openai.com/v1")  # fmt: skip
+        if self.ranker == "judge" and self.ranker_path != "local" and not self.ranker_judge_model:
+            raise AlignkitError("ranker 'judge' with a remote endpoint needs ranker_judge_model (e.g. gpt-4o)")
+        if 0 < self.preference_max_steps < self.onpolicy_rounds:
+            raise AlignkitError(
+                f"preference_max_steps={self.preference_max_steps} is fewer than "
+                f"onpolicy_rounds={self.onpolicy_rounds}; each round needs at least one step"
+            )
+        if self.generation_backend == "vllm":
+            from alignkit.onpolicy.sampling import check_vllm  # imports torch: only when vllm is asked for
+
+            check_vllm()
 
     @property
     def trl_loss_type(self) -> str:
@@ -240,7 +378,44 @@ class RunConfig:
             _check_positive(name, getattr(self, name))
 
 
-CONFIG_CLASSES = (ModelConfig, DataConfig, SFTStageConfig, PreferenceStageConfig, MonitorConfig, RunConfig)
+@dataclass
+class EvaluationConfig:
+    eval_win_rate: bool = field(
+        default=False,
+        metadata={"help": "End the run with a judged win rate of the final model against eval_baseline (eval/)."},
+    )
+    eval_baseline: str = field(
+        default="start",
+        metadata={
+            "help": "'start' (the model the run started from), or a model folder / hub id / adapter / outputs JSONL, "
+            "e.g. the final/ folder of a chosen-SFT + DPO run."
+        },
+    )
+    eval_judge_base_url: str = field(
+        default="local",
+        metadata={
+            "help": "OpenAI-compatible judge endpoint; 'local' = a llama.cpp server on SmolLM2 (weak, offline)."
+        },
+    )
+    eval_judge_model: str | None = field(default=None, metadata={"help": "Judge model name (remote judges)."})
+    eval_judge_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable holding the judge's API key (never logged)."}
+    )
+    eval_num_prompts: int | None = field(
+        default=None, metadata={"help": "Judge only the first N held-out prompts (None = all)."}
+    )
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "Response length generated for judging."})
+
+    def __post_init__(self):
+        if self.eval_judge_base_url != "local" and not self.eval_judge_model:
+            raise AlignkitError("config field 'eval_judge_model' is required when eval_judge_base_url is not 'local'")
+        if self.eval_num_prompts is not None:
+            _check_positive("eval_num_prompts", self.eval_num_prompts)
+
+
+CONFIG_CLASSES = (
+    ModelConfig, DataConfig, SFTStageConfig, PreferenceStageConfig, MonitorConfig, EvaluationConfig, RunConfig,
+)  # fmt: skip
 
 
 @dataclass
@@ -252,12 +427,13 @@ class RecipeConfig:
     sft: SFTStageConfig
     preference: PreferenceStageConfig
     monitor: MonitorConfig
+    evaluation: EvaluationConfig
     run: RunConfig
 
     def to_dict(self) -> dict:
         """The flat dict of every field: exactly what a YAML recipe holds."""
         flat: dict = {}
-        for part in (self.model, self.data, self.sft, self.preference, self.monitor, self.run):
+        for part in (self.model, self.data, self.sft, self.preference, self.monitor, self.evaluation, self.run):
             flat.update(asdict(part))
         return flat
 

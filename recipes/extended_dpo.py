@@ -19,6 +19,7 @@ from accelerate import PartialState
 from alignkit.config import RecipeConfig, parse_recipe_config
 from alignkit.data import check_lengths, load_preference_data
 from alignkit.errors import AlignkitError
+from alignkit.evaluation import final_win_rate
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
@@ -70,6 +71,8 @@ def main(cfg: RecipeConfig) -> Path:
         tokenizer.save_pretrained(final_dir)
         write_metrics(out, stages)
         sections = [monitor.finish()] if monitor else []
+        if cfg.evaluation.eval_win_rate:  # --- evaluate: judged win rate of the final model against the baseline
+            sections.append(final_win_rate(cfg, final_dir, list(data["test"]["prompt"]), out / "win_rate"))
         report = write_report(out, cfg, stages, final_dir, sections, notes)
         logger.warning("done: %s", report)
     state.wait_for_everyone()

@@ -184,3 +184,24 @@ def test_real_smollm2_few_steps(tmp_path):
     assert metrics["sft"]["steps"] == 2 and metrics["preference"]["steps"] == 2
     assert lora_b_norm(out / "preference" / "adapter") > 0
     assert (out / "final" / "model.safetensors").exists()
+
+
+def test_recipe_ends_with_a_win_rate_report(tiny_model_dir, tmp_path):
+    from alignkit.data import load_builtin
+    from alignkit.judge.fake_server import FakeJudgeServer, prefer_longer
+
+    baseline = tmp_path / "baseline.jsonl"  # a baseline given as outputs: one long answer per held-out prompt
+    prompts = load_builtin()["test"]["prompt"][:3]
+    baseline.write_text(
+        "".join(json.dumps({"prompt": p, "output": "a long baseline answer " * 5}) + "\n" for p in prompts)
+    )
+    with FakeJudgeServer(policy=prefer_longer()) as server:
+        args = tiny_args(tiny_model_dir, tmp_path / "out", preference_max_steps=1, probe_enabled=False,
+                         eval_win_rate=True, eval_baseline=baseline, eval_judge_base_url=server.base_url,
+                         eval_judge_model="fake-judge", eval_num_prompts=3, eval_max_new_tokens=8)  # fmt: skip
+        out = run_recipe_in_process(args)
+        assert server.requests == 6  # 3 prompts x both orders
+    report = (out / "report.md").read_text()
+    assert "## Win rate" in report and "judged by `fake-judge` in both orders on 3 held-out prompts" in report
+    assert "win rate 0.0%" in report  # the judge prefers the longer answer: the baseline's, in both orders
+    assert (out / "win_rate" / "report.html").exists() and (out / "win_rate" / "win_rate.png").exists()
