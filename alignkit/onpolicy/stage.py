@@ -1,0 +1,455 @@
+"""The on-policy preference stage: R rounds of sample k responses from the policy → rank → DPO/IPO on (best, worst).
+
+    stage_dir/
+      round-1/ samples.jsonl  pairs.jsonl  train_pairs/  checkpoint-*  adapter/ (or model/)  probes.jsonl
+               round_complete.json
+      round-2/ ...
+      adapter/ (LoRA: the stage's result as one adapter on the SFT model)  metrics.json  stage_complete.json
+
+Every round resumes on its own: a finished round (`round_complete.json`) is skipped, a round whose `pairs.jsonl`
+exists trains on the saved pairs without sampling or ranking again, one whose `samples.jsonl` exists is only ranked
+again (an LLM judge's verdicts come from its cache), and an interrupted training run resumes from its newest
+`checkpoint-*`. The policy at the start of a round is rebuilt from what the finished rounds saved, never carried over
+in memory, so a resumed run trains exactly what an uninterrupted one would.
+
+The reference model (`onpolicy_reference`):
+
+* fixed: the SFT model in every round. With LoRA one adapter keeps training across rounds on the SFT weights (a
+  round starts from the previous round's adapter weights), so "adapter disabled" is the SFT model throughout;
+* updated: the policy at the start of the round. With LoRA each round's adapter is merged and a fresh one starts on
+  top, so "adapter disabled" is the previous round's policy.
+
+Without LoRA the reference is an explicit copy of the SFT model (fixed) or of the round's starting policy (updated).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from peft import PeftModel
+from peft.utils import load_peft_weights, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from trl import DPOConfig, DPOTrainer
+
+from alignkit.config import RecipeConfig
+from alignkit.errors import AlignkitError
+from alignkit.models import load_model
+from alignkit.monitors import SqueezingCallback
+from alignkit.onpolicy.pairs import build_pairs, read_jsonl, training_pairs, write_jsonl
+from alignkit.onpolicy.rankers import check_scores, load_callable, ranker_from_config
+from alignkit.onpolicy.sampling import sample_responses
+from alignkit.stages import (
+    STAGE_DONE,
+    StageResult,
+    _attach,
+    _on_disk,
+    _train,
+    _training_kwargs,
+    load_stage_model,
+    lora_config,
+    pairs_for_steps,
+    preference_loss,
+)
+
+logger = logging.getLogger(__name__)
+ROUND_DONE = "round_complete.json"
+
+
+def round_steps(total: int, rounds: int) -> list[int]:
+    """`preference_max_steps` split over the rounds (earlier rounds take the remainder); -1 stays -1 (epochs).
+
+    >>> round_steps(40, 2), round_steps(7, 3), round_steps(-1, 2)
+    ([20, 20], [3, 2, 2], [-1, -1])
+    """
+    if total <= 0:
+        return [total] * rounds
+    return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
+
+
+def prompt_pool(pairs: Dataset, ranker: str) -> Dataset:
+    """The rows to sample prompts from: one per distinct prompt, and for the verifier only rows it can check."""
+    if ranker == "builtin_verifier":
+        if "reference_answer" not in pairs.column_names:
+            raise AlignkitError(
+                "ranker 'builtin_verifier' checks each row's 'reference_answer', and this dataset has no such column "
+                "(the built-in data has it); choose ranker: judge, reward_model or callable"
+            )
+        pairs = pairs.filter(lambda row: bool((row["reference_answer"] or "").strip()))
+        if len(pairs) == 0:
+            raise AlignkitError("ranker 'builtin_verifier': no training row has a non-empty 'reference_answer'")
+    seen, keep = set(), []
+    for i, prompt in enumerate(pairs["prompt"]):
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return pairs.select(keep)
+
+
+def round_prompts(pool: Dataset, round_index: int, per_round: int, seed: int) -> Dataset:
+    """Round r's prompts: the r-th block of one seeded permutation of the pool, so rounds see different prompts
+    until the pool runs out (then it wraps around)."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    start = (round_index - 1) * per_round
+    return pool.select([order[(start + i) % len(order)] for i in range(min(per_round, len(order)))])
+
+
+def concat_adapters(adapter_dirs: list[Path], out_dir: Path) -> Path:
+    """One LoRA adapter equal to applying `adapter_dirs` one after the other (each merged before the next).
+
+    LoRA adds scale·B·A to a weight, so a sum of adapters of rank r is one adapter of rank n·r with the A matrices
+    stacked and the B matrices side by side; lora_alpha grows with the rank so that the scale stays the same. This is
+    how 'updated' rounds become a single `weights` folder that `load_stage_model` merges like any stage's adapter.
+    """
+    configs = [json.loads((d / "adapter_config.json").read_text()) for d in adapter_dirs]
+    first = configs[0]
+    keys = ("r", "lora_alpha", "target_modules", "use_rslora")
+    if (
+        any(c.get(k) != first.get(k) for c in configs for k in keys)
+        or first.get("rank_pattern")
+        or first.get("alpha_pattern")
+    ):
+        raise AlignkitError(
+            f"cannot combine the adapters in {[str(d) for d in adapter_dirs]}: their LoRA settings differ"
+        )
+    tensors = [load_file(str(d / "adapter_model.safetensors")) for d in adapter_dirs]
+    combined = {}
+    for key in tensors[0]:
+        parts = [t[key] for t in tensors]
+        if ".lora_A." in key:
+            combined[key] = torch.cat(parts, dim=0)
+        elif ".lora_B." in key:
+            combined[key] = torch.cat(parts, dim=1)
+        else:
+            raise AlignkitError(
+                f"cannot combine adapters with non-LoRA weights ({key}); use onpolicy_reference: fixed"
+            )
+    n = len(adapter_dirs)
+    # scale = alpha / r (alpha / sqrt(r) with rsLoRA) must not change when r becomes n·r
+    alpha = first["lora_alpha"] * (math.sqrt(n) if first.get("use_rslora") else n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(combined, str(out_dir / "adapter_model.safetensors"))
+    (out_dir / "adapter_config.json").write_text(json.dumps({**first, "r": first["r"] * n, "lora_alpha": alpha}))
+    return out_dir
+
+
+def _finished_rounds(stage_dir: Path, rounds: int) -> list[dict]:
+    """Markers of the rounds finished by earlier runs, in order, up to the first unfinished one."""
+    done = []
+    for r in range(1, rounds + 1):
+        marker = stage_dir / f"round-{r}" / ROUND_DONE
+        if not marker.exists():
+            break
+        done.append(json.loads(marker.read_text()) | {"dir": str(stage_dir / f"round-{r}")})
+    return done
+
+
+def _round_weights(finished: list[dict]) -> list[Path]:
+    return [Path(d["dir"]) / d["weights"] for d in finished if d.get("weights")]
+
+
+def _start_of_round(cfg: RecipeConfig, start_stages: list[StageResult], finished: list[dict]):
+    """(policy weights to train, adapter to continue or None): the round's starting point, rebuilt from disk."""
+    weights = _round_weights(finished)
+    if not cfg.model.use_lora:
+        return (load_model(cfg.model, source=weights[-1]) if weights else load_stage_model(cfg, start_stages)), None
+    base = load_stage_model(cfg, start_stages)
+    if cfg.preference.onpolicy_reference == "fixed":
+        return base, (weights[-1] if weights else None)
+    for adapter in weights:
+        base = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    return base, None
+
+
+def _sample(base, adapter: Path | None, tokenizer, prompts: Dataset, cfg: RecipeConfig, r: int, round_dir: Path):
+    """k samples per prompt from the current policy: `base`, plus the continuing adapter when there is one."""
+    p = cfg.preference
+    policy = PeftModel.from_pretrained(base, adapter) if adapter is not None else base
+    if torch.cuda.is_available() and not cfg.run.use_cpu:
+        policy.to(PartialState().device)
+    samples = sample_responses(
+        policy,
+        tokenizer,
+        prompts["prompt"],
+        num_samples=p.onpolicy_num_samples,
+        max_new_tokens=p.onpolicy_max_new_tokens,
+        temperature=p.onpolicy_temperature,
+        top_p=p.onpolicy_top_p,
+        batch_size=p.onpolicy_batch_size,
+        seed=cfg.run.seed + 1000 * r,
+        backend=p.generation_backend,
+        work_dir=round_dir,
+    )
+    # unload() takes the LoRA layers out again and hands back `base` with its weights untouched (unlike a merge).
+    return (policy.unload() if adapter is not None else policy), samples
+
+
+def _round_pairs(base, adapter, tokenizer, prompts: Dataset, cfg: RecipeConfig, r: int, round_dir: Path, stage_dir):
+    """This round's ranked records: read from pairs.jsonl when a previous run got that far, else sampled (or read
+    from samples.jsonl) and ranked now. Returns (base, records)."""
+    state = PartialState()
+    pairs_file, samples_file = round_dir / "pairs.jsonl", round_dir / "samples.jsonl"
+    if pairs_file.exists():
+        logger.warning("[preference round %d] reusing the ranked samples in %s", r, pairs_file)
+        return base, read_jsonl(pairs_file)
+    rows = list(prompts)
+    if samples_file.exists():
+        logger.warning("[preference round %d] reusing the samples in %s; ranking them", r, samples_file)
+        candidates = [line["candidates"] for line in read_jsonl(samples_file)]
+    else:
+        t0 = time.perf_counter()
+        base, candidates = _sample(base, adapter, tokenizer, prompts, cfg, r, round_dir)
+        seconds = time.perf_counter() - t0
+        logger.warning(
+            "[preference round %d] sampled %d x %d responses in %.0f s",
+            r, len(rows), cfg.preference.onpolicy_num_samples, seconds,
+        )  # fmt: skip
+        if state.is_main_process:
+            round_dir.mkdir(parents=True, exist_ok=True)
+            write_jsonl(
+                samples_file,
+                [{"id": row.get("id"), "prompt": row["prompt"], "candidates": c} for row, c in zip(rows, candidates)],
+            )
+    # Rank once, on the main process (a judge must not be asked twice, a reward model need not be loaded twice),
+    # and hand the result to the other processes through the file.
+    if state.is_main_process:
+        ranker = ranker_from_config(cfg.preference, stage_dir)
+        try:
+            scores = check_scores(
+                ranker([row["prompt"] for row in rows], candidates, rows),
+                candidates,
+                f"ranker '{cfg.preference.ranker}'",
+            )
+        finally:
+            if hasattr(ranker, "close"):
+                ranker.close()
+            del ranker
+            gc.collect()
+        records, _ = build_pairs(rows, candidates, scores)
+        write_jsonl(pairs_file, [{"round": r, **record} for record in records])
+    state.wait_for_everyone()
+    return base, read_jsonl(pairs_file)
+
+
+def _training_set(records: list[dict], pairs: Dataset, cfg: RecipeConfig, r: int) -> tuple[Dataset | None, Counter]:
+    """The round's DPO rows: its on-policy pairs, plus (mixed) dataset pairs in the configured ratio."""
+    p = cfg.preference
+    on_policy = training_pairs(records)
+    counts = Counter(prompts=len(records), on_policy_pairs=len(on_policy))
+    counts.update(record["status"] for record in records if record["status"] != "pair")
+    rows = list(on_policy)
+    if p.sampling == "mixed" and on_policy:
+        wanted = round(len(on_policy) * (1 - p.onpolicy_mix_ratio) / p.onpolicy_mix_ratio)
+        picked = random.Random(cfg.run.seed + r).sample(range(len(pairs)), min(wanted, len(pairs)))
+        dataset_rows = pairs.select(picked).select_columns(["prompt", "chosen", "rejected"])
+        rows += list(dataset_rows)
+        counts["dataset_pairs"] = len(picked)
+    return Dataset.from_list(rows) if rows else None, counts
+
+
+def _train_round(model, adapter, ref_model, tokenizer, train: Dataset, cfg, round_dir: Path, steps: int, callbacks):
+    """DPO/IPO on the round's pairs; returns (status, seconds, steps, log history, weights folder name)."""
+    p = cfg.preference
+    loss_type, loss_weights = preference_loss(cfg)
+    args = DPOConfig(
+        **_training_kwargs(cfg, round_dir, p.preference_learning_rate, steps, p.preference_num_train_epochs),
+        loss_type=loss_type,
+        loss_weights=loss_weights,
+        beta=p.beta,
+        precompute_ref_log_probs=p.precompute_ref_log_probs,
+        truncation_mode="keep_start",
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg) if cfg.model.use_lora else None,
+        callbacks=list(callbacks),
+    )
+    if adapter is not None:
+        # The adapter continues from the previous round. Loaded after the trainer is built: a PeftModel handed to
+        # DPOTrainer would get a frozen copy of its adapter as the reference, i.e. an 'updated' reference.
+        set_peft_model_state_dict(trainer.model, load_peft_weights(str(adapter)))
+    _attach(trainer, callbacks)
+    status, seconds = _train(trainer, round_dir, round_dir.name)
+    if any(isinstance(c, SqueezingCallback) and c.stopped_early for c in trainer.callback_handler.callbacks):
+        status = "stopped early by the squeezing guard"
+    weights = "adapter" if cfg.model.use_lora else "model"
+    trainer.save_model(str(round_dir / weights))
+    result = (status, seconds, trainer.state.global_step, trainer.state.log_history, weights)
+    trainer.accelerator.free_memory()
+    del trainer
+    gc.collect()
+    return result
+
+
+def _skipped(stage_dir: Path) -> StageResult | None:
+    marker = stage_dir / STAGE_DONE
+    if not marker.exists():
+        return None
+    logger.warning("[preference] already complete in %s: skipping", stage_dir)
+    done = json.loads(marker.read_text())
+    history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
+    weights = stage_dir / done["weights"] if done.get("weights") else None
+    return StageResult(
+        name="preference",
+        status="skipped (already complete)",
+        weights=weights,
+        seconds=done["seconds"],
+        steps=done["steps"],
+        rows=done["rows"],
+        log_history=history,
+    )
+
+
+def _stage_weights(cfg: RecipeConfig, stage_dir: Path, finished: list[dict]) -> Path | None:
+    """The stage's result as one folder that `load_stage_model` applies to the SFT model (None: nothing trained)."""
+    weights = _round_weights(finished)
+    if not weights:
+        return None
+    if not cfg.model.use_lora:
+        return weights[-1]
+    out = stage_dir / "adapter"
+    if PartialState().is_main_process:
+        shutil.rmtree(out, ignore_errors=True)
+        if cfg.preference.onpolicy_reference == "fixed":  # the last round's adapter holds every round's training
+            shutil.copytree(weights[-1], out)
+        else:
+            concat_adapters(weights, out)
+    return out
+
+
+def run_onpolicy_preference_stage(
+    tokenizer,
+    pairs: Dataset,
+    cfg: RecipeConfig,
+    stage_dir: Path,
+    start_stages: list[StageResult],
+    monitor=None,
+    callbacks=(),
+) -> StageResult:
+    """Stage 2, on-policy (or mixed): `onpolicy_rounds` rounds of sample → rank → train, from the model that
+    `start_stages` (the SFT stage) produced.
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        pairs: the training split; its prompts are sampled, and (mixed) its pairs mixed in.
+        cfg: the recipe config (`cfg.preference` holds the on-policy settings).
+        stage_dir: the stage's folder; round r works in `stage_dir / f"round-{r}"`.
+        start_stages: the stages whose weights the policy starts from (and, fixed reference, the reference is).
+        monitor: a SqueezingMonitor: each round gets `monitor.callback(f"preference round {r}", round_dir)`, so
+            the plots mark every round boundary on one step axis.
+        callbacks: more TrainerCallbacks, given to every round's trainer.
+
+    Returns:
+        The stage's StageResult; `weights` is one folder (adapter or model) to apply to the SFT model.
+    """
+    if done := _skipped(stage_dir):
+        return done
+    p = cfg.preference
+    state = PartialState()
+    if p.ranker == "callable":
+        load_callable(p.ranker_path)  # a typo in ranker_path should fail now, not after the first round's sampling
+    pool = prompt_pool(pairs, p.ranker)
+    steps = round_steps(p.preference_max_steps, p.onpolicy_rounds)
+    finished = _finished_rounds(stage_dir, p.onpolicy_rounds)
+    if finished:
+        logger.warning("[preference] rounds 1-%d already complete in %s: skipping them", len(finished), stage_dir)
+    totals: Counter = Counter()
+    history: list[dict] = []
+    seconds, total_steps, status = 0.0, 0, "trained" if not finished else f"resumed after round {len(finished)}"
+    for done in finished:
+        totals.update(done["rows"])
+        seconds += done["seconds"]
+        total_steps += done["steps"]
+        history += done.get("log_history", [])
+
+    for r in range(len(finished) + 1, p.onpolicy_rounds + 1):
+        round_dir = stage_dir / f"round-{r}"
+        name = f"preference round {r}"
+        base, adapter = _start_of_round(cfg, start_stages, finished)
+        prompts = round_prompts(pool, r, p.onpolicy_prompts_per_round, cfg.run.seed)
+        t0 = time.perf_counter()
+        base, records = _round_pairs(base, adapter, tokenizer, prompts, cfg, r, round_dir, stage_dir)
+        train, counts = _training_set(records, pairs, cfg, r)
+        logger.warning(
+            "[%s] %d prompts -> %d on-policy pairs (%d tied, %d unscored)%s",
+            name, counts["prompts"], counts["on_policy_pairs"], counts["tie"], counts["unscored"],
+            f" + {counts['dataset_pairs']} dataset pairs" if "dataset_pairs" in counts else "",
+        )  # fmt: skip
+        marker = {"rows": dict(counts), "steps": 0, "weights": None, "log_history": [], "status": "no pairs"}
+        if train is not None:
+            if cfg.model.use_lora:
+                ref_model = None  # the adapter disabled
+            elif p.onpolicy_reference == "fixed":
+                ref_model = load_stage_model(cfg, start_stages)
+            else:
+                ref_model = copy.deepcopy(base)
+            # on disk, as in the off-policy stage: TRL caches the reference log-probs next to the dataset's files,
+            # which every process must see (and a resumed round finds its own pairs and cache again)
+            train = _on_disk(pairs_for_steps(train, steps[r - 1], cfg), round_dir / "train_pairs")
+            round_callbacks = [*callbacks, *([monitor.callback(name, round_dir)] if monitor is not None else [])]
+            run_status, _, run_steps, log, weights = _train_round(
+                base, adapter, ref_model, tokenizer, train, cfg, round_dir, steps[r - 1], round_callbacks
+            )
+            marker |= {"status": run_status, "steps": run_steps, "weights": weights}
+            marker["log_history"] = [{**entry, "round": r} for entry in log]
+            del ref_model
+        else:
+            logger.warning("[%s] no prompt gave a pair (all tied or unscored): the policy is left as it was", name)
+        marker["seconds"] = round(time.perf_counter() - t0, 1)
+        del base
+        gc.collect()
+        if state.is_main_process:
+            (round_dir / ROUND_DONE).write_text(json.dumps(marker, indent=1))
+        state.wait_for_everyone()
+        finished.append(marker | {"dir": str(round_dir)})
+        totals.update(marker["rows"])
+        seconds += marker["seconds"]
+        total_steps += marker["steps"]
+        history += marker["log_history"]
+        if marker["status"].startswith("stopped early"):
+            status = f"stopped early by the squeezing guard in round {r}"
+            logger.warning("[preference] the squeezing guard stopped round %d: no further rounds", r)
+            break
+
+    weights = _stage_weights(cfg, stage_dir, finished)
+    totals["pairs"] = totals["on_policy_pairs"] + totals["dataset_pairs"]
+    rows = {k: totals[k] for k in ("prompts", "pairs", "on_policy_pairs", "dataset_pairs")}
+    rows |= {"tied_prompts": totals["tie"], "unscored_prompts": totals["unscored"]}
+    if state.is_main_process:
+        (stage_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+        done = {
+            "status": status,
+            "steps": total_steps,
+            "seconds": round(seconds, 1),
+            "rows": rows,
+            "rounds": len(finished),
+            "weights": str(weights.relative_to(stage_dir)) if weights is not None else None,
+        }
+        (stage_dir / STAGE_DONE).write_text(json.dumps(done, indent=1))
+    state.wait_for_everyone()
+    return StageResult(
+        name="preference",
+        status=status,
+        weights=weights,
+        seconds=seconds,
+        steps=total_steps,
+        rows=rows,
+        log_history=history,
+    )
