@@ -8,6 +8,7 @@ cache and load that folder from then on (0.2 s instead of ~15 s, and trainable).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -113,9 +114,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _adapter_base(path: Path | str) -> str | None:
+    """The base model a PEFT adapter folder was trained on, or None when `path` is not an adapter folder."""
+    config = Path(path) / "adapter_config.json"
+    if isinstance(path, str) and not Path(path).exists() or not config.exists():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
 def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
+    source = source or local_folder(cfg)
+    base = _adapter_base(source)
+    if base is not None and not (Path(source) / "tokenizer_config.json").exists():
+        source = local_folder(ModelConfig(model_name_or_path=base))
     tokenizer = AutoTokenizer.from_pretrained(
-        source or local_folder(cfg), revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        source, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -151,7 +164,7 @@ def quantization_config(cfg: ModelConfig):
 
 
 def load_model(cfg: ModelConfig, source: Path | str | None = None):
-    """The base causal LM described by `cfg` (or loaded from `source`, e.g. a merged stage folder)."""
+    """The causal LM described by `cfg` (or loaded from `source`); a PEFT adapter folder comes merged into its base."""
     kwargs = {
         "dtype": resolve_dtype(cfg.torch_dtype),
         "trust_remote_code": cfg.trust_remote_code,
@@ -161,7 +174,13 @@ def load_model(cfg: ModelConfig, source: Path | str | None = None):
         kwargs["attn_implementation"] = cfg.attn_implementation
     if (quant := quantization_config(cfg)) is not None:
         kwargs["quantization_config"] = quant
+    source = source or local_folder(cfg)
     try:
-        return AutoModelForCausalLM.from_pretrained(source or local_folder(cfg), **kwargs)
+        if (base := _adapter_base(source)) is not None:
+            from peft import PeftModel
+
+            model = AutoModelForCausalLM.from_pretrained(local_folder(ModelConfig(model_name_or_path=base)), **kwargs)
+            return PeftModel.from_pretrained(model, source).merge_and_unload()
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         raise AlignkitError(f"could not load model '{source or cfg.model_name_or_path}': {err}") from None

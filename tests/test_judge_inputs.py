@@ -158,7 +158,8 @@ def test_cli_flags_and_yaml_config(tmp_path):
 
 
 def test_load_model_from_folder_and_from_a_peft_adapter(tiny_model_dir, tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from alignkit.judge.inputs import load_model
@@ -166,9 +167,10 @@ def test_load_model_from_folder_and_from_a_peft_adapter(tiny_model_dir, tmp_path
     model, tokenizer = load_model(tiny_model_dir)
     assert model.config.hidden_size == 32 and tokenizer.pad_token_id is not None
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")  # records base_model_name_or_path = tiny_model_dir
-    loaded, _ = load_model(tmp_path / "adapter")
-    assert isinstance(loaded, PeftModel)
-    with pytest.raises(AlignkitError, match="could not load it"):
+    loaded, _ = load_model(tmp_path / "adapter")  # the adapter comes merged into its base
+    ids = torch.tensor([[5, 17, 42, 99]])
+    torch.testing.assert_close(loaded(ids).logits, adapter(ids).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AlignkitError, match="does not exist"):
         load_model(tmp_path / "no-such-model")

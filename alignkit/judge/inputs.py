@@ -172,37 +172,14 @@ def _column(dataset, name: str) -> list:
 def load_model(spec: str | os.PathLike):
     """(model, tokenizer) from a local HF folder, a hub id, a PEFT adapter folder or a .gguf file, on CPU or CUDA."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(spec)
-    try:
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise AlignkitError(f"{path}: GGUF file not found.")
-            kwargs = {"gguf_file": path.name}
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs)
-        elif (path / "adapter_config.json").is_file():
-            from peft import PeftModel
+    from alignkit.config import ModelConfig
+    from alignkit.models import load_model as load_causal_lm
+    from alignkit.models import load_tokenizer
 
-            base_id = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_id), path)
-            tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_id
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(spec))
-            model = AutoModelForCausalLM.from_pretrained(str(spec))
-    except AlignkitError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise AlignkitError(
-            f"model {str(spec)!r}: could not load it as an HF folder, hub id, PEFT adapter or .gguf ({e})."
-        ) from e
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    cfg = ModelConfig(model_name_or_path=str(spec))
+    tokenizer, model = load_tokenizer(cfg), load_causal_lm(cfg)
+    return (model.to("cuda") if torch.cuda.is_available() else model), tokenizer
 
 
 def side_name(spec: ModelSpec) -> str:
