@@ -1,0 +1,5 @@
+import sys
+
+from alignkit.dynamics.cli import main
+
+sys.exit(main())
