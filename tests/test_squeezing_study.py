@@ -30,15 +30,15 @@ def shared(model_dir) -> dict:
         "max_train_samples": 12,
         "max_length": 256,
         "per_device_train_batch_size": 2,
-        "sft_max_steps": 4,
+        "sft_max_steps": 2,
         "sft_learning_rate": 1e-2,
-        "preference_max_steps": 4,
+        "preference_max_steps": 2,  # on-policy: one step per round
         "preference_learning_rate": 1e-2,
         "logging_steps": 1,
         "save_steps": 50,
         "probe_num_prompts": 2,
         "probe_max_new_tokens": 4,
-        "probe_every": 2,
+        "probe_every": 1000,  # probes at the start and the end of each stage
         "use_cpu": True,
         "ranker": "callable",  # the tiny model's samples never pass the built-in verifier
         "ranker_path": "tests.test_onpolicy:length_ranker",
@@ -52,7 +52,7 @@ def shared(model_dir) -> dict:
 def study_dir(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("study") / "study"
     config = tmp_path_factory.mktemp("study_config") / "study.yaml"
-    config.write_text(json.dumps({"study_dir": str(out), "shared": shared(tiny_model_dir), "win_rate_num_prompts": 4,
+    config.write_text(json.dumps({"study_dir": str(out), "shared": shared(tiny_model_dir), "win_rate_num_prompts": 3,
                                   "win_rate_max_new_tokens": 8, "decomposition_params": "all"}))  # fmt: skip
     with FakeJudgeServer(prefer_longer()) as server:
         argv = ["--config", str(config), "--judge_base_url", server.base_url, "--judge_model", "fake"]
@@ -76,7 +76,7 @@ def test_arms_share_probes_and_update_budget(study_dir):
     summary = json.loads((study_dir / "study.json").read_text())
     arms = {a["arm"]: a for a in summary["arms"]}
     assert list(arms) == ["A", "B", "C"]
-    assert {a["preference_steps"] for a in arms.values()} == {4}
+    assert {a["preference_steps"] for a in arms.values()} == {2}
     probe_sets = {(study_dir / arm / "probe_set.jsonl").read_text() for arm in arms}
     assert len(probe_sets) == 1  # B and C loaded A's probe set
     for arm in ("B", "C"):
@@ -87,12 +87,12 @@ def test_arms_share_probes_and_update_budget(study_dir):
         study_dir / "C/sft/adapter/adapter_model.safetensors"
     ).read_bytes()
     assert "skipped" in json.loads((study_dir / "C" / "metrics.json").read_text())["sft"]["status"]
-    assert arms["A"]["sft_status"] == "trained" and arms["B"]["sft_steps"] == arms["C"]["sft_steps"] == 4
+    assert arms["A"]["sft_status"] == "trained" and arms["B"]["sft_steps"] == arms["C"]["sft_steps"] == 2
     for arm in arms.values():  # probe curves from start through the end of the preference stage
         assert all(v == v for v in arm["families"]["chosen"].values())
     wins = {(w["candidate"], w["baseline"]): w for w in summary["win_rates"]}
     assert set(wins) == {("B", "A"), ("C", "A")}
-    assert all(0 <= w["win_rate"] <= 1 and w["n_pairs"] == 4 for w in wins.values())
+    assert all(0 <= w["win_rate"] <= 1 and w["n_pairs"] == 3 for w in wins.values())
 
 
 def test_shipped_study_yaml_parses():
