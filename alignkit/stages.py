@@ -232,20 +232,13 @@ def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
     return [p.trl_loss_type], [1.0]
 
 
-def run_preference_stage(
-    model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()
-) -> StageResult:
-    """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference."""
-    if done := _skipped("preference", stage_dir, cfg.model.use_lora):
-        return done
+def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, max_steps: int, callbacks=(),
+                ref_model=None) -> DPOTrainer:  # fmt: skip
+    """TRL's DPOTrainer with the recipe's settings; without `ref_model` the reference is the model as handed in."""
     p = cfg.preference
     loss_type, loss_weights = preference_loss(cfg)
-    pairs = _on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
-    columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
     args = DPOConfig(
-        **_training_kwargs(
-            cfg, stage_dir, p.preference_learning_rate, p.preference_max_steps, p.preference_num_train_epochs
-        ),
+        **_training_kwargs(cfg, stage_dir, p.preference_learning_rate, max_steps, p.preference_num_train_epochs),
         loss_type=loss_type,
         loss_weights=loss_weights,
         beta=p.beta,
@@ -254,14 +247,29 @@ def run_preference_stage(
     )
     trainer = DPOTrainer(
         model=model,
-        ref_model=None,
+        ref_model=ref_model,
         args=args,
-        train_dataset=pairs.remove_columns(columns),
+        train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
         callbacks=list(callbacks),
     )
     _attach(trainer, callbacks)
+    return trainer
+
+
+def run_preference_stage(
+    model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()
+) -> StageResult:
+    """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference."""
+    if done := _skipped("preference", stage_dir, cfg.model.use_lora):
+        return done
+    p = cfg.preference
+    pairs = _on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
+    columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
+    trainer = dpo_trainer(
+        model, tokenizer, pairs.remove_columns(columns), cfg, stage_dir, p.preference_max_steps, callbacks
+    )
     result = StageResult("preference", "", rows={"pairs": len(pairs)})
     result.status, result.seconds = _train(trainer, stage_dir, "preference")
     return _finish(trainer, result, stage_dir, cfg.model.use_lora)

@@ -41,7 +41,6 @@ from datasets import Dataset
 from peft import PeftModel
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from trl import DPOConfig, DPOTrainer
 
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
@@ -53,14 +52,11 @@ from alignkit.onpolicy.sampling import sample_responses
 from alignkit.stages import (
     STAGE_DONE,
     StageResult,
-    _attach,
     _on_disk,
     _train,
-    _training_kwargs,
+    dpo_trainer,
     load_stage_model,
-    lora_config,
     pairs_for_steps,
-    preference_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -262,30 +258,11 @@ def _training_set(records: list[dict], pairs: Dataset, cfg: RecipeConfig, r: int
 
 def _train_round(model, adapter, ref_model, tokenizer, train: Dataset, cfg, round_dir: Path, steps: int, callbacks):
     """DPO/IPO on the round's pairs; returns (status, seconds, steps, log history, weights folder name)."""
-    p = cfg.preference
-    loss_type, loss_weights = preference_loss(cfg)
-    args = DPOConfig(
-        **_training_kwargs(cfg, round_dir, p.preference_learning_rate, steps, p.preference_num_train_epochs),
-        loss_type=loss_type,
-        loss_weights=loss_weights,
-        beta=p.beta,
-        precompute_ref_log_probs=p.precompute_ref_log_probs,
-        truncation_mode="keep_start",
-    )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg) if cfg.model.use_lora else None,
-        callbacks=list(callbacks),
-    )
+    trainer = dpo_trainer(model, tokenizer, train, cfg, round_dir, steps, callbacks, ref_model=ref_model)
     if adapter is not None:
         # The adapter continues from the previous round. Loaded after the trainer is built: a PeftModel handed to
         # DPOTrainer would get a frozen copy of its adapter as the reference, i.e. an 'updated' reference.
         set_peft_model_state_dict(trainer.model, load_peft_weights(str(adapter)))
-    _attach(trainer, callbacks)
     status, seconds = _train(trainer, round_dir, round_dir.name)
     if any(isinstance(c, SqueezingCallback) and c.stopped_early for c in trainer.callback_handler.callbacks):
         status = "stopped early by the squeezing guard"
