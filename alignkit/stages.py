@@ -20,7 +20,6 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset, load_from_disk
 from peft import LoraConfig, PeftModel
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from alignkit.config import RecipeConfig
@@ -130,8 +129,21 @@ def _attach(trainer, callbacks) -> None:
             callback.attach(trainer)
 
 
+def last_complete_checkpoint(stage_dir: Path) -> str | None:
+    """The newest `checkpoint-N` that was written to the end (its trainer_state.json is saved last).
+
+    A run killed while saving leaves a checkpoint folder without it, which the trainer cannot resume from.
+    """
+    checkpoints = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in checkpoints:
+        if (checkpoint / "trainer_state.json").exists():
+            return str(checkpoint)
+        logger.warning("ignoring %s: incomplete (the run stopped while saving it)", checkpoint)
+    return None
+
+
 def _train(trainer, stage_dir: Path, name: str) -> tuple[str, float]:
-    checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.exists() else None
+    checkpoint = last_complete_checkpoint(stage_dir) if stage_dir.exists() else None
     if checkpoint:
         logger.warning("[%s] resuming from %s", name, checkpoint)
     start = time.perf_counter()
