@@ -288,7 +288,10 @@ def plot_arms(records: dict[str, tuple[list[dict], list[dict]]], path: Path, dpi
                     ax.legend(fontsize=6, loc="best")
             ax.tick_params(labelsize=7)
         axes[-1][col].set_xlabel("step (SFT | preference)", fontsize=8)
-    fig.suptitle("Probe families per arm (solid: train prompts, dashed: held-out; vertical line: preference starts)")
+    fig.suptitle(
+        "Probe families per arm\n(solid: train prompts, dashed: held-out; vertical line: preference starts)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
