@@ -130,7 +130,9 @@ def main():
     print(f"\nmodel={args.model} steps={args.steps} batch={args.batch} families={len(probe_set.families)} {shown}")
     print(f"without monitor: {base:.1f} s ({per_step:.2f} s/step)")
     print(f"with monitor:    {mon:.1f} s ({evaluations} evaluations, {probe:.1f} s probing, {per_eval:.1f} s each)")
-    print(f"overhead ratio:  {mon / base:.3f} (monitor time / baseline time)")
+    print(f"overhead ratio:  {mon / base:.3f} (wall time with monitor / without)")
+    # Less sensitive to load drift between the two runs: the monitor's own timing within the monitored run.
+    print(f"probing share:   {probe / (mon - probe):.3f} (probe time / the monitored run's training time)")
     # The two evaluations every stage makes (first and last step) fit the budget once training is this long:
     breakeven = 2 * per_eval / config.probe_time_budget
     print(

@@ -139,15 +139,16 @@ class SqueezingMonitor:
                 lines.append(f"| {label} | {split} | " + " | ".join(cells) + " |")
         score_cells = []
         for stage in stages:
-            scores = [r["squeeze/score"] for r in self.records if r["stage"] == stage and "squeeze/score" in r]
-            if scores:
-                score_cells.append(f"{stage}: end {scores[-1]:.3f}, max {max(scores):.3f}")
-        lines += [
-            "",
-            f"Squeezing score (nats/token, threshold {self.config.squeeze_threshold:g}): "
-            + "; ".join(score_cells)
-            + ".",
-        ]
+            scored = [r for r in self.records if r["stage"] == stage and "squeeze/score" in r]
+            if scored:
+                end = scored[-1]
+                score_cells.append(
+                    f"{stage}: end {end['squeeze/score']:.3f} (greedy/argmax rise {end['squeeze/rise']:+.3f}, "
+                    f"others' fall {end['squeeze/fall']:+.3f}), max {max(r['squeeze/score'] for r in scored):.3f}"
+                )
+        threshold = self.config.squeeze_threshold
+        lines += ["", f"Squeezing score, min(rise, fall) in nats/token (threshold {threshold:g}): "]
+        lines[-1] += "; ".join(score_cells) + "."
         lines += ["", "### Alerts and guard actions", ""]
         if not self.events:
             lines.append(f"No squeezing alert (guard action '{self.config.guard_action}').")

@@ -59,9 +59,17 @@ def plot_probes(
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
     score_ax = axes.flat[len(PANELS)]
-    score_ax.plot(steps, [r.get("squeeze/score", math.nan) for r in records], "-", marker=".", color="k")
+    for stage in dict.fromkeys(r["stage"] for r in records):  # one curve per stage: each starts again from 0
+        own = [r for r in records if r["stage"] == stage]
+        scores = [r.get("squeeze/score", math.nan) for r in own]
+        score_ax.plot([r["global_step"] for r in own], scores, "-k", marker=".")
+    alerts = [r for r in records if "alert" in r]
+    if alerts:
+        alert_steps = [r["global_step"] for r in alerts]
+        score_ax.plot(alert_steps, [r["squeeze/score"] for r in alerts], "rx", markersize=9, label="alert")
     if threshold is not None:
         score_ax.axhline(threshold, color="r", linestyle=":", label=f"threshold {threshold:g}")
+    if score_ax.get_legend_handles_labels()[0]:
         score_ax.legend(fontsize=7)
     score_ax.set_title("squeezing score (nats/token)", fontsize=10)
     for ax in axes.flat:
