@@ -125,7 +125,8 @@ def main():
     evaluations = runs["monitored"][0]["evaluations"]
     per_eval = probe / max(evaluations, 1)
     per_step = base / args.steps
-    fields = ("probe_num_prompts", "probe_every", "probe_time_budget", "probe_batch_size", "probe_max_new_tokens")
+    fields = ("probe_num_prompts", "probe_every", "probe_time_budget", "probe_max_new_tokens")
+    fields += ("probe_batch_size", "probe_generate_batch_size")
     shown = {k: getattr(config, k) for k in fields}
     print(f"\nmodel={args.model} steps={args.steps} batch={args.batch} families={len(probe_set.families)} {shown}")
     print(f"without monitor: {base:.1f} s ({per_step:.2f} s/step)")

@@ -272,6 +272,7 @@ class SqueezingCallback(TrainerCallback):
                 batch_size=self.config.probe_batch_size,
                 max_length=self.config.probe_max_length,
                 max_new_tokens=self.config.probe_max_new_tokens,
+                generate_batch_size=self.config.probe_generate_batch_size,
             )
         finally:
             if was_training:

@@ -57,8 +57,13 @@ class MonitorConfig:
     probe_max_new_tokens: int = field(
         default=64, metadata={"help": "Longest greedy decoding for the `greedy` family, in new tokens."}
     )
-    probe_batch_size: int = field(
-        default=16, metadata={"help": "(prompt, response) pairs per forward pass, and prompts per generation batch."}
+    probe_batch_size: int = field(default=16, metadata={"help": "(prompt, response) pairs per forward pass."})
+    probe_generate_batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Prompts per greedy-generation batch. Decoding costs little per token, so one large batch is "
+            "faster than several small ones (on CPU, 64 prompts: 24 s in one batch vs 42 s in batches of 16)."
+        },
     )
     probe_max_length: int = field(
         default=512, metadata={"help": "Truncate probe sequences (prompt + response) to this many tokens."}
@@ -126,7 +131,8 @@ class MonitorConfig:
         if "argmax" in self.probe_families and "chosen" not in self.probe_families:
             self.probe_families.append("chosen")  # the argmax family is read off the forward pass along y+
         self.probe_families = [f for f in ALL_FAMILIES if f in self.probe_families]  # canonical order, no repeats
-        for name in ("probe_num_prompts", "probe_max_new_tokens", "probe_batch_size", "probe_max_length"):
+        positive = ("probe_num_prompts", "probe_max_new_tokens", "probe_batch_size", "probe_generate_batch_size")
+        for name in (*positive, "probe_max_length"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config field '{name}' is {getattr(self, name)}; it must be >= 1")
         if self.probe_every < 0:

@@ -37,6 +37,7 @@ def evaluate_probes(
     max_length: int | None = 512,
     max_new_tokens: int = 64,
     share_prompt: bool = True,
+    generate_batch_size: int | None = None,
 ) -> list[ProbeResult]:
     """Score every family of every probe with `model` as it is (adapter enabled; the caller sets eval mode).
 
@@ -44,7 +45,8 @@ def evaluate_probes(
     """
     results = [ProbeResult() for _ in probes]
     if "greedy" in families and probes:
-        decoded = generate(model, tokenizer, [p.prompt for p in probes], max_new_tokens, batch_size=batch_size)
+        prompts = [p.prompt for p in probes]
+        decoded = generate(model, tokenizer, prompts, max_new_tokens, batch_size=generate_batch_size or batch_size)
         for result, texts in zip(results, decoded):
             result.greedy = texts[0]
 
