@@ -371,11 +371,21 @@ class RunConfig:
         default_factory=lambda: ["none"], metadata={"help": "Trainer loggers: 'tensorboard', 'wandb', ... or 'none'."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is present."})
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch threads per process when training on the CPU; 0 = the cores this process may use divided "
+            "by the processes on the node. (`accelerate launch` sets OMP_NUM_THREADS=1 for a single CPU process, "
+            "which would leave the other cores idle.)"
+        },
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
             _check_positive(name, getattr(self, name))
+        if self.cpu_threads < 0:
+            raise AlignkitError(f"config field 'cpu_threads' is {self.cpu_threads}; it must be >= 0 (0 = automatic)")
 
 
 @dataclass

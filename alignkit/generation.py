@@ -26,6 +26,7 @@ def generate(
     batch_size: int = 16,
     seed: int | None = None,
     progress: bool = False,
+    desc: str = "generate",
 ) -> list[list[str]]:
     """Responses for each prompt: a list of `num_return_sequences` strings per prompt.
 
@@ -41,7 +42,7 @@ def generate(
     texts = [render_prompt(tokenizer, p) for p in prompts]
     out: list[list[str]] = []
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

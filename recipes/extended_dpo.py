@@ -10,6 +10,7 @@ Reads top to bottom: setup (config, tokenizer, data, probes, model) → SFT → 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ logger = logging.getLogger("alignkit")
 
 def main(cfg: RecipeConfig) -> Path:
     state = PartialState(cpu=cfg.run.use_cpu or not torch.cuda.is_available())  # cpu=True: gloo for CPU processes
+    if state.device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+        torch.set_num_threads(cfg.run.cpu_threads or max(1, cores // per_node))
     out = Path(cfg.run.output_dir)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +86,7 @@ def main(cfg: RecipeConfig) -> Path:
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("alignkit").setLevel(logging.INFO)  # stage progress and probe headlines; libraries stay quiet
     try:
         main(parse_recipe_config())
     except AlignkitError as err:

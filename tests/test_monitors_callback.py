@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from datasets import Dataset
 
 from alignkit.data.builtin import load_builtin
@@ -198,5 +199,19 @@ def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer,
         ("dpo", 2, 5),
     ]
     assert monitor.boundaries == [(0, "sft"), (3, "dpo")]
+    # DPO starts from the very model SFT ended with: its first evaluation is SFT's last, checked by re-scoring.
+    sft_end, dpo_begin = monitor.records[1], monitor.records[2]
+    assert dpo_begin["handed_over_from"] == "sft" and "handed_over_from" not in sft_end
+    probe_keys = [k for k in sft_end if k.startswith("probe/") and k != "probe/seconds"]
+    assert len(probe_keys) > 8 and all(dpo_begin[k] == sft_end[k] for k in probe_keys)
+
+    with torch.no_grad():  # a stage that starts from another model than the last one ended with measures afresh
+        next(model.parameters()).add_(0.05)
+    _dpo(model, build_tiny_model(tiny_tokenizer), tiny_tokenizer, _pairs(data), tmp_path / "dpo2", 1, [
+        monitor.callback("dpo2", tmp_path / "dpo2")
+    ]).train()  # fmt: skip
+    dpo2_begin = monitor.records[4]
+    assert (dpo2_begin["stage"], dpo2_begin["step"]) == ("dpo2", 0) and "handed_over_from" not in dpo2_begin
+    assert dpo2_begin["probe/train/chosen/logp"] != monitor.records[3]["probe/train/chosen/logp"]
     summary = monitor.finish()
     assert "end of sft" in summary and "end of dpo" in summary

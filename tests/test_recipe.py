@@ -45,6 +45,7 @@ def tiny_args(model_dir, out, **overrides) -> list[str]:
         "probe_max_new_tokens": 4,
         "probe_every": 2,
         "use_cpu": True,
+        "cpu_threads": 1,
     }
     args.update(overrides)
     return [s for k, v in args.items() for s in (f"--{k}", str(v))]

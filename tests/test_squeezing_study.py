@@ -40,6 +40,7 @@ def shared(model_dir) -> dict:
         "probe_max_new_tokens": 4,
         "probe_every": 1000,  # probes at the start and the end of each stage
         "use_cpu": True,
+        "cpu_threads": 1,
         "ranker": "callable",  # the tiny model's samples never pass the built-in verifier
         "ranker_path": "tests.test_onpolicy:length_ranker",
         "onpolicy_prompts_per_round": 4,

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +45,18 @@ from alignkit.monitors.scoring import (
 logger = logging.getLogger("alignkit.monitors")
 
 GREEDY_SAMPLES = 2  # greedy decodings per split kept in each JSONL record, to read what "greedy" was
+FINGERPRINT_PROBES = 2  # probes re-scored to check that a stage starts from the model the last one ended with
+
+
+@dataclass
+class Handover:
+    """A stage's last evaluation, offered to the next stage as its first (see `SqueezingCallback._handover`)."""
+
+    stage: str
+    metrics: dict[str, float]
+    greedy_samples: dict[str, list[str]]
+    fingerprint: list[float]  # `chosen` log-probs of the first FINGERPRINT_PROBES probes
+    seconds: float  # what the evaluation cost
 
 
 class SqueezingMonitor:
@@ -70,6 +83,7 @@ class SqueezingMonitor:
         # TrainingArguments can report a single process under torchrun on CPU), so callbacks fill it in.
         self.is_main_process: bool | None = None
         self._probe_set_saved = False
+        self.handover: Handover | None = None  # the last stage's end evaluation, for the next stage's begin
 
     def _save_probe_set(self) -> None:
         if self.run_dir is not None and not self._probe_set_saved and self._main():
@@ -260,30 +274,24 @@ class SqueezingCallback(TrainerCallback):
     def _evaluate(self, event: str, args, state, control, model) -> None:
         t0 = time.perf_counter()
         probes = self.monitor.probe_set.probes
-        mine = shard(probes, args.process_index, args.world_size)
-        was_training = model.training
-        model.eval()  # no dropout while probing; the trainer's mode is restored below
-        try:
-            results = evaluate_probes(
-                model,
-                self.tokenizer,
-                [p for _, p in mine],
-                self.monitor.probe_set.families,
-                batch_size=self.config.probe_batch_size,
-                max_length=self.config.probe_max_length,
-                max_new_tokens=self.config.probe_max_new_tokens,
-                generate_batch_size=self.config.probe_generate_batch_size,
-            )
-        finally:
-            if was_training:
-                model.train()
-        part = [(i, {"stats": r.stats, "greedy": r.greedy}) for (i, _), r in zip(mine, results)]
-        merged = merge_shards(
-            _gather(part, args.world_size), len(probes)
-        )  # every rank gets all results, so all decide alike
+        handover = self._handover(model, args) if event == "begin" else None
+        fingerprint = None
+        if handover is not None:
+            metrics, greedy_samples = dict(handover.metrics), handover.greedy_samples
+        else:
+            merged = self._measure(event, model, args)
+            scored = [(p.split, f, stats) for p, r in zip(probes, merged) for f, stats in r["stats"].items()]
+            metrics = family_metrics(scored, argmax="argmax" in self.monitor.probe_set.families)
+            greedy_samples = {
+                s: [r["greedy"] for p, r in zip(probes, merged) if p.split == s and r["greedy"] is not None][
+                    :GREEDY_SAMPLES
+                ]
+                for s in SPLITS
+            }
+            if "chosen" in self.monitor.probe_set.families:
+                fingerprint = [r["stats"]["chosen"]["logp"] for r in merged[:FINGERPRINT_PROBES]]
+            family_only = dict(metrics)
 
-        scored = [(p.split, family, stats) for p, r in zip(probes, merged) for family, stats in r["stats"].items()]
-        metrics = family_metrics(scored, argmax="argmax" in self.monitor.probe_set.families)
         first = self._start_metrics is None
         if first:
             self._start_metrics = dict(metrics)
@@ -307,16 +315,16 @@ class SqueezingCallback(TrainerCallback):
 
         elapsed = time.perf_counter() - t0
         self.probe_seconds += elapsed
-        self._last_probe_seconds = elapsed
+        # The schedule plans with the cost of a full evaluation, which a handed-over one only stands for.
+        self._last_probe_seconds = handover.seconds if handover is not None else elapsed
+        if event == "end" and fingerprint is not None:
+            self.monitor.handover = Handover(self.stage, family_only, greedy_samples, fingerprint, elapsed)
         self._last_eval_step = step
         metrics["probe/seconds"] = elapsed
+        if handover is not None:
+            record["handed_over_from"] = handover.stage
         record.update(metrics)
-        record["greedy_samples"] = {
-            s: [r["greedy"] for p, r in zip(probes, merged) if p.split == s and r["greedy"] is not None][
-                :GREEDY_SAMPLES
-            ]
-            for s in SPLITS
-        }
+        record["greedy_samples"] = greedy_samples
         self.monitor.records.append(record)
         if self.monitor._main() and self.jsonl_path is not None:
             with self.jsonl_path.open("a", encoding="utf-8") as f:  # reopened per evaluation: flushed even on a crash
@@ -324,6 +332,57 @@ class SqueezingCallback(TrainerCallback):
         if self.monitor._main() and event != "step":
             logger.info("[%s] probes at %s (step %d): %s", self.stage, event, step, _headline(metrics))
         self._log(metrics, control)
+
+    def _measure(self, event: str, model, args) -> list[dict]:
+        """Every probe scored once across the ranks; the merged results, in probe order, on every rank."""
+        probes = self.monitor.probe_set.probes
+        mine = shard(probes, args.process_index, args.world_size)
+        was_training = model.training
+        model.eval()  # no dropout while probing; the trainer's mode is restored below
+        try:
+            results = evaluate_probes(
+                model,
+                self.tokenizer,
+                [p for _, p in mine],
+                self.monitor.probe_set.families,
+                batch_size=self.config.probe_batch_size,
+                max_length=self.config.probe_max_length,
+                max_new_tokens=self.config.probe_max_new_tokens,
+                generate_batch_size=self.config.probe_generate_batch_size,
+                # Bars for the stage-boundary evaluations only: mid-stage ones would break the trainer's own bar.
+                progress=f"[{self.stage}] probes at {event}" if event != "step" and self.monitor._main() else None,
+            )
+        finally:
+            if was_training:
+                model.train()
+        part = [(i, {"stats": r.stats, "greedy": r.greedy}) for (i, _), r in zip(mine, results)]
+        return merge_shards(_gather(part, args.world_size), len(probes))  # all ranks get all, so all decide alike
+
+    def _handover(self, model, args) -> Handover | None:
+        """The previous stage's last evaluation, when this stage starts from the very model it measured.
+
+        A recipe hands each stage the merged result of the last one with a fresh (zero) LoRA adapter: the same
+        function, so a second full evaluation at the boundary would cost minutes on a CPU and measure nothing new.
+        The claim is checked, not assumed: the first probes' `chosen` log-probs must match what was recorded.
+        """
+        handover, self.monitor.handover = self.monitor.handover, None
+        if handover is None:
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            probes = self.monitor.probe_set.probes[:FINGERPRINT_PROBES]
+            results = evaluate_probes(
+                model, self.tokenizer, probes, ["chosen"], max_length=self.config.probe_max_length
+            )
+        finally:
+            if was_training:
+                model.train()
+        now = [r.stats["chosen"]["logp"] for r in results]
+        same = [all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(now, handover.fingerprint))]
+        if args.world_size > 1:  # every rank must take the same branch: the full evaluation gathers across ranks
+            torch.distributed.broadcast_object_list(same, src=0)
+        return handover if same[0] else None
 
     def _alert(self, squeeze, args, state, control, last: bool) -> str:
         message = alert_message(self.stage, state.global_step, squeeze, self.config.squeeze_threshold)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from alignkit.generation import generate
 from alignkit.monitors.probes import Probe
@@ -38,15 +39,25 @@ def evaluate_probes(
     max_new_tokens: int = 64,
     share_prompt: bool = True,
     generate_batch_size: int | None = None,
+    progress: str | None = None,
 ) -> list[ProbeResult]:
     """Score every family of every probe with `model` as it is (adapter enabled; the caller sets eval mode).
 
-    `argmax` needs no pass of its own: `family_metrics` reads it off the `chosen` statistics.
+    `argmax` needs no pass of its own: `family_metrics` reads it off the `chosen` statistics. `progress`, when given,
+    is the label of progress bars over the decoding and scoring batches (an evaluation can take minutes on a CPU).
     """
     results = [ProbeResult() for _ in probes]
     if "greedy" in families and probes:
         prompts = [p.prompt for p in probes]
-        decoded = generate(model, tokenizer, prompts, max_new_tokens, batch_size=generate_batch_size or batch_size)
+        decoded = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size=generate_batch_size or batch_size,
+            progress=progress is not None,
+            desc=f"{progress}: greedy decodings" if progress else "generate",
+        )
         for result, texts in zip(results, decoded):
             result.greedy = texts[0]
 
@@ -62,7 +73,8 @@ def evaluate_probes(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     score = _score_shared_prompt if share_prompt else _score_pairs
-    for chunk in _chunks(encoded, batch_size):
+    chunks = _chunks(encoded, batch_size)
+    for chunk in tqdm(chunks, desc=f"{progress}: scoring", disable=progress is None, leave=False):
         stats = score(model, [(i, encoded[i]) for i in chunk], pad, device)
         for i, family, values in stats:
             results[i].stats[family] = values
