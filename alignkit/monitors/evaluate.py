@@ -3,9 +3,9 @@
 Every family of a probe shares its prompt, and chat prompts (system turn, template tokens) are often longer than the
 short answers being scored. So by default a batch of probes costs two forward passes: one over the prompts, whose
 key/value cache is then repeated for each of the prompt's responses, and one over all the responses of all families
-at once. Scoring a (prompt, response) pair in one forward pass each (`share_prompt=False`) gives the same numbers
-(tests/test_monitors_callback.py checks it against `alignkit.sequences.score_responses`) for about twice the compute
-on the built-in data.
+at once (the greedy decodings, much longer than the rest, in batches of their own). Scoring a (prompt, response)
+pair in one forward pass each (`share_prompt=False`) gives the same numbers (tests/test_monitors_callback.py checks
+it against `alignkit.sequences.score_responses`) for about twice the compute on the built-in data.
 """
 
 from __future__ import annotations
@@ -73,9 +73,14 @@ def evaluate_probes(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     score = _score_shared_prompt if share_prompt else _score_pairs
-    chunks = _chunks(encoded, batch_size)
-    for chunk in tqdm(chunks, desc=f"{progress}: scoring", disable=progress is None, leave=False):
-        stats = score(model, [(i, encoded[i]) for i in chunk], pad, device)
+    # Greedy decodings are scored in batches of their own: they are the longest responses (up to max_new_tokens),
+    # and every row of a batch is padded to its longest, which tripled the cost of the short families' rows.
+    groups = [
+        [[(f, p) for f, p in pairs if (f == "greedy") == greedy] for pairs in encoded] for greedy in (False, True)
+    ]
+    batches = [(group, chunk) for group in groups for chunk in _chunks(group, batch_size)]
+    for group, chunk in tqdm(batches, desc=f"{progress}: scoring", disable=progress is None, leave=False):
+        stats = score(model, [(i, group[i]) for i in chunk], pad, device)
         for i, family, values in stats:
             results[i].stats[family] = values
     return results
