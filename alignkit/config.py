@@ -161,7 +161,7 @@ class SFTStageConfig:
     )
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the SFT stage."})
     sft_num_train_epochs: float = field(default=1.0, metadata={"help": "SFT epochs (ignored when sft_max_steps > 0)."})
-    sft_max_steps: int = field(default=60, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
+    sft_max_steps: int = field(default=40, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
 
     def __post_init__(self):
         _check_choice("sft_mode", self.sft_mode, SFT_MODES)
@@ -184,13 +184,13 @@ class PreferenceStageConfig:
         metadata={"help": "Weight of an SFT (NLL on y+) term added to the preference loss; 0 turns it off."},
     )
     preference_learning_rate: float = field(
-        default=5e-5, metadata={"help": "Peak learning rate of the preference stage."}
+        default=1e-4, metadata={"help": "Peak learning rate of the preference stage."}
     )
     preference_num_train_epochs: float = field(
         default=1.0, metadata={"help": "Preference epochs (ignored when preference_max_steps > 0)."}
     )
     preference_max_steps: int = field(
-        default=60, metadata={"help": "Preference optimizer steps; -1 to train preference_num_train_epochs."}
+        default=24, metadata={"help": "Preference optimizer steps; -1 to train preference_num_train_epochs."}
     )
     precompute_ref_log_probs: bool = field(
         default=True,

@@ -27,11 +27,16 @@ def generate(
     seed: int | None = None,
     progress: bool = False,
     desc: str = "generate",
-) -> list[list[str]]:
+    with_stats: bool = False,
+) -> list[list[str]] | tuple[list[list[str]], list[list[dict[str, float]]]]:
     """Responses for each prompt: a list of `num_return_sequences` strings per prompt.
 
     Prompts are left-padded so that every row's new tokens start at the same column, and decoding uses the KV cache.
     Generation stops at the tokenizer's EOS; the EOS itself is not part of the returned text.
+
+    With `with_stats`, also the token statistics of each response (`alignkit.monitors.scoring.response_token_stats`)
+    under the model's own logits, read off the decoding itself: the generated tokens up to their EOS, or the EOS alone
+    when that came first. A second forward pass over the decoded text would cost as much as the decoding again.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -41,6 +46,7 @@ def generate(
     model.eval()
     texts = [render_prompt(tokenizer, p) for p in prompts]
     out: list[list[str]] = []
+    stats: list[list[dict[str, float]]] = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
@@ -60,12 +66,35 @@ def generate(
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
             use_cache=True,
+            output_logits=with_stats,
+            return_dict_in_generate=True,
             **sampling,
         )
-        new_tokens = generated[:, width:]
+        new_tokens = generated.sequences[:, width:]
         decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        k = num_return_sequences
         for i in range(len(chunk)):
-            out.append([d.strip() for d in decoded[i * num_return_sequences : (i + 1) * num_return_sequences]])
+            out.append([d.strip() for d in decoded[i * k : (i + 1) * k]])
+        if with_stats:
+            rows = _decoding_stats(torch.stack(generated.logits, dim=1), new_tokens, tokenizer.eos_token_id)
+            stats += [rows[i * k : (i + 1) * k] for i in range(len(chunk))]
     if was_training:
         model.train()
-    return out
+    return (out, stats) if with_stats else out
+
+
+def _decoding_stats(logits: torch.Tensor, tokens: torch.Tensor, eos: int | None) -> list[dict[str, float]]:
+    """`response_token_stats` of each generated row: its tokens before the first EOS (the EOS alone if it came first).
+
+    Tokens after the EOS are padding, and an EOS the decoding never reached (cut at max_new_tokens) was never chosen.
+    """
+    from alignkit.monitors.scoring import response_token_stats  # here: the monitors import this module
+
+    ended = (tokens == eos).cumsum(dim=1) > 0 if eos is not None else torch.zeros_like(tokens, dtype=torch.bool)
+    mask = ~ended
+    mask[:, 0] |= ~mask.any(dim=1)
+    # response_token_stats reads logits[:, t] as the prediction of ids[:, t + 1]: shift by a dummy first column.
+    ids = torch.cat([tokens[:, :1], tokens], dim=1)
+    padded = torch.cat([logits, logits[:, :1]], dim=1)
+    values = {name: t.tolist() for name, t in response_token_stats(padded, ids, mask).items()}
+    return [{name: v[r] for name, v in values.items()} for r in range(tokens.shape[0])]

@@ -11,9 +11,10 @@ from datasets import Dataset
 
 from alignkit.data.builtin import load_builtin
 from alignkit.errors import AlignkitError
+from alignkit.generation import generate
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from alignkit.monitors.evaluate import evaluate_probes
-from alignkit.sequences import score_responses
+from alignkit.sequences import render_prompt, score_responses
 
 from .conftest import build_tiny_model
 
@@ -61,20 +62,40 @@ def test_shared_prompt_scoring_matches_pairwise_scoring(data, tiny_model, tiny_t
     tiny_model.eval()
     shared = evaluate_probes(tiny_model, tiny_tokenizer, probes.probes, probes.families, 8, 512, 4)
     pairwise = evaluate_probes(tiny_model, tiny_tokenizer, probes.probes, probes.families, 8, 512, 4, False)
-    prompts, responses, got, greedy = [], [], [], []
+    prompts, responses, got = [], [], []
     for probe, a, b in zip(probes.probes, shared, pairwise):
         assert sorted(a.stats) == sorted(probes.families[:-1])  # every family but argmax (read off chosen)
         for family, stats in a.stats.items():
-            prompts.append(probe.prompt)
-            responses.append(a.greedy if family == "greedy" else probe.responses[family])
-            got.append(stats["logp"])
-            greedy.append(family == "greedy" and stats["n_tokens"] > 0 and a.greedy != "")
             for name, value in stats.items():
                 assert value == pytest.approx(b.stats[family][name], abs=1e-4), (family, name)
+            if family != "greedy":  # scored by its decoding: test_greedy_stats_are_the_decoded_tokens_log_probs
+                prompts.append(probe.prompt)
+                responses.append(probe.responses[family])
+                got.append(stats["logp"])
     reference = score_responses(tiny_model, tiny_tokenizer, prompts, responses, batch_size=4)
-    # Greedy decodings are scored without the EOS that score_responses appends (they may have been cut off).
-    expected = [sum(r[:-1]) if is_greedy else sum(r) for r, is_greedy in zip(reference, greedy)]
-    assert got == pytest.approx(expected, abs=1e-4)
+    assert got == pytest.approx([sum(r) for r in reference], abs=1e-4)
+
+
+def test_greedy_stats_are_the_decoded_tokens_log_probs(data, tiny_model, tiny_tokenizer):
+    """The statistics read off the decoding equal a teacher-forced pass over the tokens it chose, up to their EOS."""
+    prompts = list(data["test"]["prompt"][:3])
+    tiny_model.eval()
+    texts, stats = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=2, with_stats=True)
+    assert [len(t) for t in texts] == [1, 1, 1] and [len(s) for s in stats] == [1, 1, 1]
+    eos = tiny_tokenizer.eos_token_id
+    for prompt, (row,) in zip(prompts, stats):
+        prompt_ids = tiny_tokenizer(render_prompt(tiny_tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            full = tiny_model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=eos, eos_token_id=eos)
+            new = full[0, len(prompt_ids) :].tolist()
+            keep = new.index(eos) if eos in new else len(new)
+            keep = max(keep, 1)  # an EOS first is scored as itself
+            logp = torch.log_softmax(tiny_model(full).logits[0, len(prompt_ids) - 1 : -1].float(), dim=-1)
+        chosen = logp[torch.arange(keep), torch.tensor(new[:keep])]
+        assert row["n_tokens"] == keep
+        assert row["logp"] == pytest.approx(chosen.sum().item(), abs=1e-4)
+        assert row["argmax_logp"] == pytest.approx(logp[:keep].max(-1).values.sum().item(), abs=1e-4)
 
 
 def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenizer, tmp_path):

@@ -55,7 +55,7 @@ class MonitorConfig:
         },
     )
     probe_max_new_tokens: int = field(
-        default=64, metadata={"help": "Longest greedy decoding for the `greedy` family, in new tokens."}
+        default=32, metadata={"help": "Longest greedy decoding for the `greedy` family, in new tokens."}
     )
     probe_batch_size: int = field(default=16, metadata={"help": "(prompt, response) pairs per forward pass."})
     probe_generate_batch_size: int = field(

@@ -3,9 +3,9 @@
 Every family of a probe shares its prompt, and chat prompts (system turn, template tokens) are often longer than the
 short answers being scored. So by default a batch of probes costs two forward passes: one over the prompts, whose
 key/value cache is then repeated for each of the prompt's responses, and one over all the responses of all families
-at once (the greedy decodings, much longer than the rest, in batches of their own). Scoring a (prompt, response)
-pair in one forward pass each (`share_prompt=False`) gives the same numbers (tests/test_monitors_callback.py checks
-it against `alignkit.sequences.score_responses`) for about twice the compute on the built-in data.
+at once. Scoring a (prompt, response) pair in one forward pass each (`share_prompt=False`) gives the same numbers
+(tests/test_monitors_callback.py checks it against `alignkit.sequences.score_responses`) for about twice the compute
+on the built-in data. The greedy decodings are scored by the decoding itself (`generate(..., with_stats=True)`).
 """
 
 from __future__ import annotations
@@ -48,53 +48,36 @@ def evaluate_probes(
     """
     results = [ProbeResult() for _ in probes]
     if "greedy" in families and probes:
-        prompts = [p.prompt for p in probes]
-        decoded = generate(
+        # The decoding scores itself: the model's log-probs of the tokens it chose, with no second pass.
+        decoded, decoded_stats = generate(
             model,
             tokenizer,
-            prompts,
+            [p.prompt for p in probes],
             max_new_tokens,
             batch_size=generate_batch_size or batch_size,
             progress=progress is not None,
             desc=f"{progress}: greedy decodings" if progress else "generate",
+            with_stats=True,
         )
-        for result, texts in zip(results, decoded):
+        for result, texts, stats in zip(results, decoded, decoded_stats):
             result.greedy = texts[0]
+            result.stats["greedy"] = stats[0]
 
     # encode_pair keeps the tokenization identical to the rest of alignkit (prompt and response tokenized apart).
     encoded: list[list[tuple[str, EncodedPair]]] = []
-    for probe, result in zip(probes, results):
+    for probe in probes:
         responses = {f: r for f, r in probe.responses.items() if f in families}
-        if result.greedy is not None:
-            responses["greedy"] = result.greedy
-        pairs = [(f, encode_pair(tokenizer, probe.prompt, r, max_length)) for f, r in responses.items()]
-        encoded.append([(f, _without_eos(p, tokenizer.eos_token_id) if f == "greedy" else p) for f, p in pairs])
+        encoded.append([(f, encode_pair(tokenizer, probe.prompt, r, max_length)) for f, r in responses.items()])
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     score = _score_shared_prompt if share_prompt else _score_pairs
-    # Greedy decodings are scored in batches of their own: they are the longest responses (up to max_new_tokens),
-    # and every row of a batch is padded to its longest, which tripled the cost of the short families' rows.
-    groups = [
-        [[(f, p) for f, p in pairs if (f == "greedy") == greedy] for pairs in encoded] for greedy in (False, True)
-    ]
-    batches = [(group, chunk) for group in groups for chunk in _chunks(group, batch_size)]
-    for group, chunk in tqdm(batches, desc=f"{progress}: scoring", disable=progress is None, leave=False):
-        stats = score(model, [(i, group[i]) for i in chunk], pad, device)
+    chunks = _chunks(encoded, batch_size)
+    for chunk in tqdm(chunks, desc=f"{progress}: scoring", disable=progress is None, leave=False):
+        stats = score(model, [(i, encoded[i]) for i in chunk], pad, device)
         for i, family, values in stats:
             results[i].stats[family] = values
     return results
-
-
-def _without_eos(pair: EncodedPair, eos: int | None) -> EncodedPair:
-    """The greedy decoding without the EOS that `encode_pair` appends.
-
-    A decoding cut off at `max_new_tokens` never chose to end there, and scoring an EOS it did not produce would add
-    a large, meaningless negative term; one that did end chose EOS greedily, so that term was close to 0 anyway.
-    """
-    if eos is not None and pair.response_len > 1 and pair.input_ids[-1] == eos:
-        return EncodedPair(pair.input_ids[:-1], pair.prompt_len)
-    return pair
 
 
 def _chunks(encoded: list[list[tuple[str, EncodedPair]]], batch_size: int) -> list[list[int]]:
