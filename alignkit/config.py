@@ -161,7 +161,7 @@ class SFTStageConfig:
     )
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the SFT stage."})
     sft_num_train_epochs: float = field(default=1.0, metadata={"help": "SFT epochs (ignored when sft_max_steps > 0)."})
-    sft_max_steps: int = field(default=40, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
+    sft_max_steps: int = field(default=32, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
 
     def __post_init__(self):
         _check_choice("sft_mode", self.sft_mode, SFT_MODES)
