@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.sequences import Prompt, render_prompt
+from alignkit.sequences import Prompt, left_pad, render_prompt
 
 
 @torch.inference_mode()
@@ -50,12 +50,8 @@ def generate(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(chunk):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[i, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad(chunk, pad_id)
+        width = input_ids.shape[1]
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         generated = model.generate(
             input_ids=input_ids.to(device),

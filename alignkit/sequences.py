@@ -72,6 +72,18 @@ def collate(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), left-padded: every row's last token sits in the last column, where decoding (or a
+    key/value cache) continues from."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for b, ids in enumerate(sequences):
+        input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log π(token_{t+1} | tokens_≤t) for every position: shape (batch, seq-1)."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("alignkit").setLevel(logging.INFO)  # stage progress and probe headlines; libraries stay quiet
     try:
         main()
     except AlignkitError as err:

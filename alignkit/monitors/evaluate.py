@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from alignkit.generation import generate
 from alignkit.monitors.probes import Probe
 from alignkit.monitors.scoring import response_token_stats
-from alignkit.sequences import EncodedPair, collate, encode_pair
+from alignkit.sequences import EncodedPair, collate, encode_pair, left_pad
 
 
 @dataclass
@@ -110,12 +110,7 @@ def _score_pairs(model, chunk, pad: int, device) -> list[tuple[int, str, dict[st
 def _score_shared_prompt(model, chunk, pad: int, device) -> list[tuple[int, str, dict[str, float]]]:
     """Prompts once (left-padded, cached), then every response of every probe against its prompt's cache."""
     prompts = [pairs[0][1].input_ids[: pairs[0][1].prompt_len] for _, pairs in chunk]
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros_like(prompt_ids)
-    for b, ids in enumerate(prompts):
-        prompt_ids[b, width - len(ids) :] = torch.tensor(ids)
-        prompt_mask[b, width - len(ids) :] = 1
+    prompt_ids, prompt_mask = left_pad(prompts, pad)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=prompt_ids.to(device),
