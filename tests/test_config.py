@@ -61,6 +61,8 @@ def test_unknown_cli_argument():
         (["--preference_max_steps", "0"], r"'preference_max_steps' is 0"),
         (["--probe_families", "chosen", "vibes"], r"'probe_families' has unknown families \['vibes'\]"),
         (["--guard_action", "panic"], r"guard_action"),
+        (["--cpu_threads", "-1"], r"'cpu_threads' is -1; it must be >= 0"),
+        (["--probe_generate_batch_size", "0"], r"'probe_generate_batch_size' is 0; it must be >= 1"),
     ],
 )
 def test_invalid_values_name_the_field(args, pattern):

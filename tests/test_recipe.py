@@ -184,6 +184,8 @@ def test_real_smollm2_few_steps(tmp_path):
             "--per_device_train_batch_size", "2", "--probe_num_prompts", "2", "--probe_max_new_tokens", "8",
             "--use_cpu", "true"]  # fmt: skip
     out = run_recipe_in_process(args)
+    # cpu_threads 0: every usable core for the single process, whatever OMP_NUM_THREADS (accelerate launch sets 1).
+    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sft"]["steps"] == 2 and metrics["preference"]["steps"] == 2
     assert lora_b_norm(out / "preference" / "adapter") > 0
