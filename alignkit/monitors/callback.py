@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,9 +338,7 @@ class SqueezingCallback(TrainerCallback):
         """Every probe scored once across the ranks; the merged results, in probe order, on every rank."""
         probes = self.monitor.probe_set.probes
         mine = shard(probes, args.process_index, args.world_size)
-        was_training = model.training
-        model.eval()  # no dropout while probing; the trainer's mode is restored below
-        try:
+        with _eval_mode(model):
             results = evaluate_probes(
                 model,
                 self.tokenizer,
@@ -352,9 +351,6 @@ class SqueezingCallback(TrainerCallback):
                 # Bars for the stage-boundary evaluations only: mid-stage ones would break the trainer's own bar.
                 progress=f"[{self.stage}] probes at {event}" if event != "step" and self.monitor._main() else None,
             )
-        finally:
-            if was_training:
-                model.train()
         part = [(i, {"stats": r.stats, "greedy": r.greedy}) for (i, _), r in zip(mine, results)]
         return merge_shards(_gather(part, args.world_size), len(probes))  # all ranks get all, so all decide alike
 
@@ -368,16 +364,11 @@ class SqueezingCallback(TrainerCallback):
         handover, self.monitor.handover = self.monitor.handover, None
         if handover is None:
             return None
-        was_training = model.training
-        model.eval()
-        try:
-            probes = self.monitor.probe_set.probes[:FINGERPRINT_PROBES]
+        probes = self.monitor.probe_set.probes[:FINGERPRINT_PROBES]
+        with _eval_mode(model):
             results = evaluate_probes(
                 model, self.tokenizer, probes, ["chosen"], max_length=self.config.probe_max_length
             )
-        finally:
-            if was_training:
-                model.train()
         now = [r.stats["chosen"]["logp"] for r in results]
         same = [all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(now, handover.fingerprint))]
         if args.world_size > 1:  # every rank must take the same branch: the full evaluation gathers across ranks
@@ -427,6 +418,18 @@ class SqueezingCallback(TrainerCallback):
         else:
             self.trainer.log(dict(metrics))
         control.should_log = should_log
+
+
+@contextmanager
+def _eval_mode(model):
+    """No dropout while probing; the trainer's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 def _gather(part: list, world: int) -> list[list]:
