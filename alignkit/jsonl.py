@@ -124,7 +124,7 @@ def read_jsonl_cache(path: str | os.PathLike) -> list[Record]:
 
 
 def _torn_tail(fd: int, size: int) -> int:
-    """How many bytes at the end of the file follow its last newline (a torn last line; 0 when none)."""
+    """How many bytes at the end of the file follow its last newline (0 when it ends in one)."""
     end, chunk = size, 1 << 16
     while end > 0:
         start = max(0, end - chunk)
@@ -145,9 +145,13 @@ def append_jsonl(path: str | os.PathLike, record: Record, fsync: bool = True) ->
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # other processes appending to the same cache wait for the cut and the write
         size = os.fstat(fd).st_size
-        if torn := _torn_tail(fd, size):
-            logger.warning("%s: cut off a torn last line of %d bytes before appending", path, torn)
-            os.ftruncate(fd, size - torn)
+        if tail := _torn_tail(fd, size):
+            try:  # a whole record that only lacks its newline (edited by hand) is kept
+                _parse_line(decode_utf8(os.pread(fd, tail, size - tail), path), path, 0)
+                data = b"\n" + data
+            except AlignkitError:
+                logger.warning("%s: cut off a torn last line of %d bytes before appending", path, tail)
+                os.ftruncate(fd, size - tail)
         written = os.write(fd, data)
         while written < len(data):  # short writes are rare on regular files but allowed by POSIX
             written += os.write(fd, data[written:])

@@ -70,6 +70,9 @@ def test_cache_skips_a_torn_last_line_and_the_next_append_cuts_it_off(tmp_path, 
     path.write_text('{"key": "torn')  # a file holding nothing but a torn line
     append_jsonl(path, {"key": "e"})
     assert read_jsonl_cache(path) == [{"key": "e"}]
+    path.write_text('{"key": "f"}')  # a whole record without its newline (edited by hand) is kept
+    append_jsonl(path, {"key": "g"})
+    assert read_jsonl_cache(path) == [{"key": "f"}, {"key": "g"}]
 
 
 def test_cache_torn_inside_a_multibyte_character(tmp_path):
