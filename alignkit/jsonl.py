@@ -103,9 +103,9 @@ def read_json_list(path: str | os.PathLike) -> list[tuple[int, Record]]:
     return rows
 
 
-def read_jsonl_cache(path: str | os.PathLike) -> list[Record]:
-    """The records of an append-only JSONL file (missing: none). A torn last line (no final newline, not a whole
-    object) is skipped with a warning; a bad line elsewhere raises, since no kill makes one."""
+def read_jsonl_cache(path: str | os.PathLike) -> list[tuple[int, Record]]:
+    """The records of an append-only JSONL file (missing: none) with their line numbers. A torn last line (no final
+    newline, not a whole object) is skipped with a warning; a bad line elsewhere raises, since no kill makes one."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -115,7 +115,7 @@ def read_jsonl_cache(path: str | os.PathLike) -> list[Record]:
         if not raw.strip():
             continue
         try:
-            records.append(_parse_line(decode_utf8(raw, path, line).strip(), path, line))
+            records.append((line, _parse_line(decode_utf8(raw, path, line).strip(), path, line)))
         except AlignkitError as err:
             if line < len(chunks):  # this line ended in a newline: it was written whole, so it is damage, not a kill
                 raise AlignkitError(f"{err}; delete that line (its entry is redone) or the file") from None

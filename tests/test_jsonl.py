@@ -63,22 +63,22 @@ def test_cache_skips_a_torn_last_line_and_the_next_append_cuts_it_off(tmp_path, 
     with path.open("ab") as f:
         f.write(b'{"key": "c", "te')  # killed mid-write
     with caplog.at_level(logging.WARNING):
-        assert read_jsonl_cache(path) == [{"key": "a"}, {"key": "b"}]
+        assert read_jsonl_cache(path) == [(1, {"key": "a"}), (2, {"key": "b"})]
     assert "cache.jsonl:3: invalid JSON" in caplog.text and "torn last line" in caplog.text
     append_jsonl(path, {"key": "d"})  # must not glue itself to the torn fragment
     assert path.read_text() == '{"key": "a"}\n{"key": "b"}\n{"key": "d"}\n'
     path.write_text('{"key": "torn')  # a file holding nothing but a torn line
     append_jsonl(path, {"key": "e"})
-    assert read_jsonl_cache(path) == [{"key": "e"}]
+    assert read_jsonl_cache(path) == [(1, {"key": "e"})]
     path.write_text('{"key": "f"}')  # a whole record without its newline (edited by hand) is kept
     append_jsonl(path, {"key": "g"})
-    assert read_jsonl_cache(path) == [{"key": "f"}, {"key": "g"}]
+    assert read_jsonl_cache(path) == [(1, {"key": "f"}), (2, {"key": "g"})]
 
 
 def test_cache_torn_inside_a_multibyte_character(tmp_path):
     path = tmp_path / "cache.jsonl"
     path.write_bytes('{"key": "a"}\n{"key": "é'.encode()[:-1])
-    assert read_jsonl_cache(path) == [{"key": "a"}]
+    assert read_jsonl_cache(path) == [(1, {"key": "a"})]
 
 
 def test_cache_damage_before_the_last_line_is_an_error(tmp_path):
