@@ -8,6 +8,7 @@ turn unknown keys and invalid values into `AlignkitError`s that name the file an
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import types
 import typing
@@ -32,6 +33,13 @@ TRL_LOSS_TYPES = (
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLING_MODES = ("off_policy", "on_policy", "mixed")
 RANKERS = ("builtin_verifier", "judge", "reward_model", "callable")
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# Keys that once existed, with what to do instead; an old YAML gets this rather than "unknown key".
+REMOVED_KEYS = {
+    name: "probes always come from the training split and the held-out split (train_split/test_split, or "
+    "test_file / test_fraction for local files)"
+    for name in ("probe_train_split", "probe_heldout_split")
+}
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -42,6 +50,12 @@ def _check_choice(name: str, value, choices: Sequence) -> None:
 def _check_positive(name: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise AlignkitError(f"config field '{name}' is {value}; it must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_fraction(name: str, value: float, why: str = "") -> None:
+    """`value` in [0, 1): a share of something, never all of it."""
+    if not 0 <= value < 1:
+        raise AlignkitError(f"config field '{name}' is {value}; it must be in [0, 1){why}")
 
 
 @dataclass
@@ -97,6 +111,8 @@ class ModelConfig:
         if self.attn_implementation is not None:
             _check_choice("attn_implementation", self.attn_implementation, ("eager", "sdpa", "flash_attention_2"))
         _check_positive("lora_r", self.lora_r)
+        _check_positive("lora_alpha", self.lora_alpha)
+        _check_fraction("lora_dropout", self.lora_dropout)
         if self.load_in_4bit and self.load_in_8bit:
             raise AlignkitError("config fields 'load_in_4bit' and 'load_in_8bit' are both true; choose one")
         if (self.load_in_4bit or self.load_in_8bit) and not self.use_lora:
@@ -166,6 +182,7 @@ class SFTStageConfig:
     def __post_init__(self):
         _check_choice("sft_mode", self.sft_mode, SFT_MODES)
         _check_positive("sft_learning_rate", self.sft_learning_rate)
+        _check_positive("sft_num_train_epochs", self.sft_num_train_epochs)
         if self.sft_max_steps == 0 or self.sft_max_steps < -1:
             raise AlignkitError(f"config field 'sft_max_steps' is {self.sft_max_steps}; use -1 or a positive number")
 
@@ -291,6 +308,7 @@ class PreferenceStageConfig:
         _check_positive("beta", self.beta)
         _check_positive("sft_weight", self.sft_weight, allow_zero=True)
         _check_positive("preference_learning_rate", self.preference_learning_rate)
+        _check_positive("preference_num_train_epochs", self.preference_num_train_epochs)
         if self.preference_max_steps == 0 or self.preference_max_steps < -1:
             raise AlignkitError(
                 f"config field 'preference_max_steps' is {self.preference_max_steps}; use -1 or a positive number"
@@ -382,8 +400,14 @@ class RunConfig:
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
 
     def __post_init__(self):
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        for name in (
+            "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
+            "save_total_limit",
+        ):  # fmt: skip
             _check_positive(name, getattr(self, name))
+        # transformers reads a warmup_ratio >= 1 as a number of steps; here it is always a fraction
+        _check_fraction("warmup_ratio", self.warmup_ratio, " (a fraction of each stage's steps)")
+        _check_positive("dataloader_num_workers", self.dataloader_num_workers, allow_zero=True)
         if self.cpu_threads < 0:
             raise AlignkitError(f"config field 'cpu_threads' is {self.cpu_threads}; it must be >= 0 (0 = automatic)")
 
@@ -421,6 +445,7 @@ class EvaluationConfig:
             raise AlignkitError("config field 'eval_judge_model' is required when eval_judge_base_url is not 'local'")
         if self.eval_num_prompts is not None:
             _check_positive("eval_num_prompts", self.eval_num_prompts)
+        _check_positive("eval_max_new_tokens", self.eval_max_new_tokens)
 
 
 CONFIG_CLASSES = (
@@ -469,17 +494,26 @@ def _type_ok(value, hint) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return (isinstance(value, int | float) and not isinstance(value, bool)) or _is_decimal(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
 
 
-def _check_yaml_keys(path: str) -> None:
+def _is_decimal(value) -> bool:
+    """A string in decimal notation, e.g. '2e-4': YAML 1.1 (PyYAML) reads exponents without a dot as strings, and
+    argparse converts such a string default with the field's type, so a float field accepts it."""
+    return isinstance(value, str) and DECIMAL.fullmatch(value.strip()) is not None
+
+
+def _check_yaml_keys(path: str) -> dict:
+    """The YAML file's mapping, once every key is a known field and every value has the field's type."""
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise AlignkitError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise AlignkitError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise AlignkitError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -487,27 +521,50 @@ def _check_yaml_keys(path: str) -> None:
     known = config_keys() | {"env"}
     hints = _field_types()
     for key, value in data.items():
+        if key in REMOVED_KEYS:
+            raise AlignkitError(f"config file {path}: key '{key}' was removed: {REMOVED_KEYS[key]}; delete it")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise AlignkitError(f"config file {path}: unknown key '{key}'{hint}")
+        if key == "env" and not isinstance(value, dict):
+            raise AlignkitError(f"config file {path}: key 'env' is {value!r}; expected a mapping of NAME: value")
         if key != "env" and not _type_ok(value, hints[key]):
             expected = str(hints[key]).replace("typing.", "")
             raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; expected {expected}")
+    return data
+
+
+def _config_file(args: list[str]) -> str | None:
+    """The value of `--config`, if given; `--config` with no file after it is an error, not an IndexError."""
+    if "--config" not in args:
+        return None
+    i = args.index("--config")
+    if i + 1 == len(args) or args[i + 1].startswith("--"):
+        raise AlignkitError("--config needs a YAML file after it, e.g. --config recipes/configs/default.yaml")
+    return args[i + 1]
+
+
+def _blame_file(err: AlignkitError, path: str, yaml_keys: set[str], cli_keys: set[str]) -> AlignkitError:
+    """`err` (an invalid value) prefixed with the YAML file when a key it names was set there, not on the command
+    line: the user then knows which file to open."""
+    named = {k for k in yaml_keys - cli_keys if re.search(rf"(?<!\w){re.escape(str(k))}(?!\w)", str(err))}
+    return AlignkitError(f"config file {path}: {err}") if named else err
 
 
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
     """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in args:
-        _check_yaml_keys(args[args.index("--config") + 1])
+    path = _config_file(args)
+    yaml_keys = set(_check_yaml_keys(path)) if path else set()
+    cli_keys = {a[2:].split("=")[0] for a in args if a.startswith("--")}
     parser = TrlParser(CONFIG_CLASSES, allow_abbrev=False)
     try:
         *parts, _, unknown = parser.parse_args_and_config(
             args, return_remaining_strings=True, separate_remaining_strings=True
         )
-    except AlignkitError:
-        raise
+    except AlignkitError as err:  # a __post_init__ check
+        raise _blame_file(err, path, yaml_keys, cli_keys) if path else err from None
     except ValueError as err:  # a value of the wrong type in the YAML reaches us as a bare ValueError
         raise AlignkitError(f"invalid config: {err}") from None
     if unknown:

@@ -92,3 +92,79 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = parse_recipe_config(["--loss", "ipo", "--lora_target_modules", "q_proj", "v_proj"])
     cfg.save_yaml(tmp_path / "config.yaml")
     assert parse_recipe_config(["--config", str(tmp_path / "config.yaml")]) == cfg
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--warmup_ratio", "5"], r"'warmup_ratio' is 5.0; it must be in \[0, 1\)"),
+        (["--warmup_ratio", "-0.1"], r"'warmup_ratio' is -0.1"),
+        (["--lora_alpha", "0"], r"'lora_alpha' is 0; it must be > 0"),
+        (["--lora_dropout", "1"], r"'lora_dropout' is 1.0; it must be in \[0, 1\)"),
+        (["--lora_dropout", "-0.5"], r"'lora_dropout' is -0.5"),
+        (["--sft_num_train_epochs", "0"], r"'sft_num_train_epochs' is 0.0; it must be > 0"),
+        (["--preference_num_train_epochs", "-1"], r"'preference_num_train_epochs' is -1.0; it must be > 0"),
+        (["--save_total_limit", "0"], r"'save_total_limit' is 0; it must be > 0"),
+        (["--dataloader_num_workers", "-1"], r"'dataloader_num_workers' is -1; it must be >= 0"),
+        (["--eval_max_new_tokens", "0"], r"'eval_max_new_tokens' is 0; it must be > 0"),
+    ],
+)
+def test_fields_validated_since_issue_16(args, pattern):
+    with pytest.raises(AlignkitError, match=pattern):
+        parse_recipe_config(args)
+
+
+def test_boundary_values_still_accepted():
+    cfg = parse_recipe_config(["--warmup_ratio", "0", "--lora_dropout", "0.05", "--dataloader_num_workers", "0"])
+    assert (cfg.run.warmup_ratio, cfg.model.lora_dropout) == (0.0, 0.05)
+
+
+def test_invalid_yaml_value_names_the_file_unless_the_command_line_set_it(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("beta: -1\n")
+    with pytest.raises(AlignkitError, match=r"^config file .*bad\.yaml: config field 'beta' is -1; it must be > 0$"):
+        parse_recipe_config(["--config", str(path)])
+    path.write_text("warmup_ratio: 5\n")
+    with pytest.raises(AlignkitError, match=r"^config file .*bad\.yaml: config field 'warmup_ratio' is 5"):
+        parse_recipe_config(["--config", str(path)])
+    path.write_text("beta: 0.2\n")  # the bad value comes from the command line: the file is not to blame
+    with pytest.raises(AlignkitError, match=r"^config field 'beta' is -1\.0"):
+        parse_recipe_config(["--config", str(path), "--beta", "-1"])
+    path.write_text("env: 3\n")
+    with pytest.raises(AlignkitError, match=r"bad\.yaml: key 'env' is 3; expected a mapping"):
+        parse_recipe_config(["--config", str(path)])
+
+
+def test_scientific_notation_in_yaml_is_a_float(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("sft_learning_rate: 2e-4\npreference_learning_rate: 5.0e-7\nbeta: 1E-1\nwarmup_ratio: 0\n")
+    cfg = parse_recipe_config(["--config", str(path)])
+    assert (cfg.sft.sft_learning_rate, cfg.preference.preference_learning_rate) == (2e-4, 5e-7)
+    assert cfg.preference.beta == 0.1 and isinstance(cfg.preference.beta, float)
+    path.write_text("sft_max_steps: 1e3\n")  # an integer field stays strict
+    with pytest.raises(AlignkitError, match=r"lr\.yaml: key 'sft_max_steps' is '1e3'; expected <class 'int'>"):
+        parse_recipe_config(["--config", str(path)])
+    path.write_text("beta: 2e-4x\n")
+    with pytest.raises(AlignkitError, match=r"lr\.yaml: key 'beta' is '2e-4x'"):
+        parse_recipe_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("args", [["--config"], ["--config", "--beta", "0.2"]])
+def test_config_flag_without_a_file(args):
+    with pytest.raises(AlignkitError, match=r"--config needs a YAML file after it"):
+        parse_recipe_config(args)
+
+
+def test_removed_probe_split_keys_say_so(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("probe_heldout_split: test\n")
+    with pytest.raises(AlignkitError, match=r"old\.yaml: key 'probe_heldout_split' was removed: probes always come"):
+        parse_recipe_config(["--config", str(path)])
+    assert not {"probe_train_split", "probe_heldout_split"} & config_keys()
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"output_dir: caf\xe9\n")
+    with pytest.raises(AlignkitError, match=r"config file .*latin1\.yaml is not UTF-8 text"):
+        parse_recipe_config(["--config", str(path)])

@@ -68,10 +68,6 @@ class MonitorConfig:
     probe_max_length: int = field(
         default=512, metadata={"help": "Truncate probe sequences (prompt + response) to this many tokens."}
     )
-    probe_train_split: str = field(default="train", metadata={"help": "Split the training probes are drawn from."})
-    probe_heldout_split: str = field(
-        default="test", metadata={"help": "Split the held-out probes (and `irrelevant_test` answers) come from."}
-    )
     probe_set_path: str | None = field(
         default=None,
         metadata={
