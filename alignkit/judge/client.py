@@ -4,8 +4,8 @@ The `openai` client's own retries are switched off (`max_retries=0`) so that eve
 request budget, the retry counts in the report and the "a cached rerun makes zero requests" guarantee all depend on
 that. Failures are sorted into three kinds:
 
-* transient (429, 5xx, timeouts, dropped connections, malformed bodies): retried with exponential backoff and jitter,
-  honouring Retry-After, up to `max_retries` times;
+* transient (408, 409, 429, 5xx, timeouts, dropped connections, malformed bodies): retried with exponential backoff
+  and jitter, honouring Retry-After, up to `max_retries` times;
 * unparseable answers (a well-formed reply without a readable verdict): re-asked at `retry_temperature` up to
   `parse_retries` times, then recorded (and cached) as unparseable, never guessed;
 * rejected (400, 422: e.g. a prompt longer than the judge's context): recorded as an error without retrying, since
@@ -33,6 +33,8 @@ from alignkit.judge.config import JudgeConfig
 from alignkit.judge.parse import Template, Verdict, parse_verdict, reason_of
 
 _FATAL_STATUS = {401, 403, 404}
+# 408 (request timeout) and 409 (conflict: e.g. a replica busy or not loaded yet) mean "try again" at most providers.
+_RETRY_STATUS = {408, 409, 429}
 
 
 @dataclass(frozen=True)
@@ -260,8 +262,8 @@ class JudgeRunner:
         except openai.APIConnectionError as e:
             raise _Transient("connection") from e
         except openai.APIStatusError as e:
-            if e.status_code == 429:
-                raise _Transient("429", _retry_after(e)) from e
+            if e.status_code in _RETRY_STATUS:
+                raise _Transient(f"{e.status_code}", _retry_after(e)) from e
             if e.status_code >= 500:
                 raise _Transient(f"{e.status_code}", _retry_after(e)) from e
             if e.status_code in _FATAL_STATUS:
