@@ -96,7 +96,13 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            tmp.replace(target)  # atomic: a crash leaves no half-written folder that looks finished
+            try:
+                tmp.replace(target)  # atomic: a crash leaves no half-written folder that looks finished
+            except OSError:
+                # Another job (not a rank of this one) converted the same file meanwhile: keep its folder.
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (target / "config.json").exists():
+                    raise
     return target
 
 
@@ -184,3 +190,14 @@ def load_model(cfg: ModelConfig, source: Path | str | None = None):
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         raise AlignkitError(f"could not load model '{source or cfg.model_name_or_path}': {err}") from None
+
+
+def add_lora(model, rank: int = 8, target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")):
+    """Wrap `model` with a fresh LoRA adapter (peft's default init: B = 0, so the model's outputs are unchanged).
+
+    At B = 0 the gradients of the A matrices are zero, so a one-step analysis over the trainable parameters sees the
+    kernel of the B matrices alone.
+    """
+    from peft import LoraConfig, get_peft_model  # peft loads slowly; only LoRA users pay for it
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules)))

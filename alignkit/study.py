@@ -337,8 +337,8 @@ def run_decomposition(study: StudyConfig, cfg: RecipeConfig, out: Path) -> dict:
 
     from alignkit.data import load_preference_data
     from alignkit.dynamics import decompose, distribution_change
-    from alignkit.dynamics.cli import heatmap
-    from alignkit.dynamics.cli import load_model as load_dynamics_model
+    from alignkit.dynamics.cli import load_model_for_dynamics as load_dynamics_model
+    from alignkit.dynamics.plot import heatmap
     from alignkit.models import local_folder
 
     out.mkdir(parents=True, exist_ok=True)

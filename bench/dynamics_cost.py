@@ -53,11 +53,12 @@ def run_one(config: str, tokens: int, all_cols: int, threads: int) -> dict:
     import torch
 
     from alignkit.dynamics import decompose
-    from alignkit.dynamics.cli import add_lora, load_model
+    from alignkit.dynamics.cli import load_model_for_dynamics
+    from alignkit.models import add_lora
 
     torch.set_num_threads(threads)
     started = time.time()
-    model, tokenizer = load_model(None)
+    model, tokenizer = load_model_for_dynamics(None)
     if config.startswith("lora"):
         model = add_lora(model)
     load_s = time.time() - started

