@@ -24,7 +24,6 @@ from alignkit.onpolicy import (
     concat_adapters,
     load_callable,
     run_onpolicy_preference_stage,
-    verify,
 )
 from alignkit.onpolicy.rankers import check_scores
 
@@ -65,71 +64,6 @@ def sequence_logp(model) -> float:
     with torch.no_grad():
         logits = model(IDS).logits.float()
     return logits[:, :-1].log_softmax(-1).gather(-1, IDS[:, 1:, None]).sum().item()
-
-
-# --- the verifier
-
-
-def _row(task: str, prompt: str, answer: str) -> dict:
-    return {"task": task, "prompt": [{"role": "user", "content": prompt}], "reference_answer": answer}
-
-
-@pytest.mark.parametrize(
-    ("task", "prompt", "answer", "candidate", "score"),
-    [
-        ("arithmetic", "Calculate 96 - 36.", "60", "96 - 36 = 60. The answer is 60.", 1.0),
-        ("arithmetic", "Calculate 96 - 36.", "60", "96-36=60", 1.0),  # "-36" is not a negative number here
-        ("arithmetic", "Calculate 96 - 36.", "60", "The answer is sixty.", 1.0),
-        ("arithmetic", "Calculate 96 - 36.", "60", "It is 60.0", 1.0),
-        ("arithmetic", "Calculate 96 - 36.", "60", "It is 60 or 61.", 0.5),  # a hedge: right next to wrong
-        ("arithmetic", "Calculate 96 - 36.", "60", "58 59 60 61 62", 0.2),  # guessing many is worth little
-        ("arithmetic", "Calculate 96 - 36.", "60", "The answer is 62.", 0.0),
-        ("arithmetic", "Calculate 96 - 36.", "60", "Calculate 96 - 36.", 0.0),  # echoing the question
-        ("arithmetic", "Calculate 96 - 36.", "60", "600", 0.0),  # no partial-number matches
-        ("arithmetic", "Calculate 96 - 36.", "60", "", 0.0),
-        ("units", "How many meters are in 3 kilometers?", "3000", "3 x 1000 = 3,000 meters.", 1.0),
-        ("units", "How many meters are in 3 kilometers?", "3000", "There are 300 meters.", 0.0),
-        ("letters", "How many letters are in the word 'garden'?", "6", "'garden' has six letters.", 1.0),
-        ("letters", "How many letters are in the word 'garden'?", "6", "The word has one 6-letter form.", 1.0),
-        ("compare", "Which number is larger, 585 or 31?", "585", "585 is larger than 31.", 1.0),
-        ("compare", "Which number is larger, 585 or 31?", "585", "31 is smaller than 585.", 1.0),
-        ("compare", "Which number is larger, 585 or 31?", "585", "The larger number is 585.", 1.0),
-        ("compare", "Which number is larger, 585 or 31?", "585", "31 is larger than 585.", 0.0),
-        ("compare", "Which number is larger, 585 or 31?", "585", "31", 0.0),
-        ("sorting", "Sort these numbers from smallest to largest: 9, 3, 7.", "3, 7, 9", "Sorted: 3, 7, 9.", 1.0),
-        ("sorting", "Sort these numbers from smallest to largest: 9, 3, 7.", "3, 7, 9",
-         "You gave 9, 3, 7; sorted they are 3, 7, 9.", 1.0),
-        ("sorting", "Sort these numbers from smallest to largest: 9, 3, 7.", "3, 7, 9", "Sorted: 3, 9, 7.", 0.0),
-        ("sorting", "Sort these numbers from smallest to largest: 9, 3, 7.", "3, 7, 9",
-         "3, 7, 9 or maybe 3, 9, 7", 0.5),
-        ("reverse", "Spell the word 'piano' backwards.", "onaip", "'piano' spelled backwards is 'onaip'.", 1.0),
-        ("reverse", "Spell the word 'piano' backwards.", "onaip", "O-N-A-I-P", 1.0),
-        ("reverse", "Spell the word 'piano' backwards.", "onaip", "onaip, or is it oniap?", 0.5),
-        ("reverse", "Spell the word 'piano' backwards.", "onaip", "It is 'oanip'.", 0.0),
-        ("capitals", "What is the capital of Brazil?", "Brasília", "The capital is Brasilia.", 1.0),
-        ("capitals", "What is the capital of Brazil?", "Brasília", "Rio de Janeiro or Brasília.", 0.5),
-        ("capitals", "What is the capital of Brazil?", "Brasília", "Rio de Janeiro.", 0.0),
-        ("capitals", "What is the capital of the United States?", "Washington, D.C.", "Washington DC", 1.0),
-        ("capitals", "What is the capital of Mexico?", "Mexico City", "It is Mexico City.", 1.0),
-        ("capitals", "What is the capital of Italy?", "Rome", "Romeo and Juliet.", 0.0),  # whole words only
-        ("antonyms", "What is the opposite of 'hot'?", "cold", "The opposite of 'hot' is 'cold'.", 1.0),
-        ("antonyms", "What is the opposite of 'hot'?", "cold", "It is 'warm'.", 0.0),
-        ("antonyms", "What is the opposite of 'hot'?", "cold", "cold, or warm", 0.5),
-        ("other", "What is 2 to the power of 10?", "1,024", "It is 1024.", 1.0),  # user data: numeric answer
-        ("other", "Name the largest planet.", "Jupiter", "That is Jupiter.", 1.0),  # user data: a phrase
-    ],
-)  # fmt: skip
-def test_verifier(task, prompt, answer, candidate, score):
-    assert verify(candidate, _row(task, prompt, answer)) == pytest.approx(score)
-
-
-def test_verifier_on_the_builtin_pairs():
-    """Every built-in chosen answer (and its rephrase) scores 1, every rejected one 0; advice cannot be checked."""
-    for row in builtin_rows():
-        got = [
-            verify(row[f][0]["content"], row) for f in ("chosen", "chosen_rephrase", "rejected", "rejected_rephrase")
-        ]
-        assert got == ([None] * 4 if row["task"] == "advice" else [1.0, 1.0, 0.0, 0.0]), row["id"]
 
 
 # --- pairs, callables, scores
