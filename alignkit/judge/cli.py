@@ -36,7 +36,7 @@ def _base_type(annotation) -> type:
     return annotation
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+def add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + (prefix + f.name).replace("_", "-")
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", help=_SIDES["prompts"])
     parser.add_argument("--output-dir", dest="output_dir", default="outputs/win_rate", help=_SIDES["output_dir"])
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    _add_fields(parser.add_argument_group("generation and report"), WinRateConfig)
-    _add_fields(parser.add_argument_group("judge"), JudgeConfig, prefix="judge_")
+    add_fields(parser.add_argument_group("generation and report"), WinRateConfig)
+    add_fields(parser.add_argument_group("judge"), JudgeConfig, prefix="judge_")
     return parser
 
 

@@ -17,6 +17,7 @@ that. Failures are sorted into three kinds:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 import time
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from alignkit.errors import AlignkitError
 from alignkit.judge.cache import JudgmentCache, cache_key
 from alignkit.judge.config import JudgeConfig
-from alignkit.judge.parse import Template, Verdict, parse_verdict, reason_of
+from alignkit.judge.parse import Template, Verdict, parse_verdict, reason_of, verdict_log_odds
 
 _FATAL_STATUS = {401, 403, 404}
 # 408 (request timeout) and 409 (conflict: e.g. a replica busy or not loaded yet) mean "try again" at most providers.
@@ -52,6 +53,7 @@ class Judgment:
     status: str  # "ok" | "unparseable" (both cached) | "error" (a request kept failing) | "pending" (budget spent)
     verdict: Verdict | None = None  # "A" | "B" | "tie" when status == "ok"
     raw: str | None = None
+    logit_a: float | None = None  # mode=logprobs: log P(A) - log P(B) at the verdict token
     reason: str = ""
     cached: bool = False
     error: str | None = None
@@ -113,6 +115,8 @@ class JudgeRunner:
         self.cache = cache
         self.stats = JudgeStats()
         self._params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        if config.mode == "logprobs":  # text-mode keys stay as they were, so existing caches keep serving
+            self._params |= {"mode": "logprobs", "top_logprobs": config.top_logprobs}
         self._rng = random.Random(0)
 
     def key(self, c: Comparison) -> str:
@@ -170,6 +174,7 @@ class JudgeRunner:
                     raw=record.get("raw"),
                     reason=reason_of(record.get("raw")),
                     cached=True,
+                    logit_a=record.get("logit_a"),
                 )
             else:
                 todo.append((k, c))
@@ -213,10 +218,11 @@ class JudgeRunner:
         transient_failures = 0
         parse_failures = 0
         raw = None
+        logit_a = None
         while True:
             temperature = self.config.temperature if parse_failures == 0 else self.config.retry_temperature
             try:
-                raw = await self._request(client, messages, temperature)
+                raw, tokens = await self._request(client, messages, temperature)
             except _BudgetExhausted:
                 self.stats.budget_exhausted = True
                 return Judgment(key=key, status="pending", error="request budget spent")
@@ -233,9 +239,15 @@ class JudgeRunner:
                     delay = max(delay, min(e.retry_after, self.config.backoff_max_s))
                 await asyncio.sleep(delay)
                 continue
-            verdict = parse_verdict(raw)
+            if self.config.mode == "logprobs":
+                logit_a = verdict_log_odds(tokens)
+                verdict = None if logit_a is None else "A" if logit_a > 0 else "B" if logit_a < 0 else "tie"
+            else:
+                verdict = parse_verdict(raw)
             if verdict is not None:
                 record = {"status": "ok", "verdict": verdict, "raw": raw, "parse_failures": parse_failures}
+                if logit_a is not None:
+                    record["logit_a"] = logit_a
                 break
             parse_failures += 1
             self.stats.parse_failures += 1
@@ -244,18 +256,31 @@ class JudgeRunner:
                 break
         record |= {"judge_model": self.config.model, "template_sha256": self.template.sha256, "time": time.time()}
         await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done
-        return Judgment(key=key, status=record["status"], verdict=record["verdict"], raw=raw, reason=reason_of(raw))
+        return Judgment(
+            key=key,
+            status=record["status"],
+            verdict=record["verdict"],
+            raw=raw,
+            reason=reason_of(raw),
+            logit_a=record.get("logit_a"),
+        )
 
-    async def _request(self, client: openai.AsyncOpenAI, messages: list[dict], temperature: float) -> str:
+    async def _request(
+        self, client: openai.AsyncOpenAI, messages: list[dict], temperature: float
+    ) -> tuple[str, list[tuple[str, dict[str, float]]] | None]:
+        """The answer's text and, in logprobs mode, each generated token with its top alternatives' log-probs."""
         if self.config.max_requests is not None and self.stats.requests >= self.config.max_requests:
             raise _BudgetExhausted
         self.stats.requests += 1
+        logprobs = self.config.mode == "logprobs"
+        extra = {"logprobs": True, "top_logprobs": self.config.top_logprobs} if logprobs else {}
         try:
             response = await client.chat.completions.create(
                 model=self.config.model,
                 messages=messages,
                 temperature=temperature,
                 max_tokens=self.config.max_tokens,
+                **extra,
             )
         except openai.APITimeoutError as e:
             raise _Transient("timeout") from e
@@ -277,10 +302,26 @@ class JudgeRunner:
             raise _Transient("malformed") from e
         try:
             content = response.choices[0].message.content
+            tokens = _token_logprobs(response.choices[0].logprobs) if logprobs else None
         except (AttributeError, IndexError, TypeError) as e:
             raise _Transient("malformed") from e
         usage = getattr(response, "usage", None)
         if usage is not None:
             self.stats.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
             self.stats.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
-        return content or ""
+        return content or "", tokens
+
+
+def _token_logprobs(logprobs) -> list[tuple[str, dict[str, float]]]:
+    """[(generated token, {alternative: log-prob, ...}), ...] from a chat completion's `logprobs`; an endpoint that
+    ignored the request (no logprobs) gives [], which reads as an answer without a verdict."""
+    if logprobs is None or not logprobs.content:
+        return []
+    out = []
+    for item in logprobs.content:
+        alternatives: dict[str, float] = {}
+        for alt in item.top_logprobs or []:
+            alternatives[alt.token] = max(alt.logprob, alternatives.get(alt.token, -math.inf))
+        alternatives.setdefault(item.token, item.logprob)
+        out.append((item.token, alternatives))
+    return out

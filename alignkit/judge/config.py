@@ -9,7 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 from alignkit.errors import AlignkitError
 
 LOCAL = "local"
+VERIFIER = "verifier"
 LOCAL_MODEL_ALIAS = "smollm2-135m-instruct-q4_1"
+MODES = ("auto", "text", "logprobs")
 
 
 @dataclass
@@ -21,8 +23,36 @@ class JudgeConfig:
         metadata={
             "help": "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1. The special value 'local' starts a "
             "llama.cpp server on a free loopback port with `local_gguf` (SmolLM2-135M by default: weak, for "
-            "offline smoke runs) and stops it afterwards."
+            "offline smoke runs) and stops it afterwards. 'verifier' asks no model: each response is checked against "
+            "the prompt's `reference_answer` by `verifier`, and the better-scoring response wins (equal scores tie)."
         },
+    )
+    verifier: str = field(
+        default="builtin",
+        metadata={
+            "help": "With base_url='verifier': 'builtin' (alignkit.data.verifier.verify, which knows the built-in "
+            "tasks and checks other rows' reference answers as a number or a phrase) or 'module:function' / "
+            "'file.py:function' called as f(response, row) -> score (higher is better) or None (cannot check)."
+        },
+    )
+    mode: str = field(
+        default="auto",
+        metadata={
+            "help": "'text': parse the verdict the judge writes. 'logprobs': read P(A) and P(B) from the "
+            "top_logprobs of the verdict token (llama.cpp and OpenAI return them), combine both orders in log-odds "
+            "so that a constant position preference cancels, and call a tie below `logprob_margin`. 'auto': text "
+            "(see docs/evaluation.md for both modes measured on the labelled judge-quality set)."
+        },
+    )
+    logprob_margin: float = field(
+        default=0.5,
+        metadata={
+            "help": "mode=logprobs: a pair is a tie unless the candidate's log-odds, averaged over both orders, is "
+            "at least this far from 0 (nats)."
+        },
+    )
+    top_logprobs: int = field(
+        default=20, metadata={"help": "mode=logprobs: alternatives returned per token (OpenAI allows at most 20)."}
     )
     model: str | None = field(
         default=None,
@@ -40,10 +70,17 @@ class JudgeConfig:
         metadata={
             "help": "Prompt template: a name shipped in alignkit/judge/templates/ (pairwise, pairwise_small) or a "
             "path to a .txt file. 'auto' = pairwise (MT-Bench-like: reason, then verdict) for remote judges, "
-            "pairwise_small (shorter, asks for the label only) for the local 135M judge, which cannot follow pairwise."
+            "pairwise_small (shorter, asks for the label only) for the local 135M judge, which cannot follow "
+            "pairwise; pairwise_logprobs (reply with one letter) in mode=logprobs."
         },
     )
-    max_tokens: int = field(default=192, metadata={"help": "Most tokens the judge may write per verdict."})
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most tokens the judge may write per verdict. None = 192 in text mode, 1 in logprobs mode (the "
+            "verdict is read from the first token's alternatives)."
+        },
+    )
     temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (0 = greedy)."})
     retry_temperature: float = field(
         default=0.7,
@@ -89,13 +126,31 @@ class JudgeConfig:
     def __post_init__(self):
         if not self.base_url:
             raise AlignkitError("judge.base_url is empty: use 'local' or an OpenAI-compatible URL ending in /v1.")
+        if self.is_verifier:
+            self.model = f"verifier:{self.verifier}"
+            self.mode = "text"
+            return
         if not self.is_local and not self.base_url.startswith(("http://", "https://")):
-            raise AlignkitError(f"judge.base_url={self.base_url!r} must be 'local' or start with http:// or https://.")
+            raise AlignkitError(
+                f"judge.base_url={self.base_url!r} must be 'local', 'verifier' or start with http:// or https://."
+            )
+        if self.mode not in MODES:
+            raise AlignkitError(f"judge.mode={self.mode!r}: choose one of {', '.join(MODES)}.")
+        if self.mode == "auto":
+            self.mode = "text"
+        if self.max_tokens is None:
+            self.max_tokens = 1 if self.mode == "logprobs" else 192
+        if self.logprob_margin < 0:
+            raise AlignkitError(f"judge.logprob_margin must be >= 0, got {self.logprob_margin}.")
+        if not 1 <= self.top_logprobs <= 20:
+            raise AlignkitError(f"judge.top_logprobs must be in [1, 20], got {self.top_logprobs}.")
         if not self.is_local and not self.model:
             raise AlignkitError("judge.model is required with a remote judge (e.g. --judge-model gpt-4o).")
         if self.is_local and not self.model:
             self.model = LOCAL_MODEL_ALIAS
-        if self.template == "auto":
+        if self.template == "auto" and self.mode == "logprobs":
+            self.template = "pairwise_logprobs"
+        elif self.template == "auto":
             self.template = "pairwise_small" if self.is_local else "pairwise"
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
             # Catches the easy mistake of passing the key itself instead of the variable's name.
@@ -121,6 +176,10 @@ class JudgeConfig:
     def is_local(self) -> bool:
         return self.base_url == LOCAL
 
+    @property
+    def is_verifier(self) -> bool:
+        return self.base_url == VERIFIER
+
     def api_key(self) -> str:
         """The key from the named environment variable; only ever passed to the client, never stored."""
         if self.api_key_env is None:
@@ -134,9 +193,13 @@ class JudgeConfig:
 
     def describe(self) -> dict:
         """What reports and caches may record about the judge: no key, and the URL without credentials or query."""
+        if self.is_verifier:
+            return {"base_url": VERIFIER, "model": self.model, "verifier": self.verifier, "mode": "verifier"}
         return {
             "base_url": self.base_url if self.is_local else redact_url(self.base_url),
             "model": self.model,
+            "mode": self.mode,
+            **({"logprob_margin": self.logprob_margin} if self.mode == "logprobs" else {}),
             "api_key_env": self.api_key_env,
             "template": self.template,
             "temperature": self.temperature,

@@ -12,20 +12,21 @@ from typing import TYPE_CHECKING
 
 from alignkit.errors import AlignkitError
 from alignkit.judge.cache import JudgmentCache
-from alignkit.judge.client import Comparison, JudgeRunner, Judgment
+from alignkit.judge.client import Comparison, JudgeRunner, JudgeStats, Judgment
 from alignkit.judge.config import JudgeConfig, WinRateConfig
 from alignkit.judge.inputs import (
     ModelSpec,
     instruction_text,
     is_outputs_file,
     load_model,
-    load_prompts,
+    load_prompt_rows,
     prompt_key,
     read_outputs_jsonl,
     side_name,
     write_outputs_jsonl,
 )
-from alignkit.judge.metrics import combine_orders, summarize, verdict_shares
+from alignkit.judge.local_server import LocalJudgeServer
+from alignkit.judge.metrics import combine_log_odds, combine_orders, summarize, verdict_shares
 from alignkit.judge.parse import load_template
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ class PairResult:
     instruction: str
     candidate: str
     baseline: str
-    status: str  # "judged" | "identical" (tie without asking) | "unparseable" | "error" | "pending"
+    # "judged" | "identical" (tie without asking) | "unparseable" | "error" | "pending" | "unverifiable" (verifier
+    # judge: no reference answer, or the verifier could not check a response)
+    status: str
     score: float | None = None  # 1 win, 0.5 tie, 0 loss for the candidate; None when not judged in both orders
     consistent: bool | None = None
     candidate_first: dict | None = None  # the judgment with the candidate shown as response A
@@ -86,7 +89,8 @@ class WinRateResult:
 
 
 def _judgment_dict(j: Judgment) -> dict:
-    return {"status": j.status, "verdict": j.verdict, "reason": j.reason, "cached": j.cached, "error": j.error}
+    out = {"status": j.status, "verdict": j.verdict, "reason": j.reason, "cached": j.cached, "error": j.error}
+    return out | ({"logit_a": j.logit_a} if j.logit_a is not None else {})
 
 
 def _outputs(
@@ -131,6 +135,30 @@ def _outputs(
     return outputs
 
 
+def ask_judge(
+    judge: JudgeConfig, template, comparisons: list[Comparison], out: Path, progress: bool
+) -> tuple[list[Judgment], JudgeStats]:
+    """An LLM judge's judgments through the cache, with a local llama.cpp server started only when one is needed."""
+    cache = JudgmentCache(judge.cache_path or out / "judge_cache.jsonl")
+    runner = JudgeRunner(judge, template, cache)
+    with contextlib.ExitStack() as stack:
+        stack.callback(cache.close)
+        base_url = None
+        if judge.is_local and runner.uncached(comparisons):  # a fully cached rerun needs no server
+            server = stack.enter_context(
+                LocalJudgeServer(
+                    judge.local_gguf,
+                    n_ctx=judge.local_n_ctx,
+                    n_threads=judge.local_n_threads,
+                    model_alias=judge.model,
+                    startup_timeout_s=judge.local_startup_timeout_s,
+                    log_path=out / "judge_server.log",
+                )
+            )
+            base_url = server.base_url
+        return runner.run(comparisons, base_url, progress=progress), runner.stats
+
+
 def evaluate_win_rate(
     candidate: ModelSpec,
     baseline: ModelSpec,
@@ -160,13 +188,14 @@ def evaluate_win_rate(
     config = config or WinRateConfig()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    template = load_template(judge.template)
+    template = None if judge.is_verifier else load_template(judge.template)
 
     if prompts is None:
         prompts = next((s for s in (candidate, baseline) if is_outputs_file(s)), None)
-    prompt_list = load_prompts(prompts, config.prompts_split)
+    prompt_rows = load_prompt_rows(prompts, config.prompts_split)
     if config.limit is not None:
-        prompt_list = prompt_list[: config.limit]
+        prompt_rows = prompt_rows[: config.limit]
+    prompt_list = [row["prompt"] for row in prompt_rows]
     if not prompt_list:
         raise AlignkitError(f"prompts={prompts!r}: no prompts to evaluate on.")
     candidate_outputs = _outputs(candidate, prompt_list, "candidate", config, out, progress)
@@ -179,26 +208,15 @@ def evaluate_win_rate(
         comparisons.append(Comparison(instructions[i], candidate_outputs[i], baseline_outputs[i]))
         comparisons.append(Comparison(instructions[i], baseline_outputs[i], candidate_outputs[i]))
 
-    cache = JudgmentCache(judge.cache_path or out / "judge_cache.jsonl")
-    runner = JudgeRunner(judge, template, cache)
-    with contextlib.ExitStack() as stack:
-        stack.callback(cache.close)
-        base_url = None
-        if judge.is_local and runner.uncached(comparisons):  # a fully cached rerun needs no server
-            from alignkit.judge.local_server import LocalJudgeServer
+    if judge.is_verifier:
+        # imported late: alignkit.data imports torch, which an LLM judge of two outputs files does not need
+        from alignkit.judge.verifier import VerifierJudge, with_references
 
-            server = stack.enter_context(
-                LocalJudgeServer(
-                    judge.local_gguf,
-                    n_ctx=judge.local_n_ctx,
-                    n_threads=judge.local_n_threads,
-                    model_alias=judge.model,
-                    startup_timeout_s=judge.local_startup_timeout_s,
-                    log_path=out / "judge_server.log",
-                )
-            )
-            base_url = server.base_url
-        judgments = runner.run(comparisons, base_url, progress=progress)
+        rows = with_references(prompt_rows)
+        judgments = VerifierJudge(judge.verifier).judge(comparisons, [rows[i] for i in to_judge for _ in (0, 1)])
+        stats = JudgeStats()
+    else:
+        judgments, stats = ask_judge(judge, template, comparisons, out, progress)
 
     by_index = {i: (judgments[2 * k], judgments[2 * k + 1]) for k, i in enumerate(to_judge)}
     pairs = []
@@ -212,9 +230,12 @@ def evaluate_win_rate(
             statuses = {first.status, second.status}
             if statuses == {"ok"}:
                 pair.status = "judged"
-                pair.score, pair.consistent = combine_orders(first.verdict, second.verdict)
+                if judge.mode == "logprobs":
+                    pair.score, pair.consistent = combine_log_odds(first.logit_a, second.logit_a, judge.logprob_margin)
+                else:
+                    pair.score, pair.consistent = combine_orders(first.verdict, second.verdict)
             else:  # the worst of the two decides why the pair is left out
-                pair.status = next(s for s in ("error", "pending", "unparseable") if s in statuses)
+                pair.status = next(s for s in ("error", "pending", "unparseable", "unverifiable") if s in statuses)
         pairs.append(pair)
 
     scored = [p for p in pairs if p.score is not None]
@@ -250,8 +271,8 @@ def evaluate_win_rate(
         verdict_shares=verdict_shares([j.verdict for j in judgments if j.status == "ok"]),
         unjudged=unjudged,
         judge=judge.describe(),
-        template_sha256=template.sha256,
-        stats=runner.stats.to_dict(),
+        template_sha256=template.sha256 if template is not None else "",
+        stats=stats.to_dict(),
         output_dir=str(out),
         pairs=pairs,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 Policy = Callable[[list[dict]], str]
+LogprobPolicy = Callable[[list[dict]], dict[str, float]]  # messages -> {first token: log-prob} of the answer
 
 _RESPONSE = {
     "A": re.compile(r"<response_a>\n(.*?)\n</response_a>", re.DOTALL),
@@ -72,6 +74,20 @@ def obeys_injection_in_first(inner: Policy) -> Policy:
     return policy
 
 
+def position_biased_logprobs(marker: str = "GOOD", bias: float = 1.5) -> LogprobPolicy:
+    """A judge whose first-token log-odds log P(A) - log P(B) is +1 when only A holds `marker`, -1 when only B does,
+    0 otherwise, plus a constant preference `bias` for position A: greedy text always says A when bias > 1."""
+
+    def policy(messages: list[dict]) -> dict[str, float]:
+        a, b = responses_of(messages)
+        log_odds = (marker in a) - (marker in b) + bias
+        # P(A) + P(B) = 0.9, the rest on another token; log P(A) - log P(B) = log_odds exactly.
+        p_a = 0.9 / (1 + math.exp(-log_odds))
+        return {"A": math.log(p_a), "B": math.log(0.9 - p_a), "The": math.log(0.1)}
+
+    return policy
+
+
 class FakeJudgeServer:
     """`with FakeJudgeServer(policy=prefer_marker()) as server: client(base_url=server.base_url)`"""
 
@@ -79,6 +95,7 @@ class FakeJudgeServer:
         self,
         policy: Policy | None = None,
         delay_s: float = 0.0,
+        logprob_policy: LogprobPolicy | None = None,
         failure_rate: float = 0.0,
         failures: tuple[str, ...] = FAILURES,
         max_failures_per_question: int = 2,
@@ -89,6 +106,7 @@ class FakeJudgeServer:
     ):
         self.port = port
         self.policy = policy or prefer_marker()
+        self.logprob_policy = logprob_policy
         self.delay_s = delay_s
         self.failure_rate = failure_rate
         self.failures = failures
@@ -186,6 +204,13 @@ class FakeJudgeServer:
                     self._send(200, b'{"choices": [{"message": ')
                     return
                 content = "I cannot decide, both have merits." if kind == "no_verdict" else owner.policy(messages)
+                logprobs = None
+                if body.get("logprobs") and owner.logprob_policy is not None and kind != "no_verdict":
+                    first = owner.logprob_policy(messages)  # answers with its likeliest first token
+                    top = sorted(first.items(), key=lambda kv: -kv[1])[: body.get("top_logprobs") or 1]
+                    content = top[0][0]
+                    alternatives = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top]
+                    logprobs = {"content": [{**alternatives[0], "top_logprobs": alternatives}]}
                 if kind is None:
                     with owner.lock:
                         owner.answered[qid] += 1
@@ -195,7 +220,12 @@ class FakeJudgeServer:
                     "created": int(time.time()),
                     "model": body.get("model", "fake-judge"),
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                            "logprobs": logprobs,
+                        }
                     ],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
                 }

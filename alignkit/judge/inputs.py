@@ -129,18 +129,29 @@ def is_outputs_file(spec) -> bool:
 def load_prompts(source, split: str = "test") -> list[Prompt]:
     """Prompts from a list, a datasets.Dataset, a JSONL (field `prompt`/`instruction`), a saved dataset folder or a
     hub dataset name. None means the built-in held-out split."""
+    return [row["prompt"] for row in load_prompt_rows(source, split)]
+
+
+def load_prompt_rows(source, split: str = "test") -> list[dict]:
+    """The rows of a prompt set (same sources as `load_prompts`), each a dict whose `prompt` is checked; the other
+    columns (e.g. `reference_answer`, `task`, which the verifier judge reads) are kept as they are."""
     if source is None:
         from alignkit.data.builtin import load_builtin  # imported late: it builds the dataset
 
-        return [row["prompt"] for row in load_builtin()["test"]]
+        return [dict(row) for row in load_builtin()["test"]]
     if isinstance(source, list | tuple):
-        return [_check_prompt(p, f"prompts[{i}]") for i, p in enumerate(source)]
+        return [
+            {**p, "prompt": _check_prompt(p.get("prompt", p.get("instruction")), f"prompts[{i}]")}
+            if isinstance(p, dict)
+            else {"prompt": _check_prompt(p, f"prompts[{i}]")}
+            for i, p in enumerate(source)
+        ]
     if not isinstance(source, str | os.PathLike):  # a datasets.Dataset or anything with columns
-        return [_check_prompt(p, f"prompts row {i}") for i, p in enumerate(_column(source, "dataset"))]
+        return _rows(source, "dataset")
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
         return [
-            _check_prompt(_field(row, ("prompt", "instruction"), f"{path}:{n}"), f"{path}:{n}")
+            {**row, "prompt": _check_prompt(_field(row, ("prompt", "instruction"), f"{path}:{n}"), f"{path}:{n}")}
             for n, row in _read_jsonl(path)
         ]
     import datasets
@@ -158,7 +169,17 @@ def load_prompts(source, split: str = "test") -> list[Prompt]:
         if split not in loaded:
             raise AlignkitError(f"prompts={source!r}: no split {split!r}; splits: {list(loaded)}.")
         loaded = loaded[split]
-    return [_check_prompt(p, f"{source} row {i}") for i, p in enumerate(_column(loaded, str(source)))]
+    return _rows(loaded, str(source))
+
+
+def _rows(dataset, name: str) -> list[dict]:
+    prompts = _column(dataset, name)
+    columns = [c for c in (getattr(dataset, "column_names", None) or []) if c not in ("prompt", "instruction")]
+    extra = {c: list(dataset[c]) for c in columns if c in ("reference_answer", "task", "id")}
+    return [
+        {**{c: values[i] for c, values in extra.items()}, "prompt": _check_prompt(p, f"{name} row {i}")}
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _column(dataset, name: str) -> list:

@@ -46,6 +46,31 @@ def combine_orders(candidate_first: Verdict, candidate_second: Verdict) -> tuple
     return (first if consistent else TIE), consistent
 
 
+def combine_log_odds(candidate_first: float, candidate_second: float, margin: float) -> tuple[float, bool]:
+    """(pair score, consistent) from the judge's log-odds of position A, log P(A) - log P(B), in both orders.
+
+    The candidate's log-odds is the mean of `candidate_first` (candidate shown as A) and `-candidate_second` (shown as
+    B). A judge that adds a constant c to position A's log-odds in every question adds +c and -c, which cancel. The
+    pair is a win above `margin`, a loss below `-margin`, and a tie in between (the judge abstains). `consistent`:
+    both orders lean the same way once mapped back to the models.
+
+    >>> combine_log_odds(2.3, 0.7, 0.5)  # A preferred in both orders, but by 2.3 with the candidate there: (2.3-0.7)/2
+    (1.0, False)
+    >>> combine_log_odds(1.0, 0.8, 0.5)  # a position preference, nothing more: (1.0-0.8)/2 = 0.1 is a tie
+    (0.5, False)
+    >>> combine_log_odds(-1.0, 1.0, 0.5)
+    (0.0, True)
+    """
+    log_odds = (candidate_first - candidate_second) / 2
+    consistent = (candidate_first > 0 and candidate_second < 0) or (candidate_first < 0 and candidate_second > 0)
+    consistent = consistent or candidate_first == candidate_second == 0
+    if log_odds > 0 and log_odds >= margin:
+        return WIN, consistent
+    if log_odds < 0 and log_odds <= -margin:
+        return LOSS, consistent
+    return TIE, consistent
+
+
 def outcome_counts(scores: Sequence[float]) -> dict[str, int]:
     """Number of wins, ties and losses of the candidate."""
     s = np.asarray(scores, dtype=float)

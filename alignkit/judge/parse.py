@@ -8,6 +8,7 @@ template's SHA-256 is part of every cache key, so editing a template never serve
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from importlib.resources import files
@@ -146,3 +147,60 @@ def reason_of(text: str | None) -> str:
     if not text:
         return ""
     return _SINGLE.sub("", _BRACKETED.sub("", text)).strip()
+
+
+_LABEL_AFTER_BRACKETS = re.compile(r"\[\[\s*([ABC])\s*$")
+_BEFORE_BARE_LABEL = re.compile(r"(?:^|:|verdict(?:\s+is)?)\s*[\"'`*(\[]*$", re.IGNORECASE)
+
+
+def _label(token: str) -> str | None:
+    """'A', 'B' or 'C' for a token that is only a verdict label (spaces, brackets and quotes aside), else None."""
+    core = token.strip().strip("[]*\"'`().")
+    return core if core in ("A", "B", "C") else None
+
+
+def verdict_log_odds(tokens: list[tuple[str, dict[str, float]]] | None) -> float | None:
+    """log P(A) - log P(B) at the token where the judge writes its verdict label, or None when it writes none.
+
+    `tokens` are the generated tokens, each with the log-probs of its top alternatives (the token itself included).
+    The verdict token is the label that completes the first `[[`, else a label that opens the answer or follows
+    "Verdict:", else the first token when A or B is among its alternatives (a judge asked to reply with one letter
+    that starts otherwise still ranks the letters there). P(A) and P(B) are summed over the alternatives that are
+    that label (' A' and 'A' are different tokens). A label missing from the alternatives is given the smallest
+    log-prob listed, an upper bound of its own, so that the log-odds is never more extreme than the evidence.
+
+    >>> round(verdict_log_odds([("Verdict", {"Verdict": 0.0}), (": [[", {": [[": 0.0}),
+    ...                         ("A", {"A": -0.2, "B": -1.8, "C": -4.0}), ("]]", {"]]": 0.0})]), 6)
+    1.6
+    """
+    if not tokens:
+        return None
+    text = ""
+    fallback = None
+    for token, alternatives in tokens:
+        label = _label(token)
+        if label is not None:
+            if _LABEL_AFTER_BRACKETS.search(text + token.strip().rstrip("]")):
+                return _log_odds(alternatives)
+            if fallback is None and _BEFORE_BARE_LABEL.search(text):
+                fallback = alternatives
+        text += token
+    if fallback is None and any(_label(t) in ("A", "B") for t in tokens[0][1]):
+        fallback = tokens[0][1]
+    return None if fallback is None else _log_odds(fallback)
+
+
+def _log_odds(alternatives: dict[str, float]) -> float:
+    floor = min(alternatives.values())
+    mass = {"A": [], "B": []}
+    for token, logprob in alternatives.items():
+        label = _label(token)
+        if label in mass:
+            mass[label].append(logprob)
+    a, b = (_logsumexp(mass[k]) if mass[k] else floor for k in ("A", "B"))
+    return a - b
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))

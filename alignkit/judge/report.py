@@ -133,6 +133,12 @@ def _headline_rows(result) -> list[tuple[str, str]]:
 
 def _judge_rows(result) -> list[tuple[str, str]]:
     j = result.judge
+    if j["base_url"] == "verifier":
+        what = "alignkit.data.verifier.verify (built-in)" if j["verifier"] == "builtin" else j["verifier"]
+        return [
+            ("Judge", "verifier: each response checked against the prompt's reference answer, no model asked"),
+            ("Verifier", what),
+        ]
     endpoint = (
         "local llama.cpp server (llama-cpp-python), started and stopped by the evaluator"
         if j["base_url"] == "local"
@@ -143,10 +149,26 @@ def _judge_rows(result) -> list[tuple[str, str]]:
         ("Model", str(j["model"])),
         ("Template", f"{j['template']} (sha256 {result.template_sha256[:12]})"),
         ("Sampling", f"temperature {j['temperature']}, max_tokens {j['max_tokens']}"),
+        ("Verdict read from", LOGPROBS_NOTE.format(**j) if j.get("mode") == "logprobs" else "the judge's text"),
         ("API key", f"from ${j['api_key_env']}" if j["api_key_env"] else "none (dummy key)"),
     ]  # fmt: skip
 
 
+LOGPROBS_NOTE = (
+    "token log-probabilities: log P(A) - log P(B) at the verdict token, averaged over both orders (candidate's "
+    "sign), a tie within ±{logprob_margin} nats"
+)
+
+
+LC_SIMPLIFIED = (
+    "Length control uses the simplified fit (no instruction-difficulty term): these prompts were judged against one "
+    "model only, and AlpacaEval 2's difficulty term needs several models judged on the same prompts."
+)
+VERIFIER_METHOD = (
+    "The verifier judge scores each response against the prompt's reference answer (1 correct, 0 wrong, graded in "
+    "between) and prefers the higher score; equal scores tie. It does not depend on the order, so both orders agree. "
+    "Pairs whose prompt has no reference answer are left out and counted as unverifiable."
+)
 METHOD = (
     "Each pair is judged twice, with the candidate shown first (A) and second (B). A pair is a win or a loss only "
     "when both orders agree; a verdict that flips with the order counts as a tie. The win rate is "
@@ -158,11 +180,18 @@ METHOD = (
 )
 
 
+def method(result) -> str:
+    verifier = [VERIFIER_METHOD] if result.judge["base_url"] == "verifier" else []
+    return " ".join([*verifier, METHOD, LC_SIMPLIFIED])
+
+
 def _verdict_text(j: dict | None) -> str:
     if j is None:
         return ""
     if j["status"] != "ok":
         return f"{j['status']}" + (f" ({j['error']})" if j.get("error") else "")
+    if j.get("logit_a") is not None:
+        return f"[{j['verdict']}] (log P(A) - log P(B) = {j['logit_a']:+.2f})"
     return f"[{j['verdict']}]"
 
 
@@ -188,7 +217,7 @@ def write_markdown(result, path: Path, png_name: str, max_examples: int) -> None
     lines += [f"| {esc(k)} | {esc(v)} |" for k, v in _headline_rows(result)]
     lines += ["", f"![win rate]({png_name})", "", "## Judge", "", "| | |", "|---|---|"]
     lines += [f"| {esc(k)} | {esc(v)} |" for k, v in _judge_rows(result)]
-    lines += ["", f"To use a strong judge instead: `{STRONG_JUDGE_HINT}`.", "", "## Method", "", METHOD, ""]
+    lines += ["", f"To use a strong judge instead: `{STRONG_JUDGE_HINT}`.", "", "## Method", "", method(result), ""]
     lines += ["## Examples", "", VERDICT_NOTE, ""]
     lines.append("| # | prompt | candidate | baseline | candidate first | candidate second | outcome |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -248,7 +277,7 @@ def write_html(result, path: Path, png_bytes: bytes, max_examples: int) -> None:
     parts.append("<h2>Judge</h2><table>")
     parts.append("".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _judge_rows(result)) + "</table>")
     parts.append(f"<p>To use a strong judge instead: <code>{e(STRONG_JUDGE_HINT)}</code></p>")
-    parts.append(f"<h2>Method</h2><p>{e(METHOD)}</p>")
+    parts.append(f"<h2>Method</h2><p>{e(method(result))}</p>")
     shown = result.pairs[:max_examples]
     parts.append(f"<h2>Examples ({len(shown)} of {len(result.pairs)})</h2>")
     parts.append(
