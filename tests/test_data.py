@@ -72,7 +72,7 @@ def test_hh_transcripts_split_into_prompt_and_response(tmp_path):
 def test_hh_with_different_prompts_is_an_error(tmp_path):
     bad = dict(HH_ROWS[0], rejected="\n\nHuman: Something else?\n\nAssistant: Lyon.")
     path = write_jsonl(tmp_path / "hh.jsonl", [HH_ROWS[1], bad])
-    with pytest.raises(AlignkitError, match=r"hh.jsonl row 2: .*different prompts"):
+    with pytest.raises(AlignkitError, match=r"hh\.jsonl:2: .*different prompts"):
         load_local(path, test_file=str(path))
 
 
@@ -118,18 +118,18 @@ def test_trl_conversational_format(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "pattern"),
     [
-        ([{"prompt": "q", "chosen": "a"}], r"d\.jsonl: missing column\(s\) rejected \(found: chosen, prompt\)"),
+        ([{"prompt": "q", "chosen": "a"}], r"d\.jsonl:1: missing column\(s\) rejected \(found: chosen, prompt\)"),
         ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "  ", "rejected": "b"}],
-         r"d\.jsonl row 2 field 'chosen': empty"),
-        ([{"prompt": "q", "chosen": "a", "rejected": 3}], r"d\.jsonl row 1 field 'rejected': expected text, got int"),
-        ([{"prompt": "q", "chosen": "a", "rejected": None}], r"d\.jsonl row 1 field 'rejected': missing or null"),
+         r"d\.jsonl:2: field 'chosen': empty"),
+        ([{"prompt": "q", "chosen": "a", "rejected": 3}], r"d\.jsonl:1: field 'rejected': expected text, got int"),
+        ([{"prompt": "q", "chosen": "a", "rejected": None}], r"d\.jsonl:1: field 'rejected': missing or null"),
         ([{"prompt": "q", "chosen": "same", "rejected": "same"}],
-         r"d\.jsonl row 1: 'chosen' and 'rejected' are identical"),
+         r"d\.jsonl:1: 'chosen' and 'rejected' are identical"),
         ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": [{"role": "user", "content": "q"}],
-          "chosen": "a", "rejected": "b"}], r"d\.jsonl row 2 field 'chosen': expected a non-empty list of messages"),
+          "chosen": "a", "rejected": "b"}], r"d\.jsonl:2: field 'chosen': expected a non-empty list of messages"),
         ([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": [{"role": "user", "content": "q"}],
           "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}],
-         r"d\.jsonl row 2 field 'prompt': row 1 is plain text"),
+         r"d\.jsonl:2: field 'prompt': the first row \(.*d\.jsonl:1\) is plain text"),
     ],
 )  # fmt: skip
 def test_bad_rows_name_file_row_and_field(tmp_path, rows, pattern):
@@ -141,7 +141,7 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rows, pattern):
 def test_invalid_json_line_and_missing_file(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": oops}\n')
-    with pytest.raises(AlignkitError, match=r"d\.jsonl line 2: invalid JSON"):
+    with pytest.raises(AlignkitError, match=r"d\.jsonl:2: invalid JSON"):
         load_local(path)
     with pytest.raises(AlignkitError, match=r"nope\.jsonl does not exist"):
         load_local(tmp_path / "nope.jsonl")
@@ -149,7 +149,8 @@ def test_invalid_json_line_and_missing_file(tmp_path):
 
 def test_prompt_too_long_is_an_error_and_truncation_is_counted(tmp_tokenizer_rows, tiny_tokenizer, caplog):
     data = tmp_tokenizer_rows
-    with pytest.raises(AlignkitError, match=r"src: 1 prompt\(s\) do not fit max_length=20 tokens \(rows 3;"):
+    pattern = r"src: field 'prompt' does not fit max_length=20 tokens in 1 row\(s\) \(row 3;"
+    with pytest.raises(AlignkitError, match=pattern):
         check_lengths(data, tiny_tokenizer, 20, "src")
     short = data.select([0, 1])
     with caplog.at_level(logging.WARNING):
@@ -185,3 +186,73 @@ def test_builtin_dataset():
             # the checkable tasks: the answer is in y+ and not in y-
             assert row["reference_answer"] in row["chosen"][0]["content"]
     assert builtin_rows() == builtin_rows()  # deterministic
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_non_utf8_bytes_name_the_line(tmp_path, suffix):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if suffix == ".json":
+        text = "[\n" + text.replace("}\n{", "},\n{") + "]\n"  # the second object starts on line 3
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(text.encode("latin-1"))
+    line = 3 if suffix == ".json" else 2
+    with pytest.raises(AlignkitError, match=rf"d{suffix}:{line}: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        load_local(path)
+
+
+def test_corrupt_parquet_is_an_error_not_a_traceback(tmp_path):
+    from datasets import Dataset
+
+    good = tmp_path / "good.parquet"
+    Dataset.from_list([{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(4)]).to_parquet(str(good))
+    for name, content in [("garbage.parquet", b"not parquet at all"), ("cut.parquet", good.read_bytes()[:-40])]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(AlignkitError, match=rf"{name}: not a readable Parquet file \("):
+            load_local(path)
+
+
+def test_parquet_rows_are_named_by_row(tmp_path):
+    from datasets import Dataset
+
+    path = tmp_path / "d.parquet"
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": " ", "rejected": "b"}]
+    Dataset.from_list(rows).to_parquet(str(path))
+    with pytest.raises(AlignkitError, match=r"d\.parquet row 2: field 'chosen': empty"):
+        load_local(path, test_file=str(path))
+
+
+def test_errors_name_the_files_own_line_past_blank_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
+    path.write_text(f"{good}\n\n\n{good}\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": 7}) + "\n")
+    with pytest.raises(AlignkitError, match=r"d\.jsonl:5: field 'rejected': expected text, got int"):
+        load_local(path)
+    path = tmp_path / "d.json"
+    path.write_text(f'[\n  {good},\n\n  {{"prompt": "q",\n   "chosen": "a"}}\n]')
+    with pytest.raises(AlignkitError, match=r"d\.json:4: field 'rejected': missing or null"):
+        load_local(path, dataset_format="preference")
+
+
+def test_odd_first_row_does_not_crash_format_detection(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": ["x", "y"], "rejected": ["z", "w"]}])
+    with pytest.raises(AlignkitError, match=r"d\.jsonl:1: field 'chosen': expected text, got list"):
+        load_local(path, test_file=str(path))
+
+
+def test_prompt_too_long_names_the_files_own_line_after_the_shuffled_split(tmp_path, tiny_tokenizer):
+    rows = [{"prompt": f"q{i}" + (" a very long prompt" * 10 if i % 7 == 3 else ""), "chosen": "ok", "rejected": "no"}
+            for i in range(30)]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n" + "".join(json.dumps(r) + "\n" for r in rows))  # a blank first line: row i is on line i + 2
+    data = load_local(path, test_fraction=0.2)
+    long_in_train = sorted(int(p.split()[0][1:]) + 2 for p in data["train"]["prompt"] if len(p) > 10)
+    positions = [i + 1 for i, p in enumerate(data["train"]["prompt"]) if len(p) > 10]
+    assert long_in_train and long_in_train != sorted(positions)  # the split did move them: the test can tell
+    lines = ", ".join(map(str, long_in_train))
+    pattern = rf"{path.name}: field 'prompt' does not fit max_length=20 tokens in {len(long_in_train)} row\(s\) " + (
+        rf"\(lines? {lines};"
+    )
+    with pytest.raises(AlignkitError, match=pattern):
+        check_lengths(data["train"], tiny_tokenizer, 20, str(path))

@@ -2,7 +2,8 @@
 
 Conversational data stays conversational (`prompt` a list of messages, `chosen`/`rejected` a one-message list), plain
 data stays plain strings; TRL's trainers accept both. Every row is checked, and a bad row raises an `AlignkitError`
-naming the source, the row (1-based) and the field: nothing is dropped silently.
+that starts with the row's location (`file.jsonl:LINE`, the file's own line; `source row N` where there are no lines)
+and names the field: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ KEEP_COLUMNS = ("id", "task", "reference_answer", *PROBE_COLUMNS)
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
-def detect_format(columns: list[str], first_row: dict, source: str) -> str:
+def detect_format(columns: list[str], first_row: dict, where: str) -> str:
+    """The format of data whose first row (at `where`) has `columns`."""
     cols = set(columns)
     if {"prompt", "chosen", "rejected"} <= cols:
         chosen = first_row["chosen"]
-        if isinstance(chosen, list) and len(chosen) > 1 and chosen[0].get("role") != "assistant":
+        first = chosen[0] if isinstance(chosen, list) and len(chosen) > 1 else None
+        if isinstance(first, dict) and first.get("role") != "assistant":
             return "ultrafeedback"  # the conversation is repeated in chosen/rejected; `prompt` is its first turn
         return "preference"
     if {"chosen", "rejected"} <= cols:
@@ -30,41 +33,39 @@ def detect_format(columns: list[str], first_row: dict, source: str) -> str:
         return "ultrafeedback"  # implicit prompt: full conversations in chosen/rejected
     missing = sorted({"prompt", "chosen", "rejected"} - cols)
     raise AlignkitError(
-        f"{source}: missing column(s) {', '.join(missing)} (found: {', '.join(sorted(cols)) or 'none'}). Expected "
+        f"{where}: missing column(s) {', '.join(missing)} (found: {', '.join(sorted(cols)) or 'none'}). Expected "
         "prompt/chosen/rejected (TRL), chosen/rejected transcripts (Anthropic HH) or chosen/rejected message lists "
         "(UltraFeedback binarized)."
     )
 
 
-def _where(source: str, row: int, field: str | None = None) -> str:
-    return f"{source} row {row}" + (f" field '{field}'" if field else "")
+def _where(where: str, field: str | None = None) -> str:
+    return where + (f": field '{field}'" if field else "")
 
 
-def _check_text(value, source: str, row: int, field: str) -> None:
+def _check_text(value, where: str, field: str) -> None:
     if not isinstance(value, str):
-        raise AlignkitError(f"{_where(source, row, field)}: expected text, got {type(value).__name__}")
+        raise AlignkitError(f"{_where(where, field)}: expected text, got {type(value).__name__}")
     if not value.strip():
-        raise AlignkitError(f"{_where(source, row, field)}: empty")
+        raise AlignkitError(f"{_where(where, field)}: empty")
 
 
-def _check_messages(value, source: str, row: int, field: str) -> None:
+def _check_messages(value, where: str, field: str) -> None:
     if not isinstance(value, list) or not value:
-        raise AlignkitError(f"{_where(source, row, field)}: expected a non-empty list of messages")
+        raise AlignkitError(f"{_where(where, field)}: expected a non-empty list of messages")
     for i, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise AlignkitError(f"{_where(source, row, field)}: message {i} needs 'role' and 'content'")
-        _check_text(message["content"], source, row, f"{field}[{i}].content")
+            raise AlignkitError(f"{_where(where, field)}: message {i} needs 'role' and 'content'")
+        _check_text(message["content"], where, f"{field}[{i}].content")
 
 
-def split_hh(transcript: str, source: str, row: int, field: str) -> tuple[list[dict], list[dict]]:
+def split_hh(transcript: str, where: str, field: str) -> tuple[list[dict], list[dict]]:
     """An Anthropic-HH transcript ('\\n\\nHuman: …\\n\\nAssistant: …') as (prompt messages, final answer)."""
-    _check_text(transcript, source, row, field)
+    _check_text(transcript, where, field)
     parts = HH_TURN.split(transcript)
     # parts = [text before the first turn, role, content, role, content, ...]
     if len(parts) < 5 or parts[-2] != "Assistant":
-        raise AlignkitError(
-            f"{_where(source, row, field)}: not an HH transcript ending in an '\\n\\nAssistant: ' turn"
-        )
+        raise AlignkitError(f"{_where(where, field)}: not an HH transcript ending in an '\\n\\nAssistant: ' turn")
     messages = [
         {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
         for role, content in zip(parts[1::2], parts[2::2])
@@ -72,37 +73,38 @@ def split_hh(transcript: str, source: str, row: int, field: str) -> tuple[list[d
     return messages[:-1], messages[-1:]
 
 
-def normalize_row(raw: dict, fmt: str, source: str, row: int) -> dict:
-    """One raw row in format `fmt` → {prompt, chosen, rejected, *kept columns}; raises on anything unusable."""
+def normalize_row(raw: dict, fmt: str, where: str) -> dict:
+    """One raw row (at location `where`) in format `fmt` → {prompt, chosen, rejected, *kept columns}; raises on
+    anything unusable."""
     for col in ("chosen", "rejected") + (("prompt",) if fmt == "preference" else ()):
         if raw.get(col) is None:
-            raise AlignkitError(f"{_where(source, row, col)}: missing or null")
+            raise AlignkitError(f"{_where(where, col)}: missing or null")
     if fmt == "hh":
-        prompt, chosen = split_hh(raw["chosen"], source, row, "chosen")
-        prompt_r, rejected = split_hh(raw["rejected"], source, row, "rejected")
+        prompt, chosen = split_hh(raw["chosen"], where, "chosen")
+        prompt_r, rejected = split_hh(raw["rejected"], where, "rejected")
         if prompt != prompt_r:
-            raise AlignkitError(f"{_where(source, row)}: 'chosen' and 'rejected' transcripts have different prompts")
+            raise AlignkitError(f"{_where(where)}: 'chosen' and 'rejected' transcripts have different prompts")
     elif fmt == "ultrafeedback":
-        _check_messages(raw["chosen"], source, row, "chosen")
-        _check_messages(raw["rejected"], source, row, "rejected")
+        _check_messages(raw["chosen"], where, "chosen")
+        _check_messages(raw["rejected"], where, "rejected")
         prompt, chosen, rejected = raw["chosen"][:-1], raw["chosen"][-1:], raw["rejected"][-1:]
         if raw["rejected"][:-1] != prompt:
-            raise AlignkitError(f"{_where(source, row)}: 'chosen' and 'rejected' conversations have different prompts")
+            raise AlignkitError(f"{_where(where)}: 'chosen' and 'rejected' conversations have different prompts")
         if not prompt:
-            raise AlignkitError(f"{_where(source, row, 'chosen')}: conversation has no prompt before the answer")
+            raise AlignkitError(f"{_where(where, 'chosen')}: conversation has no prompt before the answer")
         for field, msgs in (("chosen", chosen), ("rejected", rejected)):
             if msgs[0]["role"] != "assistant":
-                raise AlignkitError(f"{_where(source, row, field)}: last message is not from the assistant")
+                raise AlignkitError(f"{_where(where, field)}: last message is not from the assistant")
     else:
         prompt, chosen, rejected = raw["prompt"], raw["chosen"], raw["rejected"]
         conversational = isinstance(prompt, list)
         for field, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
             if conversational:
-                _check_messages(value, source, row, field)
+                _check_messages(value, where, field)
             else:
-                _check_text(value, source, row, field)
+                _check_text(value, where, field)
     if _text(chosen) == _text(rejected):
-        raise AlignkitError(f"{_where(source, row)}: 'chosen' and 'rejected' are identical")
+        raise AlignkitError(f"{_where(where)}: 'chosen' and 'rejected' are identical")
     out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for col in KEEP_COLUMNS:
         if raw.get(col) is not None:

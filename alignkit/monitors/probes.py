@@ -10,7 +10,6 @@ that dashboards of runs on different data line up.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -18,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import location, read_jsonl, write_jsonl_atomic
 from alignkit.monitors.config import (
+    ALL_FAMILIES,
     IRRELEVANT_FAMILIES,
     MODEL_FAMILIES,
     REWRITE_FAMILIES,
@@ -46,34 +47,43 @@ class ProbeSet:
     notes: list[str] = field(default_factory=list)  # why a family is missing or smaller than asked
 
     def save(self, path: str | Path) -> Path:
-        """Write the set as JSONL: a header line (families, notes), then one probe per line."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
-            header = {FORMAT_TAG: FORMAT_VERSION, "families": self.families, "notes": self.notes}
-            f.write(json.dumps(header, ensure_ascii=False) + "\n")
-            for p in self.probes:
-                row = {"probe_id": p.probe_id, "split": p.split, "prompt": p.prompt, "responses": p.responses}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return path
+        """Write the set as JSONL (atomically): a header line (families, notes), then one probe per line."""
+        header = {FORMAT_TAG: FORMAT_VERSION, "families": self.families, "notes": self.notes}
+        rows = [{"probe_id": p.probe_id, "split": p.split, "prompt": p.prompt, "responses": p.responses}
+                for p in self.probes]  # fmt: skip
+        return write_jsonl_atomic(path, [header, *rows])
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSet:
+        """A set written by `save`; anything else raises naming the file, its line and the field."""
         path = Path(path)
         if not path.is_file():
             raise AlignkitError(f"probe set {path} does not exist (config field 'probe_set_path')")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        header = json.loads(lines[0]) if lines else {}
+        rows = read_jsonl(path)
+        line, header = rows[0] if rows else (1, {})
         if header.get(FORMAT_TAG) != FORMAT_VERSION:
-            raise AlignkitError(f"{path} is not an alignkit probe set (its first line lacks '{FORMAT_TAG}')")
-        probes = []
-        for n, line in enumerate(lines[1:], start=2):
-            row = json.loads(line)
-            try:
-                probes.append(Probe(row["probe_id"], row["split"], row["prompt"], dict(row["responses"])))
-            except KeyError as err:
-                raise AlignkitError(f"{path} line {n}: probe lacks the key {err}") from None
-        return cls(probes, list(header["families"]), list(header.get("notes", [])))
+            raise AlignkitError(f"{location(path, line)}: not an alignkit probe set (this line lacks '{FORMAT_TAG}')")
+        families = _checked(header, "families", list, path, line)
+        if unknown := [f for f in families if f not in ALL_FAMILIES]:
+            raise AlignkitError(f"{location(path, line, 'families')}: unknown families {unknown}")
+        notes = _checked(header, "notes", list, path, line, default=[])
+        probes, seen = [], {}
+        for line, row in rows[1:]:
+            probe_id = _checked(row, "probe_id", str, path, line)
+            if probe_id in seen:
+                raise AlignkitError(f"{location(path, line, 'probe_id')}: {probe_id!r} repeats line {seen[probe_id]}")
+            seen[probe_id] = line
+            split = _checked(row, "split", str, path, line)
+            if split not in SPLITS:
+                raise AlignkitError(f"{location(path, line, 'split')}: {split!r}; expected one of {', '.join(SPLITS)}")
+            prompt = _checked(row, "prompt", (str, list), path, line)
+            responses = _checked(row, "responses", dict, path, line)
+            if bad := [f for f, text in responses.items() if f not in families or not isinstance(text, str)]:
+                raise AlignkitError(
+                    f"{location(path, line, 'responses')}: {bad[0]!r} is not a text of one of the header's families"
+                )
+            probes.append(Probe(probe_id, split, prompt, responses))
+        return cls(probes, families, notes)
 
     def restricted_to(self, families: Sequence[str]) -> ProbeSet:
         """The same probes tracking only `families` (those this set has); e.g. a loaded set under a narrower config."""
@@ -86,6 +96,18 @@ class ProbeSet:
 
     def count(self, split: str) -> int:
         return sum(p.split == split for p in self.probes)
+
+
+def _checked(row: dict, key: str, kind: type | tuple[type, ...], path: Path, line: int, default=None):
+    """`row[key]` if it has type `kind`; else an error naming the file, the line and the field."""
+    if key not in row and default is not None:
+        return default
+    if key not in row:
+        raise AlignkitError(f"{location(path, line, key)}: missing")
+    if not isinstance(row[key], kind):
+        expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise AlignkitError(f"{location(path, line, key)}: expected {expected}, got {type(row[key]).__name__}")
+    return row[key]
 
 
 def _prompt_sentences(prompt: Prompt) -> list[str]:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import append_jsonl, location, read_jsonl_cache
 from alignkit.sequences import Prompt
 
 DEFAULT_CACHE = Path("~/.cache/alignkit/rephrase_cache.jsonl")
@@ -52,11 +53,14 @@ class Rephraser:
         self.max_tokens = max_tokens
         self.cache_path = Path(cache_path).expanduser()
         self.cache: dict[str, str] = {}
-        if self.cache_path.is_file():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.cache[row["key"]] = row["text"]
+        for line, record in read_jsonl_cache(self.cache_path):  # a torn last line (a kill mid-append) is skipped
+            for field in ("key", "text"):
+                if not isinstance(record.get(field), str):
+                    raise AlignkitError(
+                        f"{location(self.cache_path, line, field)}: missing or not text; is this a rephrase cache "
+                        "(config field 'probe_rephrase_cache')?"
+                    )
+            self.cache[record["key"]] = record["text"]
         self.calls = 0  # endpoint calls made by this instance (cache misses)
 
     @classmethod
@@ -101,7 +105,5 @@ class Rephraser:
         self.calls += 1
         text = (completion.choices[0].message.content or "").strip()
         self.cache[key] = text
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.cache_path.open("a", encoding="utf-8") as f:  # appended per call so partial progress survives
-            f.write(json.dumps({"key": key, "kind": kind, "text": text}, ensure_ascii=False) + "\n")
+        append_jsonl(self.cache_path, {"key": key, "kind": kind, "text": text})  # per call: progress survives a kill
         return text or None  # an empty rewrite would be scored as the EOS alone: that probe goes without it
