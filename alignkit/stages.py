@@ -117,9 +117,10 @@ def _skipped(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
     done = json.loads(marker.read_text())
     history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
     weights = stage_dir / ("adapter" if use_lora else "model")
-    return StageResult(
-        name, "skipped (already complete)", weights, done["seconds"], done["steps"], done["rows"], history
-    )
+    status = "skipped (already complete)"
+    if done.get("status", "").startswith("stopped early"):  # the guard's verdict outlives the run that reached it
+        status = f"{done['status']}; {status}"
+    return StageResult(name, status, weights, done["seconds"], done["steps"], done["rows"], history)
 
 
 def _attach(trainer, callbacks) -> None:

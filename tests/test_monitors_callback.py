@@ -34,18 +34,20 @@ def _dpo(model, ref_model, tokenizer, train, out, steps, callbacks, **args):
     from trl import DPOConfig, DPOTrainer
 
     config = DPOConfig(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        gradient_checkpointing=False,
-        use_cpu=True,
-        max_length=96,
-        disable_tqdm=True,
-        **args,
+        **{
+            "output_dir": str(out),
+            "max_steps": steps,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+            "gradient_checkpointing": False,
+            "use_cpu": True,
+            "max_length": 96,
+            "disable_tqdm": True,
+            **args,  # a test's own settings win
+        }
     )
     return DPOTrainer(
         model=model,

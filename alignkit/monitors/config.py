@@ -7,6 +7,7 @@ YAML namespace, where every key must be unique.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alignkit.errors import AlignkitError
@@ -19,6 +20,31 @@ NOISE_FAMILIES = ("shuffled", "non_human")
 MODEL_FAMILIES = ("greedy", "argmax")  # derived from the model at each evaluation, not stored in the probe set
 ALL_FAMILIES = PAIR_FAMILIES + REWRITE_FAMILIES + IRRELEVANT_FAMILIES + NOISE_FAMILIES + MODEL_FAMILIES
 GUARD_ACTIONS = ("warn", "stop", "mitigate")
+# What the alert can read (docs/monitors.md): the original score, or a mechanism metric (alignkit.monitors.scoring).
+ALERT_METRICS = (
+    "score", "off_target_fall", "collateral_ratio", "concentration_alt", "concentration_top", "greedy_start_rise",
+    "rejected_fall",
+)  # fmt: skip
+ALERT_BOUNDS = ("mean", "lower")
+# Responses no stage trains directly: not y+ or y- of any training row (irrelevant_train is another row's y+, and the
+# rewrites share y+'s or y-'s words and meaning, so direct training reaches them too).
+OFF_TARGET_FAMILIES = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
+
+
+def alert_unavailable(metric: str, families: Sequence[str]) -> str | None:
+    """Why `metric` cannot be computed from the tracked `families`, or None when it can."""
+    has = set(families)
+    need: list[str] = []
+    if metric == "score" and not (has & set(MODEL_FAMILIES) and has - set(MODEL_FAMILIES)):
+        need.append("greedy or argmax, and at least one other family")
+    if metric in ("off_target_fall", "collateral_ratio") and not has & set(OFF_TARGET_FAMILIES):
+        need.append(f"one of {', '.join(OFF_TARGET_FAMILIES)}")
+    along_rejected = ("collateral_ratio", "concentration_alt", "concentration_top", "rejected_fall")
+    if metric in along_rejected and "rejected" not in has:
+        need.append("rejected")
+    if metric == "greedy_start_rise" and "greedy" not in has:
+        need.append("greedy")
+    return f"squeeze_metric '{metric}' needs the probe families {' and '.join(need)}" if need else None
 
 
 @dataclass
@@ -93,12 +119,30 @@ class MonitorConfig:
         default=None,
         metadata={"help": "JSONL cache of generated rewrites (default: ~/.cache/alignkit/rephrase_cache.jsonl)."},
     )
+    squeeze_metric: str = field(
+        default="score",
+        metadata={
+            "help": "The metric the alert and the guard read (docs/monitors.md, 'Mechanism metrics' and "
+            f"'Calibration'): one of {', '.join(ALERT_METRICS)}. 'score' is the original min(rise, fall)."
+        },
+    )
     squeeze_threshold: float = field(
         default=0.05,
         metadata={
-            "help": "Alert when the squeezing score (nats/token, see docs/monitors.md) reaches this value: the "
-            "smaller of the greedy/argmax rise and the other families' fall since the stage's first evaluation."
+            "help": "Alert when squeeze_metric (since the stage's first evaluation) reaches this value; its unit is "
+            "the metric's (nats/token, log-odds/token, or nats per nat for collateral_ratio)."
         },
+    )
+    squeeze_alert_on: str = field(
+        default="mean",
+        metadata={
+            "help": "'mean': the metric's mean over the probes reaches the threshold; 'lower': the lower end of its "
+            "95% bootstrap interval over probes does (fewer false alarms on few probes, later detection)."
+        },
+    )
+    probe_bootstrap: int = field(
+        default=1000,
+        metadata={"help": "Bootstrap replicates (over probes) for the 95% intervals of the mechanism metrics."},
     )
     guard_action: str = field(
         default="warn",
@@ -141,6 +185,18 @@ class MonitorConfig:
             )
         if not math.isfinite(self.squeeze_threshold):
             raise AlignkitError(f"config field 'squeeze_threshold' is {self.squeeze_threshold}; it must be finite")
+        if self.squeeze_metric not in ALERT_METRICS:
+            raise AlignkitError(
+                f"config field 'squeeze_metric' is {self.squeeze_metric!r}; it must be one of: "
+                f"{', '.join(ALERT_METRICS)}"
+            )
+        if self.squeeze_alert_on not in ALERT_BOUNDS:
+            raise AlignkitError(
+                f"config field 'squeeze_alert_on' is {self.squeeze_alert_on!r}; it must be one of: "
+                f"{', '.join(ALERT_BOUNDS)}"
+            )
+        if self.probe_bootstrap < 0:
+            raise AlignkitError(f"config field 'probe_bootstrap' is {self.probe_bootstrap}; it must be >= 0")
         if self.guard_action not in GUARD_ACTIONS:
             raise AlignkitError(
                 f"config field 'guard_action' is {self.guard_action!r}; it must be one of: {', '.join(GUARD_ACTIONS)}"

@@ -40,11 +40,16 @@ def evaluate_probes(
     share_prompt: bool = True,
     generate_batch_size: int | None = None,
     progress: str | None = None,
+    fixed: Sequence[dict[str, str]] | None = None,
+    greedy_as: str | None = None,
 ) -> list[ProbeResult]:
     """Score every family of every probe with `model` as it is (adapter enabled; the caller sets eval mode).
 
     `argmax` needs no pass of its own: `family_metrics` reads it off the `chosen` statistics. `progress`, when given,
     is the label of progress bars over the decoding and scoring batches (an evaluation can take minutes on a CPU).
+    `fixed` adds, per probe, more families of fixed text to score (e.g. `greedy_start`, a stage-start decoding);
+    `greedy_as` also scores this evaluation's greedy decodings as fixed text under that family name (teacher-forced,
+    with the EOS that `encode_pair` appends, which the per-probe records keep apart).
     """
     results = [ProbeResult() for _ in probes]
     if "greedy" in families and probes:
@@ -65,8 +70,12 @@ def evaluate_probes(
 
     # encode_pair keeps the tokenization identical to the rest of alignkit (prompt and response tokenized apart).
     encoded: list[list[tuple[str, EncodedPair]]] = []
-    for probe in probes:
+    for n, probe in enumerate(probes):
         responses = {f: r for f, r in probe.responses.items() if f in families}
+        if fixed is not None:
+            responses.update(fixed[n])
+        if greedy_as is not None and results[n].greedy is not None:
+            responses[greedy_as] = results[n].greedy
         encoded.append([(f, encode_pair(tokenizer, probe.prompt, r, max_length)) for f, r in responses.items()])
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -74,7 +83,7 @@ def evaluate_probes(
     score = _score_shared_prompt if share_prompt else _score_pairs
     chunks = _chunks(encoded, batch_size)
     for chunk in tqdm(chunks, desc=f"{progress}: scoring", disable=progress is None, leave=False):
-        stats = score(model, [(i, encoded[i]) for i in chunk], pad, device)
+        stats = score(model, [(i, encoded[i]) for i in chunk], pad, device, tokenizer.eos_token_id)
         for i, family, values in stats:
             results[i].stats[family] = values
     return results
@@ -98,16 +107,18 @@ def _chunks(encoded: list[list[tuple[str, EncodedPair]]], batch_size: int) -> li
     return chunks
 
 
-def _score_pairs(model, chunk, pad: int, device) -> list[tuple[int, str, dict[str, float]]]:
+def _score_pairs(model, chunk, pad: int, device, eos: int | None = None) -> list[tuple[int, str, dict[str, float]]]:
     """One forward pass over right-padded (prompt + response) rows."""
     rows = [(i, family, pair) for i, pairs in chunk for family, pair in pairs]
     batch = collate([pair for _, _, pair in rows], pad)
     input_ids = batch["input_ids"].to(device)
     logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
-    return _unpack(rows, response_token_stats(logits, input_ids, batch["response_mask"].to(device)))
+    return _unpack(rows, response_token_stats(logits, input_ids, batch["response_mask"].to(device), eos))
 
 
-def _score_shared_prompt(model, chunk, pad: int, device) -> list[tuple[int, str, dict[str, float]]]:
+def _score_shared_prompt(
+    model, chunk, pad: int, device, eos: int | None = None
+) -> list[tuple[int, str, dict[str, float]]]:
     """Prompts once (left-padded, cached), then every response of every probe against its prompt's cache."""
     prompts = [pairs[0][1].input_ids[: pairs[0][1].prompt_len] for _, pairs in chunk]
     prompt_ids, prompt_mask = left_pad(prompts, pad)
@@ -144,7 +155,7 @@ def _score_shared_prompt(model, chunk, pad: int, device) -> list[tuple[int, str,
     # Position 0 holds the last prompt logit (predicting response token 1), then each response position's logit:
     # the same (logits, ids, mask) alignment as `collate`, so the same statistics function applies.
     logits = torch.cat([out.logits[:, -1:][owner.to(device)], out_r.logits], dim=1)
-    return _unpack(rows, response_token_stats(logits, response_ids.to(device), response_mask.to(device)))
+    return _unpack(rows, response_token_stats(logits, response_ids.to(device), response_mask.to(device), eos))
 
 
 def _unpack(rows, stats: dict[str, torch.Tensor]) -> list[tuple[int, str, dict[str, float]]]:

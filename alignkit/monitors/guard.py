@@ -10,21 +10,45 @@ callback needs the trainer itself (`SqueezingCallback.attach(trainer)`).
 
 from __future__ import annotations
 
+import math
+
 from alignkit.errors import AlignkitError
-from alignkit.monitors.config import MODEL_FAMILIES
+from alignkit.monitors.config import ALERT_METRICS, MODEL_FAMILIES
 from alignkit.monitors.scoring import Squeeze
 
 
-def alert_message(stage: str, step: int, squeeze: Squeeze, threshold: float, top: int = 6) -> str:
-    """One line naming the score, what rose, and the families that fell most (Δ nats/token since stage start)."""
-    argmax_side = ", ".join(f"{k} {d:+.3f}" for k, d in squeeze.deltas.items() if k.split("/")[1] in MODEL_FAMILIES)
-    fell = squeeze.fell()
-    listed = ", ".join(f"{k} {d:+.3f}" for k, d in fell[:top]) or "none"
-    more = f" and {len(fell) - top} more" if len(fell) > top else ""
-    return (
-        f"squeezing alert in stage '{stage}' at step {step}: score {squeeze.score:.3f} >= threshold {threshold:g} "
-        f"(nats/token since the stage began). greedy/argmax: {argmax_side}. Fell: {listed}{more}."
+def alert_message(
+    stage: str,
+    step: int,
+    metric: str,
+    value: float,
+    threshold: float,
+    metrics: dict[str, float],
+    squeeze: Squeeze | None = None,
+    bound: str = "mean",
+    top: int = 6,
+) -> str:
+    """One line naming the alert metric and value, the mechanism metrics, and the families that fell most."""
+    what = f"{metric} {'(lower 95% bound) ' if bound == 'lower' and metric != 'score' else ''}{value:.3f}"
+    mech = ", ".join(
+        f"{name} {metrics[f'mech/{name}']:+.3f} [{metrics.get(f'mech/{name}_lo', math.nan):+.3f}, "
+        f"{metrics.get(f'mech/{name}_hi', math.nan):+.3f}]"
+        for name in ALERT_METRICS
+        if name != "score" and math.isfinite(metrics.get(f"mech/{name}", math.nan))
     )
+    line = (
+        f"squeezing alert in stage '{stage}' at step {step}: {what} >= threshold {threshold:g} (since the stage "
+        f"began). Mechanism: {mech or 'not measured'}."
+    )
+    if squeeze is not None:
+        argmax_side = ", ".join(
+            f"{k} {d:+.3f}" for k, d in squeeze.deltas.items() if k.split("/")[1] in MODEL_FAMILIES
+        )
+        fell = squeeze.fell()
+        listed = ", ".join(f"{k} {d:+.3f}" for k, d in fell[:top]) or "none"
+        more = f" and {len(fell) - top} more" if len(fell) > top else ""
+        line += f" Score {squeeze.score:.3f}; greedy/argmax: {argmax_side}. Fell: {listed}{more}."
+    return line
 
 
 def sft_weight_slot(trainer, args) -> tuple[list[float], int] | None:

@@ -22,6 +22,12 @@ PANELS = [  # (title, families, metric)
     ("concentration: entropy (nats)", ("chosen", "rejected"), "entropy"),
 ]
 SPLIT_STYLE = {"train": "-", "test": "--"}
+MECHANISM_PANELS = [  # (title, metrics): each drawn with its 95% bootstrap band over probes
+    ("off-target fall (nats/token, EOS apart)", ("off_target_fall",)),
+    ("y- decrease and y+ decrease (nats/token)", ("rejected_fall", "chosen_fall")),
+    ("concentration along y- (Δ log-odds/token)", ("concentration_alt", "concentration_top")),
+    ("greedy likelihood (Δ nats/token)", ("greedy_start_rise", "greedy_rise")),
+]
 
 
 def plot_probes(
@@ -44,7 +50,7 @@ def plot_probes(
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 12.5))
     steps = [r["global_step"] for r in records]
     for ax, (panel_title, families, metric) in zip(axes.flat, PANELS):
         for n, family in enumerate(families):
@@ -71,7 +77,21 @@ def plot_probes(
         score_ax.axhline(threshold, color="r", linestyle=":", label=f"threshold {threshold:g}")
     if score_ax.get_legend_handles_labels()[0]:
         score_ax.legend(fontsize=7)
-    score_ax.set_title("squeezing score (nats/token)", fontsize=10)
+    score_ax.set_title("original squeezing score (nats/token)", fontsize=10)
+    for ax, (panel_title, metrics) in zip(axes.flat[len(PANELS) + 1 :], MECHANISM_PANELS):
+        for n, metric in enumerate(metrics):
+            for stage in dict.fromkeys(r["stage"] for r in records):  # each stage starts again from 0
+                own = [r for r in records if r["stage"] == stage and f"mech/{metric}" in r]
+                x = [r["global_step"] for r in own]
+                y, lo, hi = ([_num(r.get(f"mech/{metric}{k}")) for r in own] for k in ("", "_lo", "_hi"))
+                label = metric if stage == records[0]["stage"] else None
+                ax.plot(x, y, "-", marker=".", color=f"C{n}", label=label)
+                ax.fill_between(x, lo, hi, color=f"C{n}", alpha=0.2, linewidth=0)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_title(panel_title, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes.flat[len(PANELS) + 1 + len(MECHANISM_PANELS) :]:
+        ax.axis("off")
     for ax in axes.flat:
         ax.set_xlabel("global step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -85,3 +105,7 @@ def plot_probes(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _num(value) -> float:
+    return value if isinstance(value, float | int) else math.nan  # None (NaN written to JSON) -> a gap in the line

@@ -13,14 +13,16 @@ from typing import TypeVar
 
 import torch
 
-from alignkit.monitors.config import MODEL_FAMILIES
+from alignkit.monitors.config import MODEL_FAMILIES, OFF_TARGET_FAMILIES
 
 T = TypeVar("T")
 
 # Concentration (argmax probability, entropy) is measured along y+ and y-: where the paper looks for the peakedness
 # that the negative gradient builds up.
 CONCENTRATION_FAMILIES = ("chosen", "rejected")
-STAT_NAMES = ("logp", "n_tokens", "argmax_logp", "argmax_prob", "entropy")
+STAT_NAMES = (
+    "logp", "n_tokens", "argmax_logp", "argmax_prob", "entropy", "eos_logp", "n_eos", "alt_logodds", "top_logodds",
+)  # fmt: skip
 
 
 def metric_key(split: str, family: str, name: str) -> str:
@@ -28,7 +30,7 @@ def metric_key(split: str, family: str, name: str) -> str:
 
 
 def response_token_stats(
-    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the response tokens, from one forward pass.
 
@@ -37,19 +39,28 @@ def response_token_stats(
         input_ids: (batch, seq) the scored tokens.
         response_mask: (batch, seq-1) bool, True where the *label* (token t+1) is a response token; lines up with
             logits[:, :-1] as `alignkit.sequences.collate` builds it.
+        eos_token_id: labels equal to it are also summed apart (`eos_logp`, `n_eos`), so that a change of P(EOS)
+            alone can be told from a change of the words (about 1 scored token in 10 is EOS on short answers).
 
     Returns:
         float64 tensors of shape (batch,): `logp` = Σ_t log π(y_t | x, y_<t); `n_tokens`; `argmax_logp` =
         Σ_t log max_v π(v | x, y_<t) (the teacher-forced argmax sequence along y); `argmax_prob` = Σ_t max_v π(·);
-        `entropy` = Σ_t H(π(· | x, y_<t)) in nats.
+        `entropy` = Σ_t H(π(· | x, y_<t)) in nats; `eos_logp` and `n_eos`: log π and count of the EOS labels;
+        `top_logodds` = Σ_t logit(max_v π(v)) and `alt_logodds` = Σ_t logit(π(y*_t)), y*_t = argmax_{v ≠ y_t} π(v),
+        where logit(p) = log p − log(1 − p). The two log-odds measure concentration without the headroom cap of a
+        probability or log-probability: at p = 0.95 a log-prob can rise by 0.05 nats at most, a log-odds by any amount.
     """
     # Only response positions go through the vocabulary-wide softmax: prompts and padding are most of a batch's
     # tokens, and a (tokens x vocab) float32 tensor is the memory peak of probing.
     rows = response_mask.nonzero(as_tuple=True)[0]
     logp = torch.log_softmax(logits[:, :-1][response_mask].float(), dim=-1)
     token_logp = logp.gather(-1, input_ids[:, 1:][response_mask].unsqueeze(-1)).squeeze(-1)
+    labels = input_ids[:, 1:][response_mask]
     max_logp = logp.max(dim=-1).values
     entropy = torch.special.entr(logp.exp()).sum(dim=-1)  # entr(0) = 0, where p·log p would give nan
+    # y*: the most likely token other than the one in the text (the paper's squeezing moves mass onto it).
+    alt_logp = logp.scatter(-1, labels.unsqueeze(-1), -math.inf).max(dim=-1).values
+    is_eos = labels == eos_token_id if eos_token_id is not None else torch.zeros_like(labels, dtype=torch.bool)
 
     def per_row(values: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(logits.shape[0], dtype=torch.float64, device=values.device)
@@ -61,7 +72,23 @@ def response_token_stats(
         "argmax_logp": per_row(max_logp),
         "argmax_prob": per_row(max_logp.exp()),
         "entropy": per_row(entropy),
+        "eos_logp": per_row(torch.where(is_eos, token_logp, 0.0)),
+        "n_eos": per_row(is_eos.to(token_logp.dtype)),
+        "alt_logodds": per_row(log_odds(alt_logp)),
+        "top_logodds": per_row(log_odds(max_logp)),
     }
+
+
+LOGODDS_CLAMP = 30.0  # |logit| cap: float32 log-probs cannot resolve 1 - p below ~1e-7 (logit ~16) anyway
+
+
+def log_odds(logp: torch.Tensor) -> torch.Tensor:
+    """logit(p) = log p − log(1 − p) from log p, computed stably, clamped to ±LOGODDS_CLAMP.
+
+    `log(-expm1(log p))` is log(1 − p) without the cancellation of 1 − exp(log p) near p = 1.
+    """
+    logp = logp.double().clamp(max=-1e-300)
+    return (logp - torch.log(-torch.expm1(logp))).clamp(-LOGODDS_CLAMP, LOGODDS_CLAMP)
 
 
 def family_metrics(scored: Iterable[tuple[str, str, dict[str, float]]], argmax: bool = True) -> dict[str, float]:
@@ -123,6 +150,9 @@ def squeezing_score(
     deltas: dict[str, float] = {}
     for key, value in now.items():
         parts = key.split("/")
+        # The stage-start decoding is scored since the mechanism metrics exist; the score keeps its original families.
+        if parts[2:3] == [FIXED_GREEDY]:
+            continue
         if len(parts) == 4 and parts[0] == "probe" and parts[3] == "logp_per_token" and key in start:
             delta = value - start[key]
             if math.isfinite(delta):
@@ -133,6 +163,143 @@ def squeezing_score(
         return None
     rise, fall = _mean(up), -_mean(down)
     return Squeeze(min(rise, fall), rise, fall, deltas)
+
+
+# --- per-probe records and the mechanism metrics (docs/monitors.md, "Mechanism metrics")
+
+ProbeStats = dict[str, dict[str, float]]  # family -> `response_token_stats` sums of one probe's (prompt, response)
+
+FIXED_GREEDY = "greedy_start"  # the stage-start greedy decoding, scored as fixed text at every evaluation
+MECHANISM_METRICS = (
+    "off_target_fall", "off_target_eos_change", "rejected_fall", "chosen_fall", "collateral_ratio",
+    "concentration_alt", "concentration_top", "greedy_start_rise", "greedy_rise",
+)  # fmt: skip
+RATIO_MIN_FALL = 0.05  # nats/token of y- decrease below which the collateral ratio is undefined (0/0 noise)
+
+
+def probe_values(family: str, stats: dict[str, float]) -> dict[str, float | int | None]:
+    """The compact per-probe record of one family: sums turned into the per-token numbers the metrics use.
+
+    `words_logp_per_token` leaves the EOS label out (None when the response is the EOS alone); `eos_logp` is None when
+    no EOS was scored (a greedy decoding cut at the token limit, or scored without its EOS). The `argmax` family is
+    read off the `chosen` pass: its log-prob is Σ_t log max_v π(v), and it has no other statistics.
+    """
+    n = stats["n_tokens"]
+    if family == "argmax":
+        return {"logp": stats["argmax_logp"], "logp_per_token": stats["argmax_logp"] / n, "n_tokens": int(n)}
+    n_eos, eos = stats.get("n_eos", 0.0), stats.get("eos_logp", 0.0)
+    words = n - n_eos
+    return {
+        "logp": stats["logp"],
+        "logp_per_token": stats["logp"] / n,
+        "n_tokens": int(n),
+        "eos_logp": eos if n_eos else None,
+        "words_logp_per_token": (stats["logp"] - eos) / words if words else None,
+        "argmax_prob": stats["argmax_prob"] / n,
+        "entropy": stats["entropy"] / n,
+        "alt_logodds": stats["alt_logodds"] / n if "alt_logodds" in stats else None,
+        "top_logodds": stats["top_logodds"] / n if "top_logodds" in stats else None,
+    }
+
+
+def _delta(start: dict | None, now: dict | None, name: str) -> float:
+    if start is None or now is None or start.get(name) is None or now.get(name) is None:
+        return math.nan
+    return now[name] - start[name]
+
+
+def mechanism_per_probe(
+    start: Sequence[dict[str, dict]], now: Sequence[dict[str, dict]], splits: Sequence[str]
+) -> dict[str, list[float]]:
+    """Each probe's change since the stage's first evaluation, per mechanism metric (NaN where undefined).
+
+    Args:
+        start, now: per probe, family -> `probe_values` record, at the stage's first evaluation and now.
+        splits: each probe's split; metrics along the trained pair (`rejected_fall`, `chosen_fall`,
+            `concentration_*`) use `train` probes only: that is where the gradient acts.
+
+    Returns lists aligned with the probes, all in nats per token (log-odds per token for concentration):
+        off_target_fall = −mean over f in OFF_TARGET_FAMILIES of Δ words_logp_per_token (EOS excluded);
+        off_target_eos_change = mean over the same families of Δ log π(EOS) (reported apart, not in the fall);
+        rejected_fall, chosen_fall = −Δ words_logp_per_token of y−, y+;
+        concentration_alt = Δ mean_t logit π(y*_t) along y−, y* the most likely token other than y−'s own;
+        concentration_top = Δ mean_t logit max_v π(v) along y−;
+        greedy_start_rise = Δ words_logp_per_token of the stage-start greedy decoding (fixed text);
+        greedy_rise = Δ logp_per_token of the greedy decoding regenerated now (content may change).
+    """
+    out: dict[str, list[float]] = {name: [] for name in MECHANISM_METRICS if name != "collateral_ratio"}
+    for s, n, split in zip(start, now, splits):
+        off = [_delta(s.get(f), n.get(f), "words_logp_per_token") for f in OFF_TARGET_FAMILIES]
+        eos = [_delta(s.get(f), n.get(f), "eos_logp") for f in OFF_TARGET_FAMILIES]
+        out["off_target_fall"].append(-_nanmean(off))
+        out["off_target_eos_change"].append(_nanmean(eos))
+        # Along the trained pair only on training probes (NaN elsewhere): that is where the gradient acts.
+        pair = {f: (s.get(f), n.get(f)) if split == "train" else (None, None) for f in ("chosen", "rejected")}
+        out["rejected_fall"].append(-_delta(*pair["rejected"], "words_logp_per_token"))
+        out["chosen_fall"].append(-_delta(*pair["chosen"], "words_logp_per_token"))
+        out["concentration_alt"].append(_delta(*pair["rejected"], "alt_logodds"))
+        out["concentration_top"].append(_delta(*pair["rejected"], "top_logodds"))
+        out["greedy_start_rise"].append(_delta(s.get(FIXED_GREEDY), n.get(FIXED_GREEDY), "words_logp_per_token"))
+        out["greedy_rise"].append(_delta(s.get("greedy"), n.get("greedy"), "logp_per_token"))
+    return out
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def collateral_ratio(off_target_fall: float, rejected_fall: float) -> float:
+    """Off-target fall per nat of y− decrease (both per token); NaN when y− fell by less than RATIO_MIN_FALL."""
+    if not (math.isfinite(off_target_fall) and math.isfinite(rejected_fall)) or rejected_fall < RATIO_MIN_FALL:
+        return math.nan
+    return off_target_fall / rejected_fall
+
+
+@dataclass
+class Interval:
+    mean: float
+    lo: float
+    hi: float
+
+
+def mechanism_summary(
+    per_probe: dict[str, list[float]], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Interval]:
+    """Mean over probes (NaN-skipping) of every metric, with a percentile bootstrap interval over probes.
+
+    The same resampled probe indices serve every metric in a replicate, so the collateral ratio (a ratio of two
+    means) is resampled as a ratio. Replicates where a metric is undefined are left out of its interval; when that is
+    most of them, the interval is NaN.
+    """
+    names = list(per_probe)
+    n = len(per_probe[names[0]]) if names else 0
+    values = torch.tensor([per_probe[k] for k in names], dtype=torch.float64).reshape(len(names), n)
+    point = _means(names, values.unsqueeze(1))  # (metrics, 1 replicate, probes)
+    if n and n_boot > 0:
+        idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+        draws = _means(names, values[:, idx])
+    else:
+        draws = {k: torch.full((0,), math.nan, dtype=torch.float64) for k in point}
+    alpha = (1 - level) / 2
+    out = {}
+    for k, mean in point.items():
+        d = draws[k][torch.isfinite(draws[k])]
+        if d.numel() < max(1, n_boot // 2):
+            out[k] = Interval(float(mean[0]), math.nan, math.nan)
+        else:
+            lo, hi = torch.quantile(d, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+            out[k] = Interval(float(mean[0]), lo, hi)
+    return out
+
+
+def _means(names: list[str], values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """NaN-skipping means over the last axis of (metrics, replicates, probes), and the collateral ratio."""
+    means = {k: values[j].nanmean(dim=-1) for j, k in enumerate(names)}  # all-NaN rows give NaN
+    if "off_target_fall" in means and "rejected_fall" in means:
+        fall, rejected = means["off_target_fall"], means["rejected_fall"]
+        means["collateral_ratio"] = torch.where(rejected >= RATIO_MIN_FALL, fall / rejected, math.nan)
+    return means
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[tuple[int, T]]:
