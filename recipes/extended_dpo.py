@@ -20,7 +20,7 @@ from accelerate import PartialState
 from alignkit.config import RecipeConfig, parse_recipe_config
 from alignkit.data import check_lengths, load_preference_data
 from alignkit.errors import AlignkitError
-from alignkit.evaluation import final_win_rate
+from alignkit.evaluation import check_judge, final_win_rate
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
@@ -48,6 +48,8 @@ def main(cfg: RecipeConfig) -> Path:
     notes = [f"effective batch {batch} = {cfg.run.per_device_train_batch_size} per device x "
              f"{cfg.run.gradient_accumulation_steps} accumulation x {state.num_processes} process(es)"]  # fmt: skip
     logger.warning(notes[0])
+    if cfg.evaluation.eval_win_rate:  # a judge that cannot work fails now, in seconds, not after training
+        check_judge(cfg, list(data["test"]) if "test" in data else [])
     if truncated := check_lengths(data["train"], tokenizer, cfg.data.max_length, cfg.data.dataset_name):
         notes.append(f"{truncated} training pairs have a response truncated to max_length={cfg.data.max_length}.")
     monitor = None
@@ -77,7 +79,8 @@ def main(cfg: RecipeConfig) -> Path:
         write_metrics(out, stages)
         sections = [monitor.finish()] if monitor else []
         if cfg.evaluation.eval_win_rate:  # --- evaluate: judged win rate of the final model against the baseline
-            sections.append(final_win_rate(cfg, final_dir, list(data["test"]["prompt"]), out / "win_rate"))
+            # final_win_rate never raises: a failed evaluation becomes a report section that says what failed
+            sections.append(final_win_rate(cfg, final_dir, data["test"], out / "win_rate"))
         report = write_report(out, cfg, stages, final_dir, sections, notes)
         logger.warning("done: %s", report)
     state.wait_for_everyone()
