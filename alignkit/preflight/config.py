@@ -1,0 +1,88 @@
+"""`PreflightConfig`: the pre-flight's settings, one dataclass of the recipe's flat namespace (keys `preflight*`).
+
+Only the error type is imported here, so `alignkit.config` can import this module without pulling in torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from alignkit.errors import AlignkitError
+
+PREFLIGHT_MODES = ("off", "report", "act")
+PREFLIGHT_ACTIONS = ("extend_sft", "drop")
+PREFLIGHT_PAIRS = ("stage", "all")
+
+
+@dataclass
+class PreflightConfig:
+    preflight: str = field(
+        default="off",
+        metadata={
+            "help": "Score the training pairs before the preference stage (docs/preflight.md). 'off'; 'report': add "
+            "the pre-flight section (ranked pairs, verdict) to report.md; 'act': also apply preflight_action to the "
+            'pairs at risk. In YAML write it quoted ("off"): YAML 1.1 reads a bare off as false.'
+        },
+    )
+    preflight_action: str = field(
+        default="extend_sft",
+        metadata={
+            "help": "preflight=act: 'extend_sft' trains the SFT stage on y- of the pairs at risk too (scored under "
+            "the base model, since the decision comes before SFT; a no-op with sft_mode=extended, which already "
+            "trains on every y-); 'drop' removes them from the preference stage (scored under the SFT model)."
+        },
+    )
+    preflight_threshold: float = field(
+        default=-2.5,
+        metadata={
+            "help": "A pair is at risk when its rejected response's mean per-token log-prob under the preference "
+            "stage's starting model is below this (nats/token): y- sits in a low-probability valley, where DPO's "
+            "negative gradient squeezes mass onto the argmax. Not yet validated against measured squeezing "
+            "(docs/preflight.md, Validation)."
+        },
+    )
+    preflight_pairs: str = field(
+        default="stage",
+        metadata={
+            "help": "'stage': the pairs the preference stage will train on (a seeded subset when preference_max_steps "
+            "uses fewer than all); 'all': every training pair."
+        },
+    )
+    preflight_batch_size: int = field(
+        default=16, metadata={"help": "Pairs per scoring forward pass (each pair is two sequences: y+ and y-)."}
+    )
+    preflight_dynamics_pairs: int = field(
+        default=2,
+        metadata={
+            "help": "Pairs (a seeded sample) whose one-step predicted change of an off-target response (a held-out "
+            "y+) is computed with alignkit.dynamics. Each costs a backward and a forward-mode pass; 0 skips it."
+        },
+    )
+
+    def __post_init__(self):
+        choices_of = {
+            "preflight": PREFLIGHT_MODES, "preflight_action": PREFLIGHT_ACTIONS, "preflight_pairs": PREFLIGHT_PAIRS,
+        }  # fmt: skip
+        for name, choices in choices_of.items():
+            if getattr(self, name) not in choices:
+                raise AlignkitError(
+                    f"config field '{name}' is {getattr(self, name)!r}; it must be one of: {', '.join(choices)}"
+                )
+        if not math.isfinite(self.preflight_threshold):
+            raise AlignkitError(f"config field 'preflight_threshold' is {self.preflight_threshold}; it must be finite")
+        if self.preflight_threshold >= 0:
+            raise AlignkitError(
+                f"config field 'preflight_threshold' is {self.preflight_threshold}; it is a log-prob per token "
+                "(nats), so it must be < 0"
+            )
+        if self.preflight_batch_size < 1:
+            raise AlignkitError(f"config field 'preflight_batch_size' is {self.preflight_batch_size}; it must be >= 1")
+        if self.preflight_dynamics_pairs < 0:
+            raise AlignkitError(
+                f"config field 'preflight_dynamics_pairs' is {self.preflight_dynamics_pairs}; it must be >= 0"
+            )
+
+    @property
+    def mode(self) -> str:
+        return self.preflight
