@@ -30,6 +30,7 @@ from alignkit.errors import AlignkitError
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+BOM = "\ufeff"  # editors on Windows start UTF-8 files with it; it is not part of the JSON
 
 
 def location(path: str | os.PathLike, line: int, field: str | None = None) -> str:
@@ -73,7 +74,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Record]]:
     path = Path(path)
     rows = []
     for line, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
-        text = decode_utf8(raw, path, line).strip()
+        text = decode_utf8(raw, path, line).strip().lstrip(BOM)
         if text:
             rows.append((line, _parse_line(text, path, line)))
     return rows
@@ -82,7 +83,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Record]]:
 def read_json_list(path: str | os.PathLike) -> list[tuple[int, Record]]:
     """The objects of a `.json` file holding one list of objects, each with the line its `{` is on."""
     path = Path(path)
-    text = decode_utf8(_read_bytes(path), path)
+    text = decode_utf8(_read_bytes(path), path).lstrip(BOM)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:

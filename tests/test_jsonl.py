@@ -32,6 +32,13 @@ def test_read_jsonl_refuses_bad_lines(tmp_path, content, pattern):
         read_jsonl(path)
 
 
+def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    assert read_jsonl(tmp_path / "d.jsonl") == [(1, {"a": 1})]
+    (tmp_path / "d.json").write_bytes(b'\xef\xbb\xbf[{"a": 1}]')
+    assert read_json_list(tmp_path / "d.json") == [(1, {"a": 1})]
+
+
 def test_read_jsonl_missing_file(tmp_path):
     with pytest.raises(AlignkitError, match=r"nope\.jsonl does not exist"):
         read_jsonl(tmp_path / "nope.jsonl")
