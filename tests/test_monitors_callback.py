@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -146,11 +147,33 @@ def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenize
     logged = [h["step"] for h in trainer.state.log_history if "probe/train/chosen/logp" in h]
     assert logged == [0, 2, 4, 6]  # through the trainer's log, at the step they were measured
 
+    # One per-probe record per probe x family x evaluation; every stored family, argmax, greedy_start, and at the end
+    # the end's own decodings as fixed text (greedy_end, the next stage's greedy_start).
+    lines = [json.loads(line) for line in (tmp_path / "preference" / "probe_records.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r["probe"], r["family"]) for r in lines]
+    assert len(keys) == len(set(keys))
+    per_eval = {step: {(p, f) for s, p, f in keys if s == step} for step in (0, 2, 4, 6)}
+    expected = {(p.probe_id, f) for p in probes.probes for f in [*p.responses, "argmax", "greedy", "greedy_start"]}
+    assert per_eval[0] == per_eval[2] == per_eval[4] == expected
+    assert per_eval[6] == expected | {(p.probe_id, "greedy_end") for p in probes.probes}
+    chosen = next(r for r in lines if r["family"] == "chosen")
+    assert chosen["eos_logp"] < 0 and chosen["words_logp_per_token"] == pytest.approx(
+        (chosen["logp"] - chosen["eos_logp"]) / (chosen["n_tokens"] - 1), rel=1e-3
+    )
+
     summary = monitor.finish()
     assert (tmp_path / "squeezing.png").stat().st_size > 10_000
     assert (tmp_path / "probe_set.jsonl").exists()
     assert "| chosen | train |" in summary and "end of preference" in summary
     assert "raised the SFT-on-y+ loss weight from 0 to 1" in summary
+    # The mechanism metrics with their 95% intervals over probes.
+    row = next(line for line in summary.splitlines() if line.startswith("| off_target_fall |"))
+    assert re.search(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", row), row
+    assert (
+        records[-1]["mech/off_target_fall_lo"]
+        <= records[-1]["mech/off_target_fall"]
+        <= records[-1]["mech/off_target_fall_hi"]
+    )
 
 
 def test_stop_guard_ends_the_stage_early_with_a_checkpoint(data, tiny_tokenizer, tmp_path):
