@@ -4,11 +4,13 @@ Value by value, not only in shape. Measured on the tiny model (CPU, gloo, one th
 to float noise: step-0 probe values are bit-identical (the same model scored the same way); every logged training
 metric and every later probe value agrees within 1e-6 absolute (relative 2e-7 on the losses); the SFT adapter within
 5e-7 and the preference adapter within 3e-5 absolute (relative norm 1e-4: Adam divides near-zero gradient entries by
-near-zero second moments, which magnifies the noise). Data order, LoRA init and the gradient mean match because the
-Trainer's seeded sampler hands process k of n the k-th of each group of n consecutive samples, and DDP averages the
-per-process mean losses' gradients, which for batch 1 per process is the mean over the pairs of the 1-process batch.
+near-zero second moments, which magnifies the noise). Nothing needed fixing: LoRA init is seeded alike; the data
+order matches because accelerate deals the batches of the one seeded sampler out in turn (process k of n gets every
+n-th, so a global step sees the same pairs as the 1-process batch); and the gradient is the same mean, because the
+DPO loss is a mean over pairs and the SFT loss is normalised by the token count of the whole global batch
+(transformers' `average_tokens_across_devices`, on by default), which DDP's gradient averaging then reproduces.
 The tolerances below sit 10-100x above that noise and far below what training moves (the loss changes by O(1), the
-adapters by O(0.1)); a sum instead of a mean shows in `grad_norm`, a different data order everywhere.
+adapters by O(0.1)): the 2-process run with the preference learning rate 1% off fails them (tried once, by hand).
 """
 
 from __future__ import annotations
