@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +71,19 @@ def lora_config(cfg: RecipeConfig) -> LoraConfig:
     )
 
 
-def sft_rows(pairs: Dataset, mode: str) -> tuple[Dataset, Counter]:
-    """Prompt-completion rows for SFT: y+ only ('chosen') or y+ and y- ('extended'), with counts of each."""
+def sft_rows(pairs: Dataset, mode: str, also_rejected: Collection[int] = ()) -> tuple[Dataset, Counter]:
+    """Prompt-completion rows for SFT: y+ only ('chosen') or y+ and y- ('extended'), with counts of each.
+
+    `also_rejected`: indices of pairs whose y- is trained on too in 'chosen' mode (the pre-flight's extend_sft
+    action, docs/preflight.md); counted as 'rejected (pre-flight)'.
+    """
     sides = ("chosen", "rejected") if mode == "extended" else ("chosen",)
     rows = [{"prompt": row["prompt"], "completion": row[side]} for row in pairs for side in sides]
-    return Dataset.from_list(rows), Counter({side: len(pairs) for side in sides})
+    counts = Counter({side: len(pairs) for side in sides})
+    if mode != "extended" and also_rejected:
+        rows += [{"prompt": pairs[i]["prompt"], "completion": pairs[i]["rejected"]} for i in sorted(also_rejected)]
+        counts["rejected (pre-flight)"] = len(also_rejected)
+    return Dataset.from_list(rows), counts
 
 
 def _training_kwargs(cfg: RecipeConfig, stage_dir: Path, lr: float, max_steps: int, epochs: float) -> dict:
@@ -177,14 +186,17 @@ def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> St
     return result
 
 
-def run_sft_stage(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()) -> StageResult:
-    """Stage 1: SFT on (x, y+) and, in extended mode, (x, y-). Completion-only loss."""
+def run_sft_stage(
+    model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=(), also_rejected=()
+) -> StageResult:
+    """Stage 1: SFT on (x, y+) and, in extended mode, (x, y-) (in chosen mode, y- of `also_rejected` pairs too).
+    Completion-only loss."""
     mode = cfg.sft.sft_mode
     if mode == "none":
         return StageResult("sft", "off")
     if done := _skipped("sft", stage_dir, cfg.model.use_lora):
         return done
-    rows, counts = sft_rows(pairs, mode)
+    rows, counts = sft_rows(pairs, mode, also_rejected)
     logger.warning("[sft] mode=%s: %d rows (%s)", mode, len(rows), ", ".join(f"{k}: {v}" for k, v in counts.items()))
     args = SFTConfig(
         **_training_kwargs(

@@ -1,0 +1,5 @@
+import sys
+
+from alignkit.preflight.cli import main
+
+sys.exit(main())

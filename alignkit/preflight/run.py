@@ -1,0 +1,198 @@
+"""Running the pre-flight: pick the model, score the pairs, write the table, figure and verdict, reuse a finished one.
+
+Folder `<output_dir>/preflight/`: `preflight.jsonl` (one record per pair, riskiest first), `preflight.md`,
+`preflight_hist.png` and `preflight_complete.json` (written last). A rerun that finds the marker for the same model
+reads the records back instead of scoring again, so a resumed recipe makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from alignkit.config import RecipeConfig
+from alignkit.errors import AlignkitError
+from alignkit.jsonl import read_jsonl, write_jsonl_atomic
+from alignkit.preflight.onestep import offtarget_probes, predict_offtarget, sample_pairs
+from alignkit.preflight.passes import score_pairs
+from alignkit.preflight.plot import histogram
+from alignkit.preflight.scores import at_risk, margin, rank, valley
+from alignkit.preflight.table import preflight_markdown, report_section, verdict
+from alignkit.stages import STAGE_DONE, StageResult, load_stage_model, lora_config, pairs_for_steps
+
+logger = logging.getLogger(__name__)
+DONE = "preflight_complete.json"
+ROW = "preflight_row"  # helper column: the pair's index in the training split, kept through subsetting
+SCORE_KEYS = (
+    "rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "chosen_min_logp", "margin", "ches",
+)  # fmt: skip
+
+
+@dataclass
+class PreflightResult:
+    records: list[dict]  # riskiest first; `row` = index in the training split
+    model: str  # which model scored them, in words
+    threshold: float
+    seconds: float
+    folder: Path
+    pairs: Dataset  # the scored pairs (with the ROW column)
+    header: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+    @property
+    def risky_rows(self) -> list[int]:
+        return sorted(r["row"] for r in self.records if r["at_risk"])
+
+    def kept_pairs(self) -> Dataset:
+        """The scored pairs without the ones at risk (what preflight_action=drop trains on)."""
+        risky = set(self.risky_rows)
+        return self.pairs.filter(lambda row: row[ROW] not in risky).remove_columns(ROW)
+
+    def files(self) -> list[str]:
+        return [str(self.folder / name) for name in ("preflight.md", "preflight.jsonl", "preflight_hist.png")]
+
+
+def sft_weights(cfg: RecipeConfig) -> Path | None:
+    """The recipe's finished SFT stage in the run's output_dir (adapter or full model), or None."""
+    stage_dir = Path(cfg.run.output_dir) / "sft"
+    weights = stage_dir / ("adapter" if cfg.model.use_lora else "model")
+    return weights if (stage_dir / STAGE_DONE).exists() and weights.exists() else None
+
+
+def describe(cfg: RecipeConfig, after_sft: Path | None) -> str:
+    """The starting model in words (also the key that says whether saved scores can be reused)."""
+    if after_sft is None:
+        return f"the base model `{cfg.model.model_name_or_path}`"
+    return f"the SFT model (sft_mode {cfg.sft.sft_mode}, `{after_sft}`)"
+
+
+def starting_model(cfg: RecipeConfig, after_sft: Path | None):
+    """The base model, or the base with the SFT stage saved at `after_sft` merged in (as the preference stage gets
+    it)."""
+    return load_stage_model(cfg, [] if after_sft is None else [StageResult("sft", "complete", after_sft)])
+
+
+def scored_pairs(cfg: RecipeConfig, train: Dataset) -> tuple[Dataset, str]:
+    """The pairs to score (with the ROW column) and a sentence saying which."""
+    indexed = train.add_column(ROW, list(range(len(train))))
+    if cfg.preflight.preflight_pairs == "all":
+        return indexed, f"all {len(train)} training pairs"
+    pairs = pairs_for_steps(indexed, cfg.preference.preference_max_steps, cfg)
+    if len(pairs) == len(train):
+        return pairs, f"all {len(train)} training pairs (the preference stage uses every one)"
+    return pairs, (
+        f"the {len(pairs)} of {len(train)} training pairs the preference stage trains on "
+        f"(preference_max_steps {cfg.preference.preference_max_steps}; preflight_pairs: all scores every pair)"
+    )
+
+
+def _records(cfg: RecipeConfig, model, tokenizer, pairs: Dataset) -> list[dict]:
+    passes = score_pairs(
+        model, tokenizer, pairs["prompt"], pairs["chosen"], pairs["rejected"],
+        cfg.preflight.preflight_batch_size, cfg.data.max_length,
+    )  # fmt: skip
+    records = []
+    ids = pairs["id"] if "id" in pairs.column_names else [None] * len(pairs)
+    for row, pair_id, scored in zip(pairs[ROW], ids, passes):
+        plus, minus = valley(scored.chosen_logps), valley(scored.rejected_logps)
+        record = {"row": row, "id": pair_id}
+        record |= {f"rejected_{k}": v for k, v in minus.items()} | {f"chosen_{k}": v for k, v in plus.items()}
+        record |= margin(plus, minus) | {"ches": scored.ches, "offtarget_delta": None, "offtarget_argmax_delta": None}
+        records.append(record)
+    return records
+
+
+def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list[dict], pool) -> None:
+    """Fill the one-step off-target prediction of a seeded sample of `records` (in place)."""
+    n = cfg.preflight.preflight_dynamics_pairs
+    if n == 0:
+        return
+    from peft import get_peft_model  # peft loads slowly; only a run that predicts pays for it
+
+    # A fresh adapter (B = 0) as the preference stage starts with: the model is its own reference at the first step.
+    policy = get_peft_model(model, lora_config(cfg)) if cfg.model.use_lora else model
+    loss = cfg.preference.loss if cfg.preference.loss in ("dpo", "ipo") else "dpo"
+    picked = sample_pairs(len(records), n, cfg.run.seed)
+    probes = offtarget_probes(pool, len(picked), cfg.run.seed)
+    for k, (i, observed) in enumerate(zip(picked, probes)):
+        started = time.perf_counter()
+        records[i] |= predict_offtarget(
+            policy, tokenizer, pairs[i], observed, loss, cfg.preference.preference_learning_rate,
+            cfg.preference.beta,
+        )  # fmt: skip
+        logger.info("[preflight] one-step prediction %d/%d: %.0f s", k + 1, len(picked), time.perf_counter() - started)
+
+
+def _load(folder: Path, model: str) -> tuple[list[dict], float] | None:
+    """The records of a finished pre-flight on the same model, or None."""
+    marker = folder / DONE
+    if not marker.exists():
+        return None
+    done = json.loads(marker.read_text())
+    if done.get("model") != model:
+        logger.warning("[preflight] %s scored %s, not %s: scoring again", folder, done.get("model"), model)
+        return None
+    records = []
+    for line, record in read_jsonl(folder / "preflight.jsonl"):
+        missing = [k for k in ("row", *SCORE_KEYS) if k not in record]
+        if missing:
+            raise AlignkitError(f"{folder / 'preflight.jsonl'}:{line}: field '{missing[0]}' missing; delete {folder}")
+        records.append(record)
+    logger.warning("[preflight] already complete in %s: reusing its scores", folder)
+    return records, done["seconds"]
+
+
+def run_preflight(
+    cfg: RecipeConfig, tokenizer, train: Dataset, heldout: Dataset | None, folder: Path, after_sft: Path | None
+) -> PreflightResult:
+    """Score the pairs under the model the preference stage would start from, write the outputs, return them.
+
+    Args:
+        train, heldout: the training split, and the held-out split (the one-step prediction's off-target answers;
+            None: other training pairs' y+ stand in).
+        after_sft: the SFT stage's weights, or None to score under the base model.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs, scope = scored_pairs(cfg, train)
+    model_words = describe(cfg, after_sft)
+    loaded = _load(folder, model_words)
+    if loaded is not None:
+        records, seconds = loaded
+    else:
+        started = time.perf_counter()
+        model = starting_model(cfg, after_sft)
+        records = _records(cfg, model, tokenizer, pairs)
+        pool = list(heldout) if heldout is not None and len(heldout) else list(train)
+        _one_step(cfg, model, tokenizer, pairs, records, pool)
+        seconds = time.perf_counter() - started
+        del model
+    threshold = cfg.preflight.preflight_threshold
+    for record in records:
+        record["at_risk"] = at_risk(record["rejected_logp_per_token"], threshold)
+    records = [{"rank": k + 1} | {n: v for n, v in r.items() if n != "rank"} for k, r in enumerate(rank(records))]
+    n_risky = sum(r["at_risk"] for r in records)
+    line = verdict(n_risky, len(records), threshold, model_words, cfg.sft.sft_mode, after_sft is None)
+    header = [
+        f"- scored: {scope}",
+        f"- under: {model_words}",
+        f"- at risk: mean log π per token of y- < {threshold:g} nats (preflight_threshold)",
+        f"- time: {seconds:.0f} s (batched scoring of y+ and y-, and {cfg.preflight.preflight_dynamics_pairs} "
+        "one-step predictions)",
+    ]
+    write_jsonl_atomic(folder / "preflight.jsonl", records)
+    (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
+    title = f"pre-flight: {len(records)} pairs under {model_words}"
+    histogram(records, threshold, title, folder / "preflight_hist.png")
+    (folder / DONE).write_text(json.dumps({"model": model_words, "pairs": len(records), "seconds": seconds}, indent=1))
+    logger.warning("[preflight] %s", line)
+    return PreflightResult(records, model_words, threshold, seconds, folder, pairs, header, line)
+
+
+def section(result: PreflightResult, actions: list[str]) -> str:
+    """The run report's pre-flight section."""
+    return report_section(result.records, result.header, result.verdict, actions, result.files())
