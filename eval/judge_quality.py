@@ -22,7 +22,14 @@ from pathlib import Path
 from alignkit.errors import AlignkitError
 from alignkit.judge.cli import add_fields
 from alignkit.judge.config import MODES, JudgeConfig
-from alignkit.judge.quality import SHIPPED_PAIRS, measure_judge, quality_table, read_labelled_pairs
+from alignkit.judge.quality import (
+    SHIPPED_PAIRS,
+    margin_sweep,
+    measure_judge,
+    quality_table,
+    read_labelled_pairs,
+    sweep_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="Use only the first N pairs.")
     parser.add_argument(
         "--modes", default="text,logprobs", help="Comma-separated verdict modes to measure: text, logprobs."
+    )
+    parser.add_argument(
+        "--margins",
+        default="0,0.05,0.1,0.2,0.5,1",
+        help="logprobs mode: also print pair accuracy at these abstention margins (nats), from the same judgments.",
     )
     parser.add_argument("--output-dir", default="outputs/judge_quality", help="Caches, quality.md and quality.json.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -47,23 +59,29 @@ def main(argv: list[str] | None = None) -> int:
             raise AlignkitError(f"--modes {args['modes']!r}: choose from text, logprobs.")
         pairs = read_labelled_pairs(args["pairs"])[: args["limit"]]
         out = Path(args["output_dir"])
-        rows = []
+        margins = [float(m) for m in args["margins"].split(",") if m.strip()]
+        rows, sweep = [], []
         for mode in modes:
             judge_args = {f.name: args["judge_" + f.name] for f in dataclasses.fields(JudgeConfig)}
             judge = JudgeConfig(**{**judge_args, "mode": mode})
-            row = measure_judge(judge, pairs, out / mode, progress=not args["quiet"])
+            row, records = measure_judge(judge, pairs, out / mode, progress=not args["quiet"])
             rows.append(row)
+            if mode == "logprobs":
+                sweep = margin_sweep(records, margins)
             print(f"{mode}: {row['requests']} requests, {row['seconds']} s of judging", file=sys.stderr)
-    except AlignkitError as e:
+    except ValueError as e:  # AlignkitError is one; also a --margins value that is not a number
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished judgments are cached; rerun the same command to resume.", file=sys.stderr)
         return 130
     table = quality_table(rows)
+    if sweep:
+        table += "\n\nlogprobs mode, by abstention margin (the table above uses --judge-logprob-margin):\n\n"
+        table += sweep_table(sweep)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(table + "\n")
-    (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "quality.json").write_text(json.dumps({"rows": rows, "margin_sweep": sweep}, indent=2) + "\n")
     print(table)
     return 0
 

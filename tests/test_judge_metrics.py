@@ -12,7 +12,9 @@ from alignkit.judge.metrics import (
     candidate_score,
     combine_orders,
     fit_length_model,
+    instruction_difficulty,
     length_controlled_win_rate,
+    length_controlled_with_difficulty,
     outcome_counts,
     position_consistency,
     standard_error,
@@ -132,3 +134,38 @@ def test_summarize_agrees_with_the_parts():
     assert out["position_consistency"] == pytest.approx(0.75)
     assert out["candidate_longer_share"] == pytest.approx(0.5)  # diffs 0, -5, 20, 20
     assert out["win_rate_ci"][0] <= 0.625 <= out["win_rate_ci"][1]
+
+
+def test_instruction_difficulty_hand_computed():
+    # two other models: instruction 0 won by both -> share (2 + 0.5) / 3 = 5/6, difficulty -log 5 = -1.6094;
+    # instruction 1 lost by both -> 1/6, +1.6094; instruction 2 one win one loss -> 1/2, 0. Mean 0 already.
+    got = instruction_difficulty(np.array([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+    assert got == pytest.approx([-math.log(5), math.log(5), 0.0])
+
+
+def test_lc_with_difficulty_needs_two_models_and_equals_the_plain_rate_without_length_or_difficulty_effects():
+    with pytest.raises(ValueError, match="at least two models"):
+        length_controlled_with_difficulty({"B": [1.0, 0.0]}, {"B": [0, 0]})
+    # no length difference, and a heavy penalty pins the difficulty coefficient at 0: only the intercept is left,
+    # and the mean of sigmoid(intercept) is the plain win rate, as in the simplified fit
+    scores = {"B": [1.0, 0.0, 1.0, 1.0], "C": [0.0, 1.0, 0.5, 1.0]}
+    zero = {"B": [0, 0, 0, 0], "C": [0, 0, 0, 0]}
+    got = length_controlled_with_difficulty(scores, zero, l2=1e9)
+    assert got == pytest.approx({"B": 0.75, "C": 0.625}, abs=1e-6)
+
+
+def test_lc_with_difficulty_removes_a_length_effect_on_instructions_of_varied_difficulty():
+    # 600 instructions with difficulty h_i; model B is as good as the baseline (quality 0) but longer in 80% of
+    # pairs, and the judge rewards length: P = sigmoid(-h_i + 2 tanh(d/sd)). Model C is better (quality +1) with no
+    # length difference. At equal length B's expected win rate is mean sigmoid(-h_i), about 0.5.
+    rng = np.random.default_rng(1)
+    n = 600
+    h = rng.normal(0, 1.5, n)
+    d_b = np.where(rng.random(n) < 0.8, 1, -1) * rng.gamma(4, 30, n)
+    p_b = 1 / (1 + np.exp(-(-h + 2 * np.tanh(d_b / d_b.std()))))
+    p_c = 1 / (1 + np.exp(-(1 - h)))
+    scores = {"B": (rng.random(n) < p_b).astype(float), "C": (rng.random(n) < p_c).astype(float)}
+    got = length_controlled_with_difficulty(scores, {"B": d_b, "C": np.zeros(n)}, l2=1e-3)
+    assert win_rate(scores["B"]) > 0.6  # the raw rate is inflated by length
+    assert got["B"] == pytest.approx(np.mean(1 / (1 + np.exp(h))), abs=0.06)
+    assert got["C"] == pytest.approx(np.mean(1 / (1 + np.exp(-(1 - h)))), abs=0.06)

@@ -113,4 +113,10 @@ def test_the_command_prints_the_table_for_both_modes(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| fake |")]
     assert [line.split(" | ")[1] for line in lines] == ["text", "logprobs"]
     assert all(" | 10 | 0.500 | 0.500 | 1.000 | 0.000 |" in line for line in lines)  # always A, in both modes
-    assert json.loads((tmp_path / "quality.json").read_text())[1]["mode"] == "logprobs"
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["rows"][1]["mode"] == "logprobs"
+    # every pair's combined log-odds is (1.5 - 1.5) / 2 = 0: a tie at every margin
+    assert [(r["margin"], r["decided"]) for r in saved["margin_sweep"]] == [
+        (m, 0) for m in (0, 0.05, 0.1, 0.2, 0.5, 1)
+    ]
+    assert "| 0.5 | 0 of 10 |" in proc.stdout

@@ -132,13 +132,24 @@ def fit_length_model(
     the differences, so the feature is unit-free; tanh bounds the pull of a few very long outputs.
     """
     y = np.asarray(scores, dtype=float)
+    X = np.stack([np.ones(len(y)), length_feature(length_diff, scale)], axis=1)
+    intercept, slope = fit_logistic(y, X, np.array([0.0, l2]))
+    return float(intercept), float(slope)
+
+
+def length_feature(length_diff: Sequence[float], scale: float | None = None) -> np.ndarray:
+    """tanh(d / scale), scale = the standard deviation of d by default (0 everywhere when d does not vary)."""
     d = np.asarray(length_diff, dtype=float)
     if scale is None:
         scale = float(np.std(d))
-    x = np.tanh(d / scale) if scale > 0 else np.zeros_like(d)
-    X = np.stack([np.ones_like(x), x], axis=1)
-    penalty = np.diag([0.0, l2])
-    theta = np.zeros(2)
+    return np.tanh(d / scale) if scale > 0 else np.zeros_like(d)
+
+
+def fit_logistic(y: np.ndarray, X: np.ndarray, l2: np.ndarray) -> np.ndarray:
+    """Coefficients of P(y = 1) = sigmoid(X @ theta) for soft labels y in [0, 1], by damped Newton's method on the
+    binomial log-likelihood minus 0.5 * sum(l2 * theta**2) (l2 = 0 leaves a coefficient unpenalised)."""
+    penalty = np.diag(np.asarray(l2, dtype=float))
+    theta = np.zeros(X.shape[1])
 
     def objective(t: np.ndarray) -> float:
         p = np.clip(_sigmoid(X @ t), 1e-12, 1 - 1e-12)
@@ -147,7 +158,7 @@ def fit_length_model(
     for _ in range(100):
         p = _sigmoid(X @ theta)
         grad = X.T @ (y - p) - penalty @ theta
-        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(2)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(len(theta))
         step = np.linalg.solve(hess, grad)
         current, size = objective(theta), 1.0
         while objective(theta + size * step) < current - 1e-12 and size > 1e-6:
@@ -155,7 +166,7 @@ def fit_length_model(
         theta = theta + size * step
         if np.max(np.abs(size * step)) < 1e-10:
             break
-    return float(theta[0]), float(theta[1])
+    return theta
 
 
 def length_controlled_win_rate(scores: Sequence[float], length_diff: Sequence[float], l2: float = 1.0) -> float:
@@ -173,6 +184,48 @@ def length_controlled_win_rate(scores: Sequence[float], length_diff: Sequence[fl
         return float(y[0])
     intercept, _ = fit_length_model(y, length_diff, l2=l2)
     return float(_sigmoid(np.array(intercept)))
+
+
+def instruction_difficulty(other_scores: np.ndarray) -> np.ndarray:
+    """Per instruction, how hard the baseline is to beat there, from other models' scores on it (rows = models):
+    -logit of their smoothed mean score (add one half-win and one half-loss), centred to mean 0. Higher = harder.
+
+    >>> [round(float(v), 4) for v in instruction_difficulty(np.array([[1.0, 0.0, 0.5]]))]
+    [-1.0986, 1.0986, 0.0]
+    """
+    scores = np.atleast_2d(np.asarray(other_scores, dtype=float))
+    share = (scores.sum(axis=0) + 0.5) / (scores.shape[0] + 1)
+    difficulty = -np.log(share / (1 - share))
+    return difficulty - difficulty.mean() + 0.0  # + 0.0 turns a -0.0 into 0.0
+
+
+def length_controlled_with_difficulty(
+    scores_by_model: dict[str, Sequence[float]], length_diff_by_model: dict[str, Sequence[float]], l2: float = 1.0
+) -> dict[str, float]:
+    """AlpacaEval 2's length-controlled win rate with its instruction-difficulty term, for several models judged
+    against the same baseline on the same instructions (score lists aligned by instruction).
+
+    Per model m: P(m wins on instruction i) = sigmoid(a_m + b_m * tanh(d_mi / sd) + g_m * difficulty_i), fitted with
+    an L2 penalty `l2` on b and g; the LC win rate is the mean over instructions of sigmoid(a_m + g_m * difficulty_i),
+    i.e. the prediction at zero length difference. AlpacaEval estimates the difficulties once from many leaderboard
+    models; here difficulty_i comes from the other models' scores on instruction i (leave-one-out, so a model's own
+    outcomes never explain themselves), hence at least two models are needed.
+    """
+    if len(scores_by_model) < 2:
+        raise ValueError("the instruction-difficulty term needs at least two models judged on the same instructions")
+    names = list(scores_by_model)
+    matrix = np.array([np.asarray(scores_by_model[n], dtype=float) for n in names])
+    out = {}
+    for k, name in enumerate(names):
+        y = matrix[k]
+        difficulty = instruction_difficulty(np.delete(matrix, k, axis=0))
+        if np.all(y == y[0]):
+            out[name] = float(y[0])  # as in the simplified fit: the logistic intercept would run off to infinity
+            continue
+        X = np.stack([np.ones(len(y)), length_feature(length_diff_by_model[name]), difficulty], axis=1)
+        a, _, g = fit_logistic(y, X, np.array([0.0, l2, l2]))
+        out[name] = float(np.mean(_sigmoid(a + g * difficulty)))
+    return out
 
 
 def length_controlled_ci(

@@ -228,6 +228,44 @@ def quality_row(records: Sequence[PairJudgments], judge: JudgeConfig) -> dict:
     }
 
 
+def margin_sweep(records: Sequence[PairJudgments], margins: Sequence[float]) -> list[dict]:
+    """Logprobs mode: pair accuracy (ties half), decided pairs and their accuracy at each abstention margin.
+
+    >>> rows = margin_sweep([PairJudgments(1, (5, 5), Judgment("", "ok", "A", logit_a=2.1),
+    ...                                    Judgment("", "ok", "A", logit_a=0.9))], [0.5, 1.0])
+    >>> [(r["margin"], r["pair_accuracy"], r["decided"]) for r in rows]
+    [(0.5, 1.0, 1), (1.0, 0.5, 0)]
+    """
+    usable = [r for r in records if r.first.logit_a is not None and r.second.logit_a is not None]
+    out = []
+    for margin in margins:
+        credits, decided = [], []
+        for r in usable:
+            score, _ = combine_log_odds(r.first.logit_a, r.second.logit_a, margin)
+            outcome = 0 if score == 0.5 else 1 if score == 1.0 else 2
+            credits.append(_credit(outcome, r.label))
+            if outcome:
+                decided.append(float(outcome == r.label))
+        out.append(
+            {"margin": margin, "pair_accuracy": _mean(credits), "decided": len(decided),
+             "decided_accuracy": _mean(decided), "pairs": len(usable)}
+        )  # fmt: skip
+    return out
+
+
+def sweep_table(rows: Sequence[dict]) -> str:
+    lines = [
+        "| margin (nats) | pairs decided | accuracy of decided pairs | pair accuracy (ties half) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['margin']:g} | {r['decided']} of {r['pairs']} | {r['decided_accuracy']:.3f} | "
+            f"{r['pair_accuracy']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 COLUMNS = [
     ("judge", "judge"), ("mode", "mode"), ("pairs", "pairs"), ("agreement", "agreement with label"),
     ("pair_accuracy", "pair accuracy (both orders combined)"), ("p_first", "P(first)"),
@@ -247,8 +285,8 @@ def quality_table(rows: Sequence[dict]) -> str:
 
 def measure_judge(
     judge: JudgeConfig, pairs: Sequence[dict], output_dir: str | os.PathLike, progress: bool = True
-) -> dict:
-    """Ask `judge` every labelled pair in both orders (through its cache in output_dir) and return its table row."""
+) -> tuple[dict, list[PairJudgments]]:
+    """Ask `judge` every labelled pair in both orders (through its cache in output_dir); its table row and records."""
     if judge.is_verifier:
         raise AlignkitError("--judge verifier made the labels of the judge-quality set; measure an LLM judge instead.")
     out = Path(output_dir)
@@ -262,4 +300,4 @@ def measure_judge(
         PairJudgments(p["label"], (len(p["response_1"]), len(p["response_2"])), judgments[2 * i], judgments[2 * i + 1])
         for i, p in enumerate(pairs)
     ]
-    return {**quality_row(records, judge), "requests": stats.requests, "seconds": round(stats.seconds, 1)}
+    return {**quality_row(records, judge), "requests": stats.requests, "seconds": round(stats.seconds, 1)}, records
