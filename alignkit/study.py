@@ -93,7 +93,15 @@ class StudyConfig:
     win_rate_num_prompts: int = field(default=24, metadata={"help": "Held-out prompts judged per comparison."})
     win_rate_max_new_tokens: int = field(default=64, metadata={"help": "Response length generated for judging."})
     judge_base_url: str = field(
-        default="local", metadata={"help": "OpenAI-compatible judge URL; 'local' = llama.cpp on SmolLM2-135M (weak)."}
+        default="auto",
+        metadata={
+            "help": "'verifier' (reference answers: exact, offline), 'local' (llama.cpp on SmolLM2-135M: weak) or an "
+            "OpenAI-compatible judge URL; 'auto' = verifier for the built-in data, local otherwise."
+        },
+    )
+    judge_verifier: str = field(
+        default="builtin",
+        metadata={"help": "Verifier judge: 'builtin' or 'module:function' called as f(response, row) -> score."},
     )
     judge_model: str | None = field(default=None, metadata={"help": "Judge model name (remote judges)."})
     judge_api_key_env: str | None = field(default=None, metadata={"help": "Variable holding the judge's API key."})
@@ -114,7 +122,7 @@ class StudyConfig:
             raise AlignkitError(f"study field 'shared' sets {sorted(owned)}: the study sets these per arm")
         if self.decomposition_params not in ("all", "trainable"):
             raise AlignkitError("study field 'decomposition_params' must be 'all' or 'trainable'")
-        if self.judge_base_url != "local" and not self.judge_model:
+        if self.judge_base_url not in ("auto", "local", "verifier") and not self.judge_model:
             raise AlignkitError("study field 'judge_model' is required when judge_base_url is not 'local'")
 
 
@@ -419,14 +427,26 @@ def _plot_vocabulary(delta, probs, summary: dict, tokenizer, path: Path) -> Path
 # Win rates
 
 
-def run_win_rates(study: StudyConfig, cfg: RecipeConfig, out: Path) -> list[dict]:
-    """Judge each (candidate, baseline) final model pair on the first held-out prompts, in both orders."""
-    from alignkit.data import load_preference_data
-    from alignkit.judge import JudgeConfig, WinRateConfig, evaluate_win_rate
+def study_judge(study: StudyConfig, cfg: RecipeConfig):
+    """The study's judge: 'auto' is the verifier for the built-in data (it has reference answers), else local."""
+    from alignkit.judge import JudgeConfig
 
-    prompts = list(load_preference_data(cfg.data, seed=cfg.run.seed)["test"]["prompt"])
-    judge = JudgeConfig(base_url=study.judge_base_url, model=study.judge_model, api_key_env=study.judge_api_key_env)
-    results = []
+    base_url = study.judge_base_url
+    if base_url == "auto":
+        base_url = "verifier" if cfg.data.dataset_name == "builtin" else "local"
+    return JudgeConfig(base_url=base_url, model=study.judge_model, api_key_env=study.judge_api_key_env,
+                       verifier=study.judge_verifier)  # fmt: skip
+
+
+def run_win_rates(study: StudyConfig, cfg: RecipeConfig, out: Path) -> list[dict]:
+    """Judge each (candidate, baseline) final model pair on the first held-out prompts, in both orders; candidates
+    judged against the same baseline also get AlpacaEval 2's length control with instruction difficulty."""
+    from alignkit.data import load_preference_data
+    from alignkit.judge import WinRateConfig, evaluate_win_rate
+
+    prompts = load_preference_data(cfg.data, seed=cfg.run.seed)["test"]  # the rows: the verifier reads references
+    judge = study_judge(study, cfg)
+    results, pairs = [], {}
     root = Path(study.study_dir)
     for candidate, baseline in WIN_RATE_PAIRS:
         if candidate not in study.arms or baseline not in study.arms:
@@ -446,7 +466,33 @@ def run_win_rates(study: StudyConfig, cfg: RecipeConfig, out: Path) -> list[dict
             progress=False,
         )
         results.append({"candidate": candidate, "baseline": baseline, **result.summary()})
+        pairs[candidate] = result.pairs
+    add_difficulty_lc(results, pairs)
     return results
+
+
+def add_difficulty_lc(results: list[dict], pairs: dict[str, list]) -> None:
+    """`length_controlled_win_rate_difficulty` for every candidate that shares its baseline and prompts with another
+    (None, with the simplified fit kept, for the others), on the prompts scored for all of them."""
+    from alignkit.judge.metrics import length_controlled_with_difficulty
+
+    by_baseline: dict[str, list[dict]] = {}
+    for w in results:
+        w["length_controlled_win_rate_difficulty"] = None
+        by_baseline.setdefault(w["baseline"], []).append(w)
+    for group in by_baseline.values():
+        if len(group) < 2:
+            continue
+        scored = [{p.index: p for p in pairs[w["candidate"]] if p.score is not None} for w in group]
+        common = sorted(set.intersection(*(set(s) for s in scored)))
+        if len(common) < 2:
+            continue
+        scores = {w["candidate"]: [s[i].score for i in common] for w, s in zip(group, scored)}
+        diffs = {
+            w["candidate"]: [len(s[i].candidate) - len(s[i].baseline) for i in common] for w, s in zip(group, scored)
+        }
+        for w, value in zip(group, length_controlled_with_difficulty(scores, diffs).values()):
+            w["length_controlled_win_rate_difficulty"] = value
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -465,9 +511,14 @@ def _pct(value) -> str:
 
 def win_rate_line(w: dict, judge_name: str) -> str:
     low, high = w["win_rate_ci"]
+    difficulty = w.get("length_controlled_win_rate_difficulty")
+    lc = (f"length-controlled {_pct(difficulty)} (with instruction difficulty; simplified fit "
+          f"{_pct(w['length_controlled_win_rate'])})" if difficulty is not None else
+          f"length-controlled {_pct(w['length_controlled_win_rate'])} (simplified fit: no other model judged on "
+          "these prompts)")  # fmt: skip
     return (f"- **{w['candidate']} vs {w['baseline']}**: win rate {_pct(w['win_rate'])} (95% CI {_pct(low)} to "
             f"{_pct(high)}; {w['wins']} wins, {w['ties']} ties, {w['losses']} losses on {w['n_pairs']} prompts), "
-            f"length-controlled {_pct(w['length_controlled_win_rate'])}, position consistency "
+            f"{lc}, position consistency "
             f"{_pct(w['position_consistency'])}, judge `{judge_name}`.")  # fmt: skip
 
 
@@ -528,11 +579,15 @@ def study_markdown(study: StudyConfig, summaries: list[dict], decomposition: dic
             "",
         ]
     if win_rates is not None:
-        judge_name = study.judge_model or "local SmolLM2-135M (llama.cpp)"
+        judge_name = win_rates[0]["judge"]["model"] if win_rates else study.judge_model
+        if win_rates and win_rates[0]["judge"]["base_url"] == "verifier":
+            judge_name = "verifier: reference answers"
+        elif win_rates and win_rates[0]["judge"]["base_url"] == "local":
+            judge_name = "local SmolLM2-135M (llama.cpp)"
         lines += ["## Win rates (final models, judged in both orders)", ""]
         lines += [win_rate_line(w, judge_name) for w in win_rates] or ["- no arm pair to compare"]
         lines += [""]
-        if study.judge_base_url == "local":
+        if win_rates and win_rates[0]["judge"]["base_url"] == "local":
             lines += ["The local judge is SmolLM2-135M: it is weak, its verdicts are close to chance and strongly "
                       "position-biased (see the consistency above), so these win rates are a smoke test of the "
                       "pipeline, not evidence about response quality.", ""]  # fmt: skip
@@ -611,8 +666,12 @@ def write_study_report(study: StudyConfig, runs: dict[str, dict], decomposition:
 def run_study(study: StudyConfig, recipe_main: Callable[[RecipeConfig], Path]) -> Path:
     """Run the arms, the decomposition and the win rates; write the report. Returns the study folder."""
     root = Path(study.study_dir)
-    runs = run_arms(study, recipe_main)
     cfg = arm_config(study, study.arms[0], None)  # shared data/model settings for the extra analyses
+    if study.run_win_rates:  # a judge that cannot work fails now, not after the arms have trained
+        from alignkit.judge.validate import validate_judge
+
+        validate_judge(study_judge(study, cfg))
+    runs = run_arms(study, recipe_main)
     decomposition = run_decomposition(study, cfg, root / "decomposition") if study.run_decomposition else None
     win_rates = run_win_rates(study, cfg, root / "win_rates") if study.run_win_rates else None
     report = write_study_report(study, runs, decomposition, win_rates)

@@ -217,7 +217,9 @@ def write_markdown(result, path: Path, png_name: str, max_examples: int) -> None
     lines += [f"| {esc(k)} | {esc(v)} |" for k, v in _headline_rows(result)]
     lines += ["", f"![win rate]({png_name})", "", "## Judge", "", "| | |", "|---|---|"]
     lines += [f"| {esc(k)} | {esc(v)} |" for k, v in _judge_rows(result)]
-    lines += ["", f"To use a strong judge instead: `{STRONG_JUDGE_HINT}`.", "", "## Method", "", method(result), ""]
+    if result.judge["base_url"] != "verifier":
+        lines += ["", f"To use a strong judge instead: `{STRONG_JUDGE_HINT}`."]
+    lines += ["", "## Method", "", method(result), ""]
     lines += ["## Examples", "", VERDICT_NOTE, ""]
     lines.append("| # | prompt | candidate | baseline | candidate first | candidate second | outcome |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -276,7 +278,8 @@ def write_html(result, path: Path, png_bytes: bytes, max_examples: int) -> None:
     )
     parts.append("<h2>Judge</h2><table>")
     parts.append("".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _judge_rows(result)) + "</table>")
-    parts.append(f"<p>To use a strong judge instead: <code>{e(STRONG_JUDGE_HINT)}</code></p>")
+    if result.judge["base_url"] != "verifier":
+        parts.append(f"<p>To use a strong judge instead: <code>{e(STRONG_JUDGE_HINT)}</code></p>")
     parts.append(f"<h2>Method</h2><p>{e(method(result))}</p>")
     shown = result.pairs[:max_examples]
     parts.append(f"<h2>Examples ({len(shown)} of {len(result.pairs)})</h2>")
