@@ -17,7 +17,6 @@ logprobs: mean log-odds against a margin), which is what a win rate computed wit
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -29,10 +28,10 @@ import numpy as np
 from alignkit.data.builtin import builtin_rows
 from alignkit.data.verifier import verify
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import location, read_jsonl, write_jsonl_atomic
 from alignkit.judge.client import Comparison, Judgment
 from alignkit.judge.config import JudgeConfig
 from alignkit.judge.evaluate import ask_judge
-from alignkit.judge.inputs import _field, _read_jsonl
 from alignkit.judge.metrics import combine_log_odds, combine_orders
 from alignkit.judge.parse import load_template
 
@@ -85,23 +84,23 @@ def build_labelled_pairs(n_pairs: int = N_PAIRS, seed: int = SEED) -> list[dict]
 
 
 def write_labelled_pairs(path: str | os.PathLike, pairs: Sequence[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    write_jsonl_atomic(path, pairs)
 
 
 def read_labelled_pairs(path: str | os.PathLike = SHIPPED_PAIRS) -> list[dict]:
     """The pairs of a labelled file; a bad row raises naming file:line and the field."""
-    path = Path(path)
     pairs = []
-    for lineno, row in _read_jsonl(path):
-        where = f"{path}:{lineno}"
+    for line, row in read_jsonl(path):
         for name in ("prompt", "response_1", "response_2"):
-            if not isinstance(_field(row, (name,), where), str):
-                raise AlignkitError(f"{where}: field {name!r} must be a string.")
-        if _field(row, ("label",), where) not in (1, 2):
-            raise AlignkitError(f"{where}: field 'label' must be 1 or 2 (the correct response), got {row['label']!r}.")
+            if not isinstance(row.get(name), str):
+                raise AlignkitError(f"{location(path, line, name)} must be a string, got {row.get(name)!r}.")
+        if row.get("label") not in (1, 2):
+            raise AlignkitError(
+                f"{location(path, line, 'label')} must be 1 or 2 (the correct response), got {row.get('label')!r}."
+            )
         pairs.append(row)
+    if not pairs:
+        raise AlignkitError(f"{path}: no labelled pairs.")
     return pairs
 
 
