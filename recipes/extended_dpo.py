@@ -24,6 +24,7 @@ from alignkit.evaluation import check_judge, final_win_rate
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
+from alignkit.preflight import recipe as preflight
 from alignkit.report import write_metrics, write_report
 from alignkit.stages import load_stage_model, run_preference_stage, run_sft_stage
 
@@ -36,6 +37,7 @@ def main(cfg: RecipeConfig) -> Path:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
         torch.set_num_threads(cfg.run.cpu_threads or max(1, cores // per_node))
+    preflight.check_preflight(cfg)
     out = Path(cfg.run.output_dir)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -57,15 +59,23 @@ def main(cfg: RecipeConfig) -> Path:
         probes = build_probe_set(data["train"], data.get("test"), cfg.monitor, seed=cfg.run.seed, cache_dir=out)
         monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, out)
 
+    # --- pre-flight, act + extend_sft only: SFT's rows depend on it, so it scores under the base model
+    checked = preflight.before_sft(cfg, tokenizer, data, out)
+
     # --- stage 1: SFT (extended: y+ and y-)
     callbacks = [monitor.callback("sft", out / "sft")] if monitor else []
-    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks)
+    extra = checked.risky_rows if checked else ()
+    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks, extra)
+
+    # --- pre-flight (report, drop): scores under the SFT model, where the preference stage starts (docs/preflight.md)
+    checked = preflight.after_sft(cfg, tokenizer, data, out, sft, checked)
 
     # --- stage 2: DPO/IPO, starting from the SFT model, which is also the reference
     if cfg.preference.sampling == "off_policy":  # the dataset's pairs
         callbacks = [monitor.callback("preference", out / "preference")] if monitor else []
         policy = load_stage_model(cfg, [sft])
-        preference = run_preference_stage(policy, tokenizer, data["train"], cfg, out / "preference", callbacks)
+        pairs = preflight.preference_pairs(cfg, data["train"], checked)  # drop: without the pairs at risk
+        preference = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference", callbacks)
         del policy
     else:  # on_policy / mixed: rounds of sample from the policy -> rank -> train (docs/onpolicy.md)
         preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], monitor)
@@ -78,6 +88,7 @@ def main(cfg: RecipeConfig) -> Path:
         tokenizer.save_pretrained(final_dir)
         write_metrics(out, stages)
         sections = [monitor.finish()] if monitor else []
+        sections += preflight.report_section(cfg, checked)
         if cfg.evaluation.eval_win_rate:  # --- evaluate: judged win rate of the final model against the baseline
             # final_win_rate never raises: a failed evaluation becomes a report section that says what failed
             sections.append(final_win_rate(cfg, final_dir, data["test"], out / "win_rate"))

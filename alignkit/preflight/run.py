@@ -38,7 +38,8 @@ class PreflightResult:
     records: list[dict]  # riskiest first; `row` = index in the training split
     model: str  # which model scored them, in words
     threshold: float
-    seconds: float
+    seconds: float  # the whole pre-flight: model load, scoring passes, one-step predictions
+    dynamics_seconds: float  # of which the one-step predictions
     folder: Path
     pairs: Dataset  # the scored pairs (with the ROW column)
     header: list[str] = field(default_factory=list)
@@ -107,11 +108,12 @@ def _records(cfg: RecipeConfig, model, tokenizer, pairs: Dataset) -> list[dict]:
     return records
 
 
-def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list[dict], pool) -> None:
-    """Fill the one-step off-target prediction of a seeded sample of `records` (in place)."""
+def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list[dict], pool) -> float:
+    """Fill the one-step off-target prediction of a seeded sample of `records` (in place); returns the seconds."""
     n = cfg.preflight.preflight_dynamics_pairs
     if n == 0:
-        return
+        return 0.0
+    begun = time.perf_counter()
     from peft import get_peft_model  # peft loads slowly; only a run that predicts pays for it
 
     # A fresh adapter (B = 0) as the preference stage starts with: the model is its own reference at the first step.
@@ -126,9 +128,10 @@ def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list
             cfg.preference.beta,
         )  # fmt: skip
         logger.info("[preflight] one-step prediction %d/%d: %.0f s", k + 1, len(picked), time.perf_counter() - started)
+    return time.perf_counter() - begun
 
 
-def _load(folder: Path, model: str) -> tuple[list[dict], float] | None:
+def _load(folder: Path, model: str) -> tuple[list[dict], float, float] | None:
     """The records of a finished pre-flight on the same model, or None."""
     marker = folder / DONE
     if not marker.exists():
@@ -144,7 +147,7 @@ def _load(folder: Path, model: str) -> tuple[list[dict], float] | None:
             raise AlignkitError(f"{folder / 'preflight.jsonl'}:{line}: field '{missing[0]}' missing; delete {folder}")
         records.append(record)
     logger.warning("[preflight] already complete in %s: reusing its scores", folder)
-    return records, done["seconds"]
+    return records, done["seconds"], done.get("dynamics_seconds", 0.0)
 
 
 def run_preflight(
@@ -162,13 +165,13 @@ def run_preflight(
     model_words = describe(cfg, after_sft)
     loaded = _load(folder, model_words)
     if loaded is not None:
-        records, seconds = loaded
+        records, seconds, dynamics_seconds = loaded
     else:
         started = time.perf_counter()
         model = starting_model(cfg, after_sft)
         records = _records(cfg, model, tokenizer, pairs)
         pool = list(heldout) if heldout is not None and len(heldout) else list(train)
-        _one_step(cfg, model, tokenizer, pairs, records, pool)
+        dynamics_seconds = _one_step(cfg, model, tokenizer, pairs, records, pool)
         seconds = time.perf_counter() - started
         del model
     threshold = cfg.preflight.preflight_threshold
@@ -181,16 +184,17 @@ def run_preflight(
         f"- scored: {scope}",
         f"- under: {model_words}",
         f"- at risk: mean log π per token of y- < {threshold:g} nats (preflight_threshold)",
-        f"- time: {seconds:.0f} s (batched scoring of y+ and y-, and {cfg.preflight.preflight_dynamics_pairs} "
-        "one-step predictions)",
+        f"- time: {seconds:.0f} s (model load and batched scoring of y+ and y-; {dynamics_seconds:.0f} s of it for "
+        f"{sum(r['offtarget_delta'] is not None for r in records)} one-step predictions)",
     ]
     write_jsonl_atomic(folder / "preflight.jsonl", records)
     (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
     title = f"pre-flight: {len(records)} pairs under {model_words}"
     histogram(records, threshold, title, folder / "preflight_hist.png")
-    (folder / DONE).write_text(json.dumps({"model": model_words, "pairs": len(records), "seconds": seconds}, indent=1))
+    done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds}
+    (folder / DONE).write_text(json.dumps(done, indent=1))
     logger.warning("[preflight] %s", line)
-    return PreflightResult(records, model_words, threshold, seconds, folder, pairs, header, line)
+    return PreflightResult(records, model_words, threshold, seconds, dynamics_seconds, folder, pairs, header, line)
 
 
 def section(result: PreflightResult, actions: list[str]) -> str:
