@@ -5,18 +5,22 @@
                                output_dir="runs/dpo/win_rate")
     print(result.win_rate, result.win_rate_ci, result.position_consistency)
 
-Modules: `config` (dataclasses), `parse` (templates, verdict parser), `metrics` (pure functions), `cache`
-(crash-safe JSONL), `client` (async judging with retries and a budget), `local_server` (llama.cpp judge), `inputs`
-(outputs files, prompt sets, model loading), `report` (md/html/png), `benchmarks` (lm-eval), `fake_server`
-(a scriptable OpenAI-compatible server for tests and benchmarks).
+Modules: `config` (dataclasses), `parse` (templates, verdict parser, verdict-token log-odds), `metrics` (pure
+functions), `cache` (crash-safe JSONL), `client` (async judging with retries and a budget, text or logprobs mode),
+`local_server` (llama.cpp judge), `verifier` (the reference-answer judge), `validate` (is a judge usable, checked in
+seconds), `quality` (a judge against the shipped labelled set), `inputs` (outputs files, prompt sets, model loading),
+`report` (md/html/png), `benchmarks` (lm-eval), `fake_server` (a scriptable OpenAI-compatible server for tests and
+benchmarks).
 """
 
 from alignkit.judge.config import JudgeConfig, WinRateConfig
 from alignkit.judge.evaluate import PairResult, WinRateResult, evaluate_win_rate
 from alignkit.judge.metrics import (
     bootstrap_ci,
+    combine_log_odds,
     combine_orders,
     length_controlled_win_rate,
+    length_controlled_with_difficulty,
     position_consistency,
     win_rate,
 )
@@ -28,9 +32,11 @@ __all__ = [
     "WinRateConfig",
     "WinRateResult",
     "bootstrap_ci",
+    "combine_log_odds",
     "combine_orders",
     "evaluate_win_rate",
     "length_controlled_win_rate",
+    "length_controlled_with_difficulty",
     "load_template",
     "parse_verdict",
     "position_consistency",
