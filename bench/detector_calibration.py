@@ -118,7 +118,8 @@ def train_rows(data, kind: str, seed: int, n: int, tokenizer, model) -> list[dic
         train = far_rejected(train)  # over the whole split, so each y- comes from the full pool of other tasks
     random.Random(seed).shuffle(train)
     if kind == "onpolicy":
-        return onpolicy_rows(model, tokenizer, train[: 2 * n], seed, n)
+        # A quarter more prompts than pairs: equally long sample pairs are rare, and sampling is the slow part.
+        return onpolicy_rows(model, tokenizer, train[: n + n // 4], seed, n)
     return train[:n]
 
 
@@ -306,6 +307,17 @@ def analyze(out: Path) -> None:
                 f"| {m} | {bound} | {b['threshold']:.3f} | {b['detection']:.0%} ({n_det}/{b['positives']}) | "
                 f"{b['false_alarm']:.0%} ({n_fa}/{b['nulls']}) | {b['null_max']:.3f} | {b['positive_min']:.3f} |"
             )
+    lines += ["", "## Alarms per condition at each metric's best threshold (mean reading)", "",
+              "| metric | threshold | " + " | ".join(order) + " |", "|---|---:|" + "---:|" * len(order)]  # fmt: skip
+    for m in TABLE_METRICS:
+        t = summary["best"][f"{m}/mean"].get("threshold")
+        if t is None:
+            continue
+        cells = []
+        for c in order:
+            cr = [r for r in runs if r["condition"] == c]
+            cells.append(f"{sum(alarm(r, m, t, 'mean') for r in cr)}/{len(cr)}")
+        lines.append(f"| {m} | {t:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "## Threshold sweep (mean reading)", ""]
     sweep = {}
     for m in TABLE_METRICS:

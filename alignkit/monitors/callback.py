@@ -205,8 +205,12 @@ class SqueezingMonitor:
     def _mechanism_table(self, stages: list[str]) -> list[str]:
         """Each mechanism metric at the end of each stage, with its 95% bootstrap interval over probes."""
         c = self.config
-        lower = c.squeeze_alert_on == "lower" and c.squeeze_metric != "score"
-        bound = "the lower end of its 95% interval" if lower else "its mean over probes"
+        if c.squeeze_metric == "score":
+            bound = "no interval: a min of two means over families"
+        elif c.squeeze_alert_on == "lower":
+            bound = "the lower end of its 95% interval"
+        else:
+            bound = "its mean over probes"
         lines = [
             "",
             "### Mechanism metrics",
