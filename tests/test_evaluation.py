@@ -4,6 +4,7 @@ a failed final evaluation still leaves a report that says what failed."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -70,8 +71,11 @@ def test_an_endpoint_that_dies_leaves_a_section_that_says_what_failed(tmp_path, 
     gone = JudgeConfig(base_url=dead_url(), model="m", max_retries=1, backoff_initial_s=0.01, timeout_s=2.0)
     monkeypatch.setattr(evaluation, "eval_judge", lambda cfg: gone)
     section = final_win_rate(cfg, final, rows, tmp_path / "win_rate")
-    assert "**Incomplete:** 3 pair(s) error not in the numbers; first error: gave up after 2 tries: connection" in (
-        section
+    # the first to give up waits out its retries; the others then stop at their next refused connection
+    assert re.search(
+        r"\*\*Incomplete:\*\* 3 pair\(s\) error not in the numbers; first error: (gave up after 2 tries: connection|"
+        r"connection: the endpoint is unreachable)\.",
+        section,
     )
 
 

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,3 +279,17 @@ def test_cli_sigterm_exits_cleanly_and_resume_finishes(tmp_path):
         assert main(command[2:]) == 0  # the same flags, in-process: resumes from the cache
         # only the one request in flight at the signal (concurrency 1) can have been asked twice
         assert sum(server.asked.values()) - len(server.asked) <= 1 and len(server.asked) == 40
+
+
+def test_a_dead_endpoint_ends_the_run_in_one_backoff_cycle(tmp_path):
+    cand, base = make_outputs(tmp_path, n=3)
+    with socket.socket() as s:  # a port nobody listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    judge = JudgeConfig(base_url=dead, model="fake", concurrency=1, max_retries=3, **FAST)
+    result = evaluate_win_rate(cand, base, judge=judge, output_dir=tmp_path / "o", config=QUIET, progress=False)
+    # the first judgment tries 1 + 3 times and gives up; the other five fail at their first refused connection
+    assert result.stats["requests"] == 4 + 5 and result.unjudged == {"error": 3} and not result.complete
+    errors = [p.candidate_first["error"] for p in result.pairs] + [p.candidate_second["error"] for p in result.pairs]
+    assert errors.count("gave up after 4 tries: connection") == 1
+    assert errors.count("connection: the endpoint is unreachable") == 5

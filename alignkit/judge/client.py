@@ -118,6 +118,10 @@ class JudgeRunner:
         if config.mode == "logprobs":  # text-mode keys stay as they were, so existing caches keep serving
             self._params |= {"mode": "logprobs", "top_logprobs": config.top_logprobs}
         self._rng = random.Random(0)
+        # Set when a judgment gave up because the endpoint could not be reached, cleared by any answer: while it is
+        # set, other judgments give up at their first connection failure instead of each waiting out its backoff,
+        # so a dead endpoint ends the run in one backoff cycle, not one per judgment.
+        self._unreachable = False
 
     def key(self, c: Comparison) -> str:
         return cache_key(self.config.model, self.template.sha256, self._params, c.instruction, c.output_a, c.output_b)
@@ -223,6 +227,7 @@ class JudgeRunner:
             temperature = self.config.temperature if parse_failures == 0 else self.config.retry_temperature
             try:
                 raw, tokens = await self._request(client, messages, temperature)
+                self._unreachable = False
             except _BudgetExhausted:
                 self.stats.budget_exhausted = True
                 return Judgment(key=key, status="pending", error="request budget spent")
@@ -230,7 +235,10 @@ class JudgeRunner:
                 return Judgment(key=key, status="error", error=str(e))
             except _Transient as e:
                 transient_failures += 1
+                if e.reason == "connection" and self._unreachable:
+                    return Judgment(key=key, status="error", error="connection: the endpoint is unreachable")
                 if transient_failures > self.config.max_retries:
+                    self._unreachable = self._unreachable or e.reason == "connection"
                     return Judgment(key=key, status="error", error=f"gave up after {transient_failures} tries: {e}")
                 self.stats.retries[e.reason] += 1
                 delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (transient_failures - 1))
