@@ -30,6 +30,7 @@ import yaml
 
 from alignkit.config import RecipeConfig, config_keys, parse_recipe_config
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import read_jsonl_cache
 from alignkit.monitors.plot import SPLIT_STYLE
 from alignkit.monitors.scoring import metric_key, squeezing_score
 
@@ -200,7 +201,8 @@ def run_arms(study: StudyConfig, recipe_main: Callable[[RecipeConfig], Path]) ->
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open() if line.strip()] if path.exists() else []
+    """The records of a monitor's append-only probes.jsonl (none when missing; a torn last line is skipped)."""
+    return [record for _, record in read_jsonl_cache(path)]
 
 
 def arm_records(arm_dir: Path) -> tuple[list[dict], list[dict]]:

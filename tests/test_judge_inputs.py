@@ -22,8 +22,8 @@ def write_lines(path, lines):
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (['{"prompt": "a", "output": "x"}', "{not json", '{"prompt": "b", "output": "y"}'], r":2: not valid JSON"),
-        (['{"prompt": "a", "output": "x"}', '["a", "x"]'], r":2: each line must be a JSON object"),
+        (['{"prompt": "a", "output": "x"}', "{not json", '{"prompt": "b", "output": "y"}'], r":2: invalid JSON"),
+        (['{"prompt": "a", "output": "x"}', '["a", "x"]'], r":2: expected a JSON object"),
         (['{"prompt": "a", "output": "x"}', '{"prompt": "b"}'], r":2: missing field 'output'"),
         (['{"output": "x"}'], r":1: missing field 'prompt'"),
         (['{"prompt": 3, "output": "x"}'], r":1: field 'prompt' must be a string or"),
@@ -41,6 +41,15 @@ def test_bad_outputs_jsonl_names_file_line_and_field(tmp_path, lines, message):
     with pytest.raises(AlignkitError, match=message) as error:
         read_outputs_jsonl(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("reader", [read_outputs_jsonl, load_prompts])
+def test_non_utf8_outputs_and_prompts_name_the_line(tmp_path, reader):
+    text = '{"prompt": "a", "output": "x"}\n{"prompt": "caf\u00e9", "output": "y"}\n'
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(text.encode("latin-1"))  # a file saved in Latin-1: no traceback, the file and its line
+    with pytest.raises(AlignkitError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        reader(path)
 
 
 def test_outputs_jsonl_accepts_aliases_and_chat_forms(tmp_path):

@@ -18,6 +18,8 @@ import sys
 
 from datasets import Dataset, DatasetDict
 
+from alignkit.jsonl import write_jsonl_atomic
+
 SEED = 1234
 TEST_FRACTION = 0.15
 
@@ -318,10 +320,5 @@ def load_builtin(seed: int = SEED, test_fraction: float = TEST_FRACTION) -> Data
 
 
 if __name__ == "__main__":
-    import json
-
-    path = sys.argv[1] if len(sys.argv) > 1 else "builtin.jsonl"
-    with open(path, "w") as f:
-        for row in builtin_rows():
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    path = write_jsonl_atomic(sys.argv[1] if len(sys.argv) > 1 else "builtin.jsonl", builtin_rows())
     print(f"wrote {path}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import write_jsonl_atomic
 from alignkit.judge.cache import JudgmentCache
 from alignkit.judge.client import Comparison, JudgeRunner, JudgeStats, Judgment
 from alignkit.judge.config import JudgeConfig, WinRateConfig
@@ -276,9 +277,7 @@ def evaluate_win_rate(
         output_dir=str(out),
         pairs=pairs,
     )
-    with open(out / "judgments.jsonl", "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    write_jsonl_atomic(out / "judgments.jsonl", (asdict(p) for p in pairs))
     (out / "results.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
     from alignkit.judge.report import write_report
 

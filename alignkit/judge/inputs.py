@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import location, read_jsonl, write_jsonl_atomic
 
 if TYPE_CHECKING:  # alignkit.sequences imports torch, which judging two JSONL files does not need
     from alignkit.sequences import Prompt
@@ -71,20 +72,7 @@ def _check_output(value, where: str) -> str:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise AlignkitError(f"{path}: file not found.")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AlignkitError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
-            if not isinstance(row, dict):
-                raise AlignkitError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}.")
-            rows.append((lineno, row))
+    rows = read_jsonl(path)
     if not rows:
         raise AlignkitError(f"{path}: the file has no rows.")
     return rows
@@ -103,7 +91,7 @@ def read_outputs_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     out, seen = [], {}
     for lineno, row in _read_jsonl(path):
-        where = f"{path}:{lineno}"
+        where = location(path, lineno)
         prompt = _check_prompt(_field(row, ("prompt", "instruction"), where), where)
         output = _check_output(_field(row, ("output", "response"), where), where)
         key = prompt_key(prompt)
@@ -117,9 +105,8 @@ def read_outputs_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def write_outputs_jsonl(path: str | os.PathLike, prompts: Sequence[Prompt], outputs: Sequence[str], name: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for i, (p, o) in enumerate(zip(prompts, outputs)):
-            f.write(json.dumps({"id": i, "prompt": p, "output": o, "generator": name}, ensure_ascii=False) + "\n")
+    rows = ({"id": i, "prompt": p, "output": o, "generator": name} for i, (p, o) in enumerate(zip(prompts, outputs)))
+    write_jsonl_atomic(path, rows)
 
 
 def is_outputs_file(spec) -> bool:
@@ -150,10 +137,11 @@ def load_prompt_rows(source, split: str = "test") -> list[dict]:
         return _rows(source, "dataset")
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
-        return [
-            {**row, "prompt": _check_prompt(_field(row, ("prompt", "instruction"), f"{path}:{n}"), f"{path}:{n}")}
-            for n, row in _read_jsonl(path)
-        ]
+        rows = []
+        for n, row in _read_jsonl(path):
+            where = location(path, n)
+            rows.append({**row, "prompt": _check_prompt(_field(row, ("prompt", "instruction"), where), where)})
+        return rows
     import datasets
 
     if path.is_dir():

@@ -2,16 +2,14 @@
 
 A round folder holds `samples.jsonl` (the prompts and their k sampled responses; written once generation is done) and
 `pairs.jsonl` (the same lines plus the ranker's scores and which responses became chosen and rejected; written once
-ranking is done). Both are written to a temporary name and renamed, so a file that exists is complete.
+ranking is done). Both are written with `alignkit.jsonl.write_jsonl_atomic` (a temporary name, then a rename), so a
+file that exists is complete.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from alignkit.sequences import Prompt
 
@@ -83,19 +81,3 @@ def training_pairs(records: Sequence[dict]) -> list[dict]:
         for r in records
         if r["status"] == PAIR
     ]
-
-
-def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    """All lines at once, through a temporary file and an atomic rename: the file exists only when complete."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

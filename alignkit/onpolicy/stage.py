@@ -44,9 +44,10 @@ from safetensors.torch import load_file, save_file
 
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import read_jsonl, write_jsonl_atomic
 from alignkit.models import load_model
 from alignkit.monitors import SqueezingCallback
-from alignkit.onpolicy.pairs import build_pairs, read_jsonl, training_pairs, write_jsonl
+from alignkit.onpolicy.pairs import build_pairs, training_pairs
 from alignkit.onpolicy.rankers import check_scores, load_callable, ranker_from_config
 from alignkit.onpolicy.sampling import sample_responses
 from alignkit.stages import (
@@ -193,6 +194,11 @@ def _sample(base, adapter: Path | None, tokenizer, prompts: Dataset, cfg: Recipe
     return (policy.unload() if adapter is not None else policy), samples
 
 
+def _records(path: Path) -> list[dict]:
+    """The records of a round file (samples.jsonl, pairs.jsonl); it was written whole, so any bad line is an error."""
+    return [record for _, record in read_jsonl(path)]
+
+
 def _round_pairs(base, adapter, tokenizer, prompts: Dataset, cfg: RecipeConfig, r: int, round_dir: Path, stage_dir):
     """This round's ranked records: read from pairs.jsonl when a previous run got that far, else sampled (or read
     from samples.jsonl) and ranked now. Returns (base, records)."""
@@ -200,11 +206,11 @@ def _round_pairs(base, adapter, tokenizer, prompts: Dataset, cfg: RecipeConfig, 
     pairs_file, samples_file = round_dir / "pairs.jsonl", round_dir / "samples.jsonl"
     if pairs_file.exists():
         logger.warning("[preference round %d] reusing the ranked samples in %s", r, pairs_file)
-        return base, read_jsonl(pairs_file)
+        return base, _records(pairs_file)
     rows = list(prompts)
     if samples_file.exists():
         logger.warning("[preference round %d] reusing the samples in %s; ranking them", r, samples_file)
-        candidates = [line["candidates"] for line in read_jsonl(samples_file)]
+        candidates = [line["candidates"] for line in _records(samples_file)]
     else:
         t0 = time.perf_counter()
         base, candidates = _sample(base, adapter, tokenizer, prompts, cfg, r, round_dir)
@@ -215,7 +221,7 @@ def _round_pairs(base, adapter, tokenizer, prompts: Dataset, cfg: RecipeConfig, 
         )  # fmt: skip
         if state.is_main_process:
             round_dir.mkdir(parents=True, exist_ok=True)
-            write_jsonl(
+            write_jsonl_atomic(
                 samples_file,
                 [{"id": row.get("id"), "prompt": row["prompt"], "candidates": c} for row, c in zip(rows, candidates)],
             )
@@ -235,9 +241,9 @@ def _round_pairs(base, adapter, tokenizer, prompts: Dataset, cfg: RecipeConfig, 
             del ranker
             gc.collect()
         records, _ = build_pairs(rows, candidates, scores)
-        write_jsonl(pairs_file, [{"round": r, **record} for record in records])
+        write_jsonl_atomic(pairs_file, [{"round": r, **record} for record in records])
     state.wait_for_everyone()
-    return base, read_jsonl(pairs_file)
+    return base, _records(pairs_file)
 
 
 def _training_set(records: list[dict], pairs: Dataset, cfg: RecipeConfig, r: int) -> tuple[Dataset | None, Counter]:
