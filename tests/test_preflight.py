@@ -35,18 +35,22 @@ REJECTED = ["Bananas are purple.", "I do not know. Figure it out yourself."]
 
 class EosLover(torch.nn.Module):
     """A model whose logits we control: at every position logit ln 3 on EOS and 0 elsewhere, so
-    π(EOS) = 3 / (V + 2) and π(any other token) = 1 / (V + 2). Hidden state of a position: its token's embedding."""
+    π(EOS) = 3 / (V + 2) and π(any other token) = 1 / (V + 2). Hidden state of a position: its token's embedding.
+    Nothing depends on earlier tokens, so its key/value cache holds nothing."""
 
     def __init__(self, vocab: int, eos: int):
         super().__init__()
         self.vocab, self.eos = vocab, eos
         self.embed = torch.nn.Embedding(vocab, 3)
 
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, use_cache=False):
+    def forward(self, input_ids, logits_to_keep=0, **kwargs):
         logits = torch.zeros(*input_ids.shape, self.vocab)
         logits[..., self.eos] = math.log(3)
         hidden = self.embed(input_ids)
-        return SimpleNamespace(logits=logits, hidden_states=(hidden, hidden))
+        cache = SimpleNamespace(reorder_cache=lambda rows: None)
+        return SimpleNamespace(
+            logits=logits[:, -logits_to_keep:], hidden_states=(hidden, hidden), past_key_values=cache
+        )
 
 
 def test_valley_and_margin_by_hand_through_the_batched_pass(tiny_tokenizer):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
+from peft import get_peft_model
 
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
@@ -114,8 +115,6 @@ def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list
     if n == 0:
         return 0.0
     begun = time.perf_counter()
-    from peft import get_peft_model  # peft loads slowly; only a run that predicts pays for it
-
     # A fresh adapter (B = 0) as the preference stage starts with: the model is its own reference at the first step.
     policy = get_peft_model(model, lora_config(cfg)) if cfg.model.use_lora else model
     loss = cfg.preference.loss if cfg.preference.loss in ("dpo", "ipo") else "dpo"
