@@ -128,14 +128,23 @@ def _adapter_base(path: Path | str) -> str | None:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
+def _named(cfg: ModelConfig, source: Path | str) -> str:
+    """The model as an error names it: the spec the user gave, and the folder actually read when that differs."""
+    spec = cfg.model_name_or_path
+    return f"model '{spec}'" if str(source) == spec else f"model '{spec}' (from {source})"
+
+
 def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
     source = source or local_folder(cfg)
     base = _adapter_base(source)
     if base is not None and not (Path(source) / "tokenizer_config.json").exists():
         source = local_folder(ModelConfig(model_name_or_path=base))
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as err:  # as in load_model: a hub id that cannot be fetched, a folder without tokenizer files
+        raise AlignkitError(f"could not load the tokenizer of {_named(cfg, source)}: {err}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -189,7 +198,7 @@ def load_model(cfg: ModelConfig, source: Path | str | None = None):
             return PeftModel.from_pretrained(model, source).merge_and_unload()
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
-        raise AlignkitError(f"could not load model '{source or cfg.model_name_or_path}': {err}") from None
+        raise AlignkitError(f"could not load {_named(cfg, source)}: {err}") from None
 
 
 def add_lora(model, rank: int = 8, target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")):

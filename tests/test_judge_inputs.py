@@ -183,3 +183,19 @@ def test_load_model_from_folder_and_from_a_peft_adapter(tiny_model_dir, tmp_path
     torch.testing.assert_close(loaded(ids).logits, adapter(ids).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(AlignkitError, match="does not exist"):
         load_model(tmp_path / "no-such-model")
+
+
+def test_load_model_that_cannot_be_fetched_names_the_spec(monkeypatch):
+    import alignkit.models
+    from alignkit.judge.inputs import load_model
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(alignkit.models.AutoTokenizer, "from_pretrained", unreachable)
+    monkeypatch.setattr(alignkit.models.AutoModelForCausalLM, "from_pretrained", unreachable)
+    with pytest.raises(AlignkitError, match=r"could not load the tokenizer of model 'someone/some-model': .*connect"):
+        load_model("someone/some-model")  # a hub id: an OSError from the hub, not a traceback
+    cfg = alignkit.models.ModelConfig(model_name_or_path="someone/some-model")
+    with pytest.raises(AlignkitError, match=r"could not load model 'someone/some-model': .*connect"):
+        alignkit.models.load_model(cfg)

@@ -63,7 +63,7 @@ def _check_output(value, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
-        from alignkit.sequences import response_text
+        from alignkit.sequences import response_text  # sequences imports torch; a plain-text output needs none
 
         return response_text(value)
     raise AlignkitError(
@@ -142,7 +142,7 @@ def load_prompt_rows(source, split: str = "test") -> list[dict]:
             where = location(path, n)
             rows.append({**row, "prompt": _check_prompt(_field(row, ("prompt", "instruction"), where), where)})
         return rows
-    import datasets
+    import datasets  # slow to import; only a saved or hub dataset needs it
 
     if path.is_dir():
         loaded = datasets.load_from_disk(str(path))
@@ -179,10 +179,12 @@ def _column(dataset, name: str) -> list:
 
 
 def load_model(spec: str | os.PathLike):
-    """(model, tokenizer) from a local HF folder, a hub id, a PEFT adapter folder or a .gguf file, on CPU or CUDA."""
-    import torch
+    """(model, tokenizer) from a local HF folder, a hub id, a PEFT adapter folder or a .gguf file, on CPU or CUDA:
+    the recipe's loader (`alignkit.models`: adapters merged, GGUF converted once and cached) with its defaults. A
+    model that cannot be loaded raises an AlignkitError naming `spec`."""
+    import torch  # imported here, as are the two below: judging two outputs files needs no torch or transformers
 
-    from alignkit.config import ModelConfig
+    from alignkit.config import ModelConfig  # (config imports TRL)
     from alignkit.models import load_model as load_causal_lm
     from alignkit.models import load_tokenizer
 
