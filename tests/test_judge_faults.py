@@ -293,3 +293,48 @@ def test_a_dead_endpoint_ends_the_run_in_one_backoff_cycle(tmp_path):
     errors = [p.candidate_first["error"] for p in result.pairs] + [p.candidate_second["error"] for p in result.pairs]
     assert errors.count("gave up after 4 tries: connection") == 1
     assert errors.count("connection: the endpoint is unreachable") == 5
+
+
+class _Runner:
+    """A JudgeRunner stand-in: `uncached` of them are not cached; records the base_url each run was sent to."""
+
+    def __init__(self, config, uncached: int):
+        self.config, self._uncached, self.base_urls = config, uncached, []
+
+    def uncached(self, comparisons):
+        return self._uncached
+
+    def run(self, comparisons, base_url, progress=False):
+        self.base_urls.append(base_url)
+        return ["judged"] * len(comparisons)
+
+
+def test_run_judge_starts_the_local_server_only_when_a_local_judgment_is_missing(tmp_path, monkeypatch):
+    from alignkit.judge import local_server
+
+    started = []
+
+    class Server:
+        def __init__(self, gguf, **kwargs):
+            self.kwargs, self.base_url = kwargs, "http://127.0.0.1:1/v1"
+            started.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stopped = True
+
+    monkeypatch.setattr(local_server, "LocalJudgeServer", Server)
+    local = JudgeConfig(local_n_ctx=1024)
+    runner = _Runner(local, uncached=2)
+    assert local_server.run_judge(runner, ["c1", "c2"], tmp_path) == ["judged", "judged"]
+    [server] = started
+    assert runner.base_urls == [server.base_url] and server.stopped
+    assert server.kwargs["log_path"] == tmp_path / "judge_server.log" and server.kwargs["n_ctx"] == 1024
+    assert server.kwargs["model_alias"] == local.model
+    cached = _Runner(local, uncached=0)  # a fully cached rerun needs no server
+    remote = _Runner(JudgeConfig(base_url="http://127.0.0.1:2/v1", model="fake"), uncached=2)
+    for runner in (cached, remote):
+        local_server.run_judge(runner, ["c1", "c2"], tmp_path)
+        assert runner.base_urls == [None] and len(started) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -26,7 +25,7 @@ from alignkit.judge.inputs import (
     side_name,
     write_outputs_jsonl,
 )
-from alignkit.judge.local_server import LocalJudgeServer
+from alignkit.judge.local_server import run_judge
 from alignkit.judge.metrics import combine_log_odds, combine_orders, summarize, verdict_shares
 from alignkit.judge.parse import load_template
 
@@ -142,22 +141,10 @@ def ask_judge(
     """An LLM judge's judgments through the cache, with a local llama.cpp server started only when one is needed."""
     cache = JudgmentCache(judge.cache_path or out / "judge_cache.jsonl")
     runner = JudgeRunner(judge, template, cache)
-    with contextlib.ExitStack() as stack:
-        stack.callback(cache.close)
-        base_url = None
-        if judge.is_local and runner.uncached(comparisons):  # a fully cached rerun needs no server
-            server = stack.enter_context(
-                LocalJudgeServer(
-                    judge.local_gguf,
-                    n_ctx=judge.local_n_ctx,
-                    n_threads=judge.local_n_threads,
-                    model_alias=judge.model,
-                    startup_timeout_s=judge.local_startup_timeout_s,
-                    log_path=out / "judge_server.log",
-                )
-            )
-            base_url = server.base_url
-        return runner.run(comparisons, base_url, progress=progress), runner.stats
+    try:
+        return run_judge(runner, comparisons, out, progress=progress), runner.stats
+    finally:
+        cache.close()
 
 
 def evaluate_win_rate(

@@ -16,11 +16,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alignkit.errors import AlignkitError
 from alignkit.judge.config import LOCAL_MODEL_ALIAS
+
+if TYPE_CHECKING:  # only for annotations: a runner is handed in, never built here
+    from alignkit.judge.client import Comparison, JudgeRunner, Judgment
 
 INSTALL_HINT = (
     "pip install 'llama-cpp-python[server]' (compiles llama.cpp, ~8 min on 2 cores; build once with `pip wheel` "
@@ -168,3 +173,24 @@ class LocalJudgeServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run_judge(
+    runner: JudgeRunner, comparisons: Sequence[Comparison], log_dir: str | os.PathLike, progress: bool = False
+) -> list[Judgment]:
+    """`runner.run(comparisons)` against the runner's judge. When that is the local judge and some comparison is not
+    cached, a llama.cpp server is started for the run (logging to `<log_dir>/judge_server.log`) and stopped after it;
+    a fully cached rerun needs no server."""
+    judge = runner.config
+    if not (judge.is_local and runner.uncached(comparisons)):
+        return runner.run(comparisons, None, progress=progress)
+    server = LocalJudgeServer(
+        judge.local_gguf,
+        n_ctx=judge.local_n_ctx,
+        n_threads=judge.local_n_threads,
+        model_alias=judge.model,
+        startup_timeout_s=judge.local_startup_timeout_s,
+        log_path=Path(log_dir) / "judge_server.log",
+    )
+    with server:
+        return runner.run(comparisons, server.base_url, progress=progress)

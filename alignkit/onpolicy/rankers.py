@@ -14,7 +14,6 @@ named as `module:function` (`load_callable`). `ranker_from_config` picks one fro
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -132,6 +131,7 @@ class JudgeRanker:
     """
 
     def __init__(self, judge, mode: str, cache_path: str | Path, log_dir: str | Path | None = None):
+        # imported here: the judge's client (openai, tqdm) loads only when a judge ranks, not for every ranker
         from alignkit.judge.cache import JudgmentCache
         from alignkit.judge.client import JudgeRunner
         from alignkit.judge.parse import load_template
@@ -144,23 +144,9 @@ class JudgeRanker:
         self.log_dir = Path(log_dir) if log_dir is not None else Path(cache_path).parent
 
     def _run(self, comparisons: list) -> list:
-        with contextlib.ExitStack() as stack:
-            base_url = None
-            if self.judge.is_local and self.runner.uncached(comparisons):  # a fully cached rerun needs no server
-                from alignkit.judge.local_server import LocalJudgeServer
+        from alignkit.judge.local_server import run_judge  # as in __init__: judge modules load only for this ranker
 
-                server = stack.enter_context(
-                    LocalJudgeServer(
-                        self.judge.local_gguf,
-                        n_ctx=self.judge.local_n_ctx,
-                        n_threads=self.judge.local_n_threads,
-                        model_alias=self.judge.model,
-                        startup_timeout_s=self.judge.local_startup_timeout_s,
-                        log_path=self.log_dir / "judge_server.log",
-                    )
-                )
-                base_url = server.base_url
-            return self.runner.run(comparisons, base_url, progress=False)
+        return run_judge(self.runner, comparisons, self.log_dir)
 
     def __call__(self, prompts, candidates, rows=None) -> Scores:
         from alignkit.judge.client import Comparison
