@@ -4,9 +4,10 @@ cost of a fully cached rerun.
     python bench/judge_throughput.py                  # 128 judgments, 50 ms per request
     python bench/judge_throughput.py --judgments 256 --delay-ms 100
 
-The server is alignkit's stdlib fake judge (alignkit/judge/fake_server.py) on 127.0.0.1, in its own process as a
-real endpoint would be (in-process, its threads would fight the client for the GIL). The numbers measure the
-evaluator's own overhead and concurrency, not a model. Targets: >= 10x at 16 vs 1; zero requests when cached.
+The server is the tests' stdlib fake judge (tests/fake_judge_server.py, run as a script) on 127.0.0.1, in its own
+process as a real endpoint would be (in-process, its threads would fight the client for the GIL). The numbers
+measure the evaluator's own overhead and concurrency, not a model. Targets: >= 10x at 16 vs 1; zero requests when
+cached.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from alignkit.judge.cache import JudgmentCache
 from alignkit.judge.client import Comparison, JudgeRunner
 from alignkit.judge.local_server import free_port
 
+# Run as a script in its own process (stdlib only): the bench needs no import path into tests/.
+FAKE_JUDGE = Path(__file__).resolve().parents[1] / "tests" / "fake_judge_server.py"
+
 
 class Server:
     def __init__(self, base_url: str):
@@ -41,7 +45,7 @@ class Server:
 @contextmanager
 def fake_server(delay_s: float):
     port = free_port()
-    command = [sys.executable, "-m", "alignkit.judge.fake_server", "--port", str(port), "--delay-s", str(delay_s)]
+    command = [sys.executable, str(FAKE_JUDGE), "--port", str(port), "--delay-s", str(delay_s)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     server = Server(f"http://127.0.0.1:{port}/v1")
     try:

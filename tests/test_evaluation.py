@@ -15,7 +15,7 @@ from alignkit.data import load_builtin
 from alignkit.errors import AlignkitError
 from alignkit.evaluation import check_judge, eval_judge, final_win_rate
 from alignkit.judge import JudgeConfig
-from alignkit.judge.fake_server import FakeJudgeServer, prefer_longer
+from tests.fake_judge_server import FakeJudgeServer, prefer_longer
 
 from .test_recipe import run_recipe_in_process, tiny_args
 

@@ -21,7 +21,7 @@ import pytest
 from alignkit.errors import AlignkitError
 from alignkit.judge import JudgeConfig, WinRateConfig, evaluate_win_rate
 from alignkit.judge.cache import JudgmentCache
-from alignkit.judge.fake_server import FakeJudgeServer, obeys_injection_in_first, prefer_marker
+from tests.fake_judge_server import FakeJudgeServer, obeys_injection_in_first, prefer_marker
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40  # prompts; 80 judgments

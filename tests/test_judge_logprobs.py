@@ -8,9 +8,9 @@ import math
 import pytest
 
 from alignkit.judge import JudgeConfig, WinRateConfig, evaluate_win_rate
-from alignkit.judge.fake_server import FakeJudgeServer, position_biased_logprobs
 from alignkit.judge.metrics import combine_log_odds
 from alignkit.judge.parse import verdict_log_odds
+from tests.fake_judge_server import FakeJudgeServer, position_biased_logprobs
 
 from .test_judge_faults import EXPECTED, FAST, N, make_outputs
 

@@ -15,7 +15,6 @@ from alignkit.data.verifier import verify
 from alignkit.errors import AlignkitError
 from alignkit.judge.client import Judgment
 from alignkit.judge.config import JudgeConfig
-from alignkit.judge.fake_server import FakeJudgeServer, position_biased_logprobs
 from alignkit.judge.quality import (
     SHIPPED_PAIRS,
     PairJudgments,
@@ -23,6 +22,7 @@ from alignkit.judge.quality import (
     quality_row,
     read_labelled_pairs,
 )
+from tests.fake_judge_server import FakeJudgeServer, position_biased_logprobs
 
 REPO = Path(__file__).resolve().parents[1]
 

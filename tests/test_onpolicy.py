@@ -360,7 +360,7 @@ def test_recipe_dispatches_on_sampling_and_monitors_every_round(tiny_model_dir, 
 
 def test_judge_ranker_pairwise_and_pointwise(tmp_path):
     from alignkit.judge.config import JudgeConfig
-    from alignkit.judge.fake_server import FakeJudgeServer, prefer_marker
+    from tests.fake_judge_server import FakeJudgeServer, prefer_marker
 
     def grader(messages):  # pointwise: good when the response contains GOOD, partly with "meh", else bad
         text = messages[-1]["content"]

@@ -194,7 +194,7 @@ def test_real_smollm2_few_steps(tmp_path):
 
 def test_recipe_ends_with_a_win_rate_report(tiny_model_dir, tmp_path):
     from alignkit.data import load_builtin
-    from alignkit.judge.fake_server import FakeJudgeServer, prefer_longer
+    from tests.fake_judge_server import FakeJudgeServer, prefer_longer
 
     baseline = tmp_path / "baseline.jsonl"  # a baseline given as outputs: one long answer per held-out prompt
     prompts = load_builtin()["test"]["prompt"][:3]

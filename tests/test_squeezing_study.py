@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.judge.fake_server import FakeJudgeServer, prefer_longer
 from alignkit.study import StudyConfig, parse_study_config
+from tests.fake_judge_server import FakeJudgeServer, prefer_longer
 
 ROOT = Path(__file__).parents[1]
 STUDY = ROOT / "recipes" / "squeezing_study.py"

@@ -9,8 +9,8 @@ Modules: `config` (dataclasses), `parse` (templates, verdict parser, verdict-tok
 functions), `cache` (crash-safe JSONL), `client` (async judging with retries and a budget, text or logprobs mode),
 `local_server` (llama.cpp judge), `verifier` (the reference-answer judge), `validate` (is a judge usable, checked in
 seconds), `quality` (a judge against the shipped labelled set), `inputs` (outputs files, prompt sets, model loading),
-`report` (md/html/png), `benchmarks` (lm-eval), `fake_server` (a scriptable OpenAI-compatible server for tests and
-benchmarks).
+`report` (md/html/png), `benchmarks` (lm-eval). The scriptable OpenAI-compatible server that tests and benchmarks
+judge against is a test fake: tests/fake_judge_server.py.
 """
 
 from alignkit.judge.config import JudgeConfig, WinRateConfig

@@ -1,9 +1,10 @@
-"""A scriptable OpenAI-compatible judge server (stdlib only) for tests and benchmarks.
+"""A scriptable OpenAI-compatible judge server (stdlib only) for tests and benchmarks; a test fake, so it lives under
+tests/ and does not ship in the package.
 
 It speaks enough of `/v1/chat/completions` for the `openai` client, answers with a deterministic policy, and can be
 told to misbehave: fixed latency, a share of failures (429, 500, hung requests, malformed bodies, answers without a
 verdict) and an API key it insists on. It counts every request, per question, so tests can prove that nothing was
-asked twice. `python -m alignkit.judge.fake_server --port 8000` runs one by hand.
+asked twice. `python tests/fake_judge_server.py --port 8000` runs one by hand.
 """
 
 from __future__ import annotations
