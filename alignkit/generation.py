@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.sequences import Prompt, left_pad, render_prompt
+from alignkit.sequences import Prompt, left_pad, pad_id, render_prompt
 
 
 @torch.inference_mode()
@@ -41,7 +41,7 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
     texts = [render_prompt(tokenizer, p) for p in prompts]
@@ -50,7 +50,7 @@ def generate(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
-        input_ids, attention_mask = left_pad(chunk, pad_id)
+        input_ids, attention_mask = left_pad(chunk, pad)
         width = input_ids.shape[1]
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         generated = model.generate(
@@ -59,7 +59,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             num_return_sequences=num_return_sequences,
-            pad_token_id=pad_id,
+            pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
             use_cache=True,
             output_logits=with_stats,

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignkit.config import ModelConfig
 from alignkit.errors import AlignkitError
+from alignkit.sequences import pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
         )
     except OSError as err:  # as in load_model: a hub id that cannot be fetched, a folder without tokenizer files
         raise AlignkitError(f"could not load the tokenizer of {_named(cfg, source)}: {err}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:  # TRL's collators pad with the tokenizer's pad token: the EOS when it has none
+        tokenizer.pad_token_id = pad_id(tokenizer)
     if tokenizer.chat_template is None:
         logger.warning(
             "%s has no chat template: using Anthropic HH's 'Human:/Assistant:' format", cfg.model_name_or_path

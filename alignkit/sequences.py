@@ -55,6 +55,12 @@ def encode_pair(tokenizer, prompt: Prompt, response: Response, max_length: int |
     return EncodedPair(ids, len(prompt_ids))
 
 
+def pad_id(tokenizer) -> int:
+    """The token id that pads a batch: the tokenizer's pad token, or its EOS when it has none (padding is masked out,
+    so any id would do; EOS is what `alignkit.models.load_tokenizer` and TRL fall back to)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def collate(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch with `response_mask` marking the positions whose *label* is a response token.
 
@@ -103,7 +109,7 @@ def score_responses(
 
     Returns one list of floats per pair (length = number of response tokens incl. EOS); its sum is log π(y|x).
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     pairs = [encode_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     out: list[list[float]] = []

@@ -24,7 +24,7 @@ import torch
 
 from alignkit.data.verifier import import_function, verify
 from alignkit.errors import AlignkitError
-from alignkit.sequences import Prompt
+from alignkit.sequences import Prompt, pad_id
 
 Scores = list[list[float | None]]
 Ranker = Callable[[Sequence[Prompt], Sequence[Sequence[str]], Sequence[dict]], Scores]
@@ -71,8 +71,8 @@ class RewardModelRanker:
             self.model = AutoModelForSequenceClassification.from_pretrained(path)
         except OSError as err:
             raise AlignkitError(f"ranker_path {path!r}: cannot load a reward model: {err}") from None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.pad_token is None:  # padding=True below needs one: the EOS, as alignkit.models sets it
+            self.tokenizer.pad_token_id = pad_id(self.tokenizer)
         if self.model.config.pad_token_id is None:  # needed to find each row's last token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
