@@ -117,7 +117,10 @@ def test_run_writes_ranked_table_figure_verdict_and_reuses_them(tiny_model_dir, 
     assert len(result.records) == 6 and "the 6 of 12 training pairs" in result.header[0]
     depths = [r["rejected_logp_per_token"] for r in result.records]
     assert depths == sorted(depths) and [r["rank"] for r in result.records] == list(range(1, 7))
-    assert sum(r["offtarget_delta"] is not None for r in result.records) == 2
+    predicted = {r["row"]: r["offtarget_delta"] for r in result.records if r["offtarget_delta"] is not None}
+    assert len(predicted) == 2
+    twin = run_preflight(cfg, tiny_tokenizer, data["train"], data["test"], tmp_path / "twin", None)
+    assert {r["row"]: r["offtarget_delta"] for r in twin.records if r["offtarget_delta"] is not None} == predicted
     assert result.verdict.startswith(f"{len(result.risky_rows)} of 6 pairs")
     assert "under the base model" in result.verdict
     for name in ("preflight.jsonl", "preflight.md", "preflight_hist.png", DONE):

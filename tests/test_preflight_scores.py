@@ -97,4 +97,5 @@ def test_verdict_says_how_many_and_what_to_do():
 
 def test_markdown_table_escapes_and_blanks():
     lines = markdown_table([{"rank": 1, "id": "a|b", "ches": 0.12345, "at_risk": True, "offtarget_delta": None}])
-    assert lines[2].startswith("| 1 | - | a\\|b |") and "| 0.123 |" in lines[2] and lines[2].endswith("| - | yes |")
+    assert lines[2].startswith("| 1 | - | a\\|b | - |")  # rank, no row, escaped id, no task
+    assert "| 0.123 |" in lines[2] and lines[2].endswith("| - | yes |")

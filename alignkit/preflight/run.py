@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from peft import get_peft_model
 
@@ -100,9 +101,10 @@ def _records(cfg: RecipeConfig, model, tokenizer, pairs: Dataset) -> list[dict]:
     )  # fmt: skip
     records = []
     ids = pairs["id"] if "id" in pairs.column_names else [None] * len(pairs)
-    for row, pair_id, scored in zip(pairs[ROW], ids, passes):
+    tasks = pairs["task"] if "task" in pairs.column_names else [None] * len(pairs)  # the built-in data's task type
+    for row, pair_id, task, scored in zip(pairs[ROW], ids, tasks, passes):
         plus, minus = valley(scored.chosen_logps), valley(scored.rejected_logps)
-        record = {"row": row, "id": pair_id}
+        record = {"row": row, "id": pair_id, "task": task}
         record |= {f"rejected_{k}": v for k, v in minus.items()} | {f"chosen_{k}": v for k, v in plus.items()}
         record |= margin(plus, minus) | {"ches": scored.ches, "offtarget_delta": None, "offtarget_argmax_delta": None}
         records.append(record)
@@ -116,6 +118,8 @@ def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list
         return 0.0
     begun = time.perf_counter()
     # A fresh adapter (B = 0) as the preference stage starts with: the model is its own reference at the first step.
+    # Its A matrices are random and the prediction depends on them, so they are seeded (rerun = same numbers).
+    torch.manual_seed(cfg.run.seed)
     policy = get_peft_model(model, lora_config(cfg)) if cfg.model.use_lora else model
     loss = cfg.preference.loss if cfg.preference.loss in ("dpo", "ipo") else "dpo"
     picked = sample_pairs(len(records), n, cfg.run.seed)

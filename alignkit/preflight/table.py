@@ -9,6 +9,7 @@ COLUMNS = (
     ("rank", "rank"),
     ("row", "row"),
     ("id", "id"),
+    ("task", "task"),
     ("rejected_logp_per_token", "y- per token"),
     ("rejected_min_logp", "y- min token"),
     ("chosen_logp_per_token", "y+ per token"),
