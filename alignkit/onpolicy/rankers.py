@@ -64,7 +64,7 @@ class RewardModelRanker:
     classifier with several labels the probability of the last one (by convention the positive label)."""
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # only this ranker needs them
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -131,7 +131,8 @@ class JudgeRanker:
     """
 
     def __init__(self, judge, mode: str, cache_path: str | Path, log_dir: str | Path | None = None):
-        # imported here: the judge's client (openai, tqdm) loads only when a judge ranks, not for every ranker
+        # imported here: the judge's client (openai, tqdm) loads only when a judge ranks, not for every ranker; no
+        # cycle hides behind it (alignkit.judge does not import onpolicy)
         from alignkit.judge.cache import JudgmentCache
         from alignkit.judge.client import JudgeRunner
         from alignkit.judge.parse import load_template
@@ -149,6 +150,7 @@ class JudgeRanker:
         return run_judge(self.runner, comparisons, self.log_dir)
 
     def __call__(self, prompts, candidates, rows=None) -> Scores:
+        # imported here for the reason given in __init__ (no cycle: alignkit.judge does not import onpolicy)
         from alignkit.judge.client import Comparison
         from alignkit.judge.inputs import instruction_text
         from alignkit.judge.metrics import combine_orders
@@ -199,7 +201,7 @@ def ranker_from_config(p, stage_dir: Path, device: str | None = None) -> Ranker:
         return load_callable(p.ranker_path)
     if p.ranker == "reward_model":
         return RewardModelRanker(p.ranker_path, batch_size=p.onpolicy_batch_size, device=device)
-    from alignkit.judge.config import JudgeConfig
+    from alignkit.judge.config import JudgeConfig  # alignkit.judge's __init__ loads the client (openai): judges only
 
     judge = JudgeConfig(base_url=p.ranker_path, model=p.ranker_judge_model, api_key_env=p.ranker_judge_api_key_env)
     return JudgeRanker(judge, p.ranker_judge_mode, stage_dir / "judge_cache.jsonl", stage_dir)
