@@ -1,4 +1,4 @@
-"""Pre-flight formulas on hand-built numbers: every expected value is worked out by hand in the comments."""
+"""Pre-flight formulas and report lines on hand-built numbers: every expected value is worked out by hand."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import math
 
 import pytest
 import torch
+from datasets import Dataset
 
+from alignkit.config import parse_recipe_config
 from alignkit.dynamics import DistributionChange
 from alignkit.preflight.onestep import sample_pairs, summarize
+from alignkit.preflight.recipe import actions
+from alignkit.preflight.run import PreflightResult
 from alignkit.preflight.scores import at_risk, ches, margin, mean_response_hidden, rank, valley
 from alignkit.preflight.table import markdown_table, verdict
 
@@ -99,3 +103,19 @@ def test_markdown_table_escapes_and_blanks():
     lines = markdown_table([{"rank": 1, "id": "a|b", "ches": 0.12345, "at_risk": True, "offtarget_delta": None}])
     assert lines[2].startswith("| 1 | - | a\\|b | - |")  # rank, no row, escaped id, no task
     assert "| 0.123 |" in lines[2] and lines[2].endswith("| - | yes |")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--preflight", "report"], "preflight: report: nothing changed (1 of 2 pairs at risk)"),
+        (["--preflight", "act", "--preflight_action", "drop"], "1 pairs at risk removed; the preference stage trained "
+         "on the other 1 of the 2 scored pairs"),
+        (["--preflight", "act", "--sft_mode", "extended"], "no change; sft_mode extended already trains on every y-"),
+        (["--preflight", "act", "--sft_mode", "chosen"], "the SFT stage also trained on y- of the 1 pairs at risk"),
+    ],
+)  # fmt: skip
+def test_report_counts_what_the_preflight_changed(args, expected, tmp_path):
+    records = [{"row": 0, "at_risk": True}, {"row": 1, "at_risk": False}]
+    result = PreflightResult(records, "m", -2.5, 1.0, 0.0, tmp_path, Dataset.from_list([{"preflight_row": 0}]))
+    assert expected in actions(parse_recipe_config(args), result)[0]

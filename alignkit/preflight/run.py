@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import get_peft_model
 
@@ -190,13 +191,14 @@ def run_preflight(
         f"- time: {seconds:.0f} s (model load and batched scoring of y+ and y-; {dynamics_seconds:.0f} s of it for "
         f"{sum(r['offtarget_delta'] is not None for r in records)} one-step predictions)",
     ]
-    write_jsonl_atomic(folder / "preflight.jsonl", records)
-    (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
-    title = f"pre-flight: {len(records)} pairs under {model_words}"
-    histogram(records, threshold, title, folder / "preflight_hist.png")
-    done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds}
-    (folder / DONE).write_text(json.dumps(done, indent=1))
-    logger.warning("[preflight] %s", line)
+    if PartialState().is_main_process:  # the other processes of a multi-process run read what the main one wrote
+        write_jsonl_atomic(folder / "preflight.jsonl", records)
+        (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
+        title = f"pre-flight: {len(records)} pairs under {model_words}"
+        histogram(records, threshold, title, folder / "preflight_hist.png")
+        done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds}
+        (folder / DONE).write_text(json.dumps(done, indent=1))
+        logger.warning("[preflight] %s", line)
     return PreflightResult(records, model_words, threshold, seconds, dynamics_seconds, folder, pairs, header, line)
 
 
