@@ -551,7 +551,7 @@ def _check_yaml_keys(path: str) -> dict:
     return data
 
 
-def _config_file(args: list[str]) -> str | None:
+def config_file_argument(args: list[str]) -> str | None:
     """The value of `--config`, if given; `--config` with no file after it is an error, not an IndexError."""
     if "--config" not in args:
         return None
@@ -571,7 +571,7 @@ def _blame_file(err: AlignkitError, path: str, yaml_keys: set[str], cli_keys: se
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
     """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    path = _config_file(args)
+    path = config_file_argument(args)
     yaml_keys = set(_check_yaml_keys(path)) if path else set()
     cli_keys = {a[2:].split("=")[0] for a in args if a.startswith("--")}
     parser = TrlParser(CONFIG_CLASSES, allow_abbrev=False)

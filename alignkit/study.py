@@ -23,12 +23,12 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from alignkit.config import RecipeConfig, config_keys, parse_recipe_config
+from alignkit.config import RecipeConfig, config_file_argument, config_keys, parse_recipe_config
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import read_jsonl_cache
 from alignkit.monitors.plot import SPLIT_STYLE
@@ -127,13 +127,26 @@ class StudyConfig:
             raise AlignkitError("study field 'judge_model' is required when judge_base_url is not 'local'")
 
 
+def study_help() -> str:
+    """`--help`: the usage line and every study field with its default and help text."""
+    lines = ["usage: python recipes/squeezing_study.py [--config study.yaml] [--field value ...]", "", "options:"]
+    for f in fields(StudyConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        lines.append(f"  --{f.name} (default: {default!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
 def parse_study_config(argv: Sequence[str]) -> StudyConfig:
     """`--config study.yaml` plus `--field value` overrides (values read as YAML: `--arms '[A, B]'`)."""
     args = list(argv)
+    if "-h" in args or "--help" in args:
+        print(study_help())
+        raise SystemExit(0)
     values: dict = {}
-    if "--config" in args:
+    if (config := config_file_argument(args)) is not None:
         i = args.index("--config")
-        path = Path(args[i + 1])
+        path = Path(config)
         if not path.exists():
             raise AlignkitError(f"config file {path} does not exist")
         values = yaml.safe_load(path.read_text()) or {}
