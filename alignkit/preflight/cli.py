@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -21,10 +22,25 @@ from alignkit.config import parse_recipe_config
 from alignkit.data import load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.models import load_tokenizer
+from alignkit.preflight.config import PreflightConfig
 from alignkit.preflight.run import run_preflight, sft_weights
 
 ALIASES = {"--model": "--model_name_or_path", "--dataset": "--dataset_name"}
-USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def usage() -> str:
+    """The help text: how to call it, then the pre-flight's own options (the other recipe fields work too)."""
+    lines = [
+        "usage: python -m alignkit.preflight [--config FILE] [--model MODEL] [--dataset DATA] [--FIELD VALUE ...]",
+        "",
+        __doc__.split("\n\n", 1)[1].strip(),
+        "",
+        "options of the pre-flight (every recipe field is accepted too: python recipes/extended_dpo.py --help):",
+    ]
+    for f in fields(PreflightConfig):
+        if f.name != "preflight":  # the mode matters to the recipe only; the command always scores
+            lines.append(f"  --{f.name} (default {f.default}): {f.metadata['help']}")
+    return "\n".join(lines)
 
 
 def _expand(argv: list[str]) -> list[str]:
@@ -49,7 +65,7 @@ def run(argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(usage())
         return 0
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("alignkit").setLevel(logging.INFO)

@@ -50,7 +50,8 @@ class PreflightConfig:
         },
     )
     preflight_batch_size: int = field(
-        default=16, metadata={"help": "Pairs per scoring forward pass (each pair is two sequences: y+ and y-)."}
+        default=16,
+        metadata={"help": "Pairs per scoring batch (each pair: its prompt once, then y+ and y- against it)."},
     )
     preflight_dynamics_pairs: int = field(
         default=2,
