@@ -9,6 +9,7 @@ import pytest
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import read_jsonl
+from alignkit.preflight.cli import main as cli_main
 
 from .test_recipe import run_recipe_in_process, tiny_args
 
@@ -18,13 +19,16 @@ def _args(tiny_model_dir, out, **overrides) -> list[str]:
     return tiny_args(tiny_model_dir, out, probe_enabled=False, preflight_dynamics_pairs=0, **overrides)
 
 
-def test_report_then_drop(tiny_model_dir, tmp_path):
+def test_report_then_drop(tiny_model_dir, tmp_path, capsys):
     out = run_recipe_in_process(_args(tiny_model_dir, tmp_path / "out", preflight="report"))
     report = (out / "report.md").read_text()
     assert "## Pre-flight (docs/preflight.md)" in report and "under: the SFT model" in report
     assert "preflight: report: nothing changed" in report
     records = [r for _, r in read_jsonl(out / "preflight" / "preflight.jsonl")]
     assert len(records) == 6
+    # The command line on the same run folder finds the finished SFT stage and scores under it (here: reuses).
+    assert cli_main(_args(tiny_model_dir, out)) == 0
+    assert "under the SFT model" in capsys.readouterr().out
 
     # Same run folder, act + drop at the median depth: SFT and the scores are reused, half the pairs are dropped.
     threshold = sorted(r["rejected_logp_per_token"] for r in records)[3]
