@@ -8,6 +8,9 @@ turn unknown keys and invalid values into `AlignkitError`s that name the file an
 from __future__ import annotations
 
 import difflib
+import enum
+import functools
+import json
 import re
 import sys
 import types
@@ -15,9 +18,10 @@ import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
-from trl import TrlParser
+from trl import DPOConfig, SFTConfig, TrlParser
 
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
@@ -41,6 +45,35 @@ REMOVED_KEYS = {
     "test_file / test_fraction for local files)"
     for name in ("probe_train_split", "probe_heldout_split")
 }
+# TRL options that alignkit sets from its own fields, with the field to use instead ('{stage}': sft or preference).
+# A stage's pass-through (sft_trainer_args, preference_trainer_args) may not set them: each thing has one way to set.
+OWNED_TRAINER_ARGS = {
+    "output_dir": "output_dir (each stage trains in a subfolder of it)",
+    "learning_rate": "{stage}_learning_rate",
+    "max_steps": "{stage}_max_steps",
+    "num_train_epochs": "{stage}_num_train_epochs",
+    "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing",
+    "warmup_steps": "warmup_ratio",
+    "warmup_ratio": "warmup_ratio",
+    "logging_steps": "logging_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "seed": "seed",
+    "use_cpu": "use_cpu",
+    "bf16": "torch_dtype (with use_cpu: a GPU trains in the model's dtype, a CPU in float32)",
+    "fp16": "torch_dtype (with use_cpu: a GPU trains in the model's dtype, a CPU in float32)",
+    "dataloader_num_workers": "dataloader_num_workers",
+    "max_length": "max_length",
+}
+OWNED_DPO_ARGS = {
+    "loss_type": "loss",
+    "loss_weights": "sft_weight (the guard's mitigate action adds the SFT term itself)",
+    "beta": "beta",
+    "precompute_ref_log_probs": "precompute_ref_log_probs",
+}
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -57,6 +90,64 @@ def _check_fraction(name: str, value: float, why: str = "") -> None:
     """`value` in [0, 1): a share of something, never all of it."""
     if not 0 <= value < 1:
         raise AlignkitError(f"config field '{name}' is {value}; it must be in [0, 1){why}")
+
+
+@functools.cache
+def _trl_field_types(trl_class: type) -> dict[str, object]:
+    return typing.get_type_hints(trl_class)
+
+
+def check_trainer_args(name: str, value, trl_class: type, owned: dict[str, str], stage: str) -> dict[str, Any]:
+    """A stage's pass-through of TRL options (`value`: a mapping, or JSON from the command line), checked against
+    `trl_class`'s own fields: an unknown key, a key alignkit sets from its own field (`owned`), or a value of the wrong
+    type is an error naming `name` and the key. Checked here, at config time, and not by building `trl_class`: that
+    would set up the process state before the recipe chooses its backend."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise AlignkitError(f"config field '{name}' is {value!r}; expected a JSON mapping such as "
+                                '\'{"lr_scheduler_type": "linear"}\'') from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise AlignkitError(f"config field '{name}' is {value!r}; expected a mapping of TRL option: value")
+    hints = _trl_field_types(trl_class)
+    checked = {}
+    for key, item in value.items():
+        if key in owned:
+            use = owned[key].format(stage=stage)
+            raise AlignkitError(
+                f"config field '{name}' sets '{key}', which alignkit sets from its own field: use {use}"
+            )
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), hints, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise AlignkitError(f"config field '{name}': '{key}' is not an option of trl.{trl_class.__name__}{hint}")
+        if (expected := _trl_value_error(item, hints[key])) is not None:
+            raise AlignkitError(f"config field '{name}': '{key}' is {item!r}; expected {expected}")
+        # YAML 1.1 reads 1e-2 as a string; TRL's dataclasses do not convert it
+        checked[key] = float(item) if _is_decimal(item) and float in _union_args(hints[key]) else item
+    return checked
+
+
+def _union_args(hint) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+
+
+def _trl_value_error(value, hint) -> str | None:
+    """None when `value` fits a TRL field's annotation, else what the field expects. A field typed `Enum | str`
+    (lr_scheduler_type, optim, ...) takes only the enum's values, as TRL itself checks later."""
+    args = _union_args(hint)
+    enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums and isinstance(value, str):
+        choices = [member.value for member in enums[0]]
+        return None if value in choices else f"one of: {', '.join(map(str, choices))}"
+    plain = [a for a in args if a not in enums]
+    try:
+        return None if any(_type_ok(value, a) for a in plain) else str(hint).replace("typing.", "")
+    except TypeError:  # an annotation isinstance cannot read (e.g. a parametrised Callable): TRL checks it itself
+        return None
 
 
 @dataclass
@@ -179,6 +270,16 @@ class SFTStageConfig:
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the SFT stage."})
     sft_num_train_epochs: float = field(default=1.0, metadata={"help": "SFT epochs (ignored when sft_max_steps > 0)."})
     sft_max_steps: int = field(default=32, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
+    sft_trainer_args: dict[str, Any] | str | None = field(
+        default_factory=dict,
+        metadata={
+            "help": "More trl.SFTConfig options for the SFT stage: a mapping in YAML, JSON on the command line, e.g. "
+            "{lr_scheduler_type: linear, weight_decay: 0.01, max_grad_norm: 0.5, optim: adafactor, report_to: "
+            "[wandb]}. Unset, the stage uses a cosine schedule and TRL's defaults; report_to here overrides the "
+            "run's report_to for this stage. Unknown options, and options alignkit sets from its own fields "
+            "(learning rate, steps, batch size, precision, ...), are errors."
+        },
+    )
 
     def __post_init__(self):
         _check_choice("sft_mode", self.sft_mode, SFT_MODES)
@@ -186,6 +287,9 @@ class SFTStageConfig:
         _check_positive("sft_num_train_epochs", self.sft_num_train_epochs)
         if self.sft_max_steps == 0 or self.sft_max_steps < -1:
             raise AlignkitError(f"config field 'sft_max_steps' is {self.sft_max_steps}; use -1 or a positive number")
+        self.sft_trainer_args = check_trainer_args(
+            "sft_trainer_args", self.sft_trainer_args, SFTConfig, OWNED_TRAINER_ARGS, "sft"
+        )
 
 
 @dataclass
@@ -303,6 +407,17 @@ class PreferenceStageConfig:
         default=None,
         metadata={"help": "ranker=judge: NAME of the environment variable holding the API key (None: no key)."},
     )
+    preference_trainer_args: dict[str, Any] | str | None = field(
+        default_factory=dict,
+        metadata={
+            "help": "More trl.DPOConfig options for the preference stage (every on-policy round): a mapping in YAML, "
+            "JSON on the command line, e.g. {lr_scheduler_type: constant_with_warmup, weight_decay: 0.01, "
+            "max_grad_norm: 0.5, optim: adafactor, report_to: [wandb]}. Unset, the stage uses a cosine schedule and "
+            "TRL's defaults; report_to here overrides the run's report_to for this stage. Unknown options, and "
+            "options alignkit sets from its own fields (learning rate, steps, batch size, precision, loss, beta, "
+            "...), are errors."
+        },
+    )
 
     def __post_init__(self):
         _check_choice("loss", self.loss, ("dpo", *TRL_LOSS_TYPES))
@@ -314,6 +429,10 @@ class PreferenceStageConfig:
             raise AlignkitError(
                 f"config field 'preference_max_steps' is {self.preference_max_steps}; use -1 or a positive number"
             )
+        self.preference_trainer_args = check_trainer_args(
+            "preference_trainer_args", self.preference_trainer_args, DPOConfig,
+            OWNED_TRAINER_ARGS | OWNED_DPO_ARGS, "preference",
+        )  # fmt: skip
         self._check_onpolicy()
 
     def _check_onpolicy(self) -> None:
@@ -504,9 +623,15 @@ def _type_ok(value, hint) -> bool:
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if hint is typing.Any:
+        return True
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
     if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
+        (item,) = typing.get_args(hint) or (typing.Any,)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is dict or typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
     if hint is float:
         return (isinstance(value, int | float) and not isinstance(value, bool)) or _is_decimal(value)
     if hint is int:

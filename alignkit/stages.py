@@ -24,6 +24,7 @@ from peft import LoraConfig, PeftModel
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from alignkit.config import RecipeConfig
+from alignkit.errors import AlignkitError
 from alignkit.models import load_model, resolve_dtype
 from alignkit.monitors import SqueezingCallback
 
@@ -86,7 +87,16 @@ def sft_rows(pairs: Dataset, mode: str, also_rejected: Collection[int] = ()) -> 
     return Dataset.from_list(rows), counts
 
 
+# What a stage sets that has no alignkit field: today's choices, which a stage's pass-through (sft_trainer_args,
+# preference_trainer_args) may override. Everything else alignkit sets comes from its own fields, and the config
+# refuses those keys in a pass-through (alignkit/config.py, OWNED_TRAINER_ARGS).
+STAGE_DEFAULTS = {"lr_scheduler_type": "cosine", "save_only_model": False, "disable_tqdm": False}
+SFT_DEFAULTS = {"completion_only_loss": True, "packing": False}
+DPO_DEFAULTS = {"truncation_mode": "keep_start"}
+
+
 def _training_kwargs(cfg: RecipeConfig, stage_dir: Path, lr: float, max_steps: int, epochs: float) -> dict:
+    """The TrainingArguments alignkit sets from its own fields (alignkit/config.py OWNED_TRAINER_ARGS lists them)."""
     r = cfg.run
     on_gpu = torch.cuda.is_available() and not r.use_cpu
     dtype = resolve_dtype(cfg.model.torch_dtype)
@@ -99,22 +109,51 @@ def _training_kwargs(cfg: RecipeConfig, stage_dir: Path, lr: float, max_steps: i
         "gradient_accumulation_steps": r.gradient_accumulation_steps,
         "gradient_checkpointing": r.gradient_checkpointing,
         "warmup_steps": r.warmup_ratio,  # transformers 5 reads a float < 1 as a ratio
-        "lr_scheduler_type": "cosine",
         "logging_steps": r.logging_steps,
         "save_steps": r.save_steps,
         "save_total_limit": r.save_total_limit,
-        "save_only_model": False,
-        "report_to": r.report_to,
         "seed": r.seed,
         # transformers rebuilds the process state from this flag; without a GPU it must say CPU, or CPU processes
         # launched together (torchrun, gloo) would each train alone.
         "use_cpu": not on_gpu,
+        # always decided here: TRL's own bf16 default (None: bf16 unless fp16) would train a CPU run in bf16
         "bf16": on_gpu and dtype == torch.bfloat16,
         "fp16": on_gpu and dtype == torch.float16,
         "dataloader_num_workers": r.dataloader_num_workers,
         "max_length": cfg.data.max_length,
-        "disable_tqdm": False,
     }
+
+
+def _with_passthrough(owned: dict, defaults: dict, passthrough: dict, report_to: list[str]) -> dict:
+    """`owned` plus the defaults, with the stage's pass-through on top of the defaults (never of `owned`: the config
+    refuses those keys, checked again here so that a config built in code cannot slip one past)."""
+    if clash := sorted(owned.keys() & passthrough.keys()):
+        raise AlignkitError(f"the stage's TRL pass-through sets {clash}, which alignkit sets from its own fields")
+    return {**defaults, "report_to": report_to, **passthrough, **owned}
+
+
+def sft_config(cfg: RecipeConfig, stage_dir: Path) -> SFTConfig:
+    """TRL's SFTConfig for the SFT stage: alignkit's fields, today's defaults, then `sft_trainer_args`."""
+    s = cfg.sft
+    owned = _training_kwargs(cfg, stage_dir, s.sft_learning_rate, s.sft_max_steps, s.sft_num_train_epochs)
+    defaults = STAGE_DEFAULTS | SFT_DEFAULTS
+    return SFTConfig(**_with_passthrough(owned, defaults, s.sft_trainer_args, cfg.run.report_to))
+
+
+def dpo_config(cfg: RecipeConfig, stage_dir: Path, max_steps: int) -> DPOConfig:
+    """TRL's DPOConfig for the preference stage (or one on-policy round of `max_steps` steps): alignkit's fields,
+    today's defaults, then `preference_trainer_args`."""
+    p = cfg.preference
+    loss_type, loss_weights = preference_loss(cfg)
+    owned = _training_kwargs(cfg, stage_dir, p.preference_learning_rate, max_steps, p.preference_num_train_epochs)
+    owned |= {
+        "loss_type": loss_type,
+        "loss_weights": loss_weights,
+        "beta": p.beta,
+        "precompute_ref_log_probs": p.precompute_ref_log_probs,
+    }
+    defaults = STAGE_DEFAULTS | DPO_DEFAULTS
+    return DPOConfig(**_with_passthrough(owned, defaults, p.preference_trainer_args, cfg.run.report_to))
 
 
 def _skipped(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
@@ -198,16 +237,9 @@ def run_sft_stage(
         return done
     rows, counts = sft_rows(pairs, mode, also_rejected)
     logger.warning("[sft] mode=%s: %d rows (%s)", mode, len(rows), ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    args = SFTConfig(
-        **_training_kwargs(
-            cfg, stage_dir, cfg.sft.sft_learning_rate, cfg.sft.sft_max_steps, cfg.sft.sft_num_train_epochs
-        ),
-        completion_only_loss=True,
-        packing=False,
-    )
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=sft_config(cfg, stage_dir),
         train_dataset=rows,
         processing_class=tokenizer,
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
@@ -260,20 +292,10 @@ def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
 def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, max_steps: int, callbacks=(),
                 ref_model=None) -> DPOTrainer:  # fmt: skip
     """TRL's DPOTrainer with the recipe's settings; without `ref_model` the reference is the model as handed in."""
-    p = cfg.preference
-    loss_type, loss_weights = preference_loss(cfg)
-    args = DPOConfig(
-        **_training_kwargs(cfg, stage_dir, p.preference_learning_rate, max_steps, p.preference_num_train_epochs),
-        loss_type=loss_type,
-        loss_weights=loss_weights,
-        beta=p.beta,
-        precompute_ref_log_probs=p.precompute_ref_log_probs,
-        truncation_mode="keep_start",
-    )
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
-        args=args,
+        args=dpo_config(cfg, stage_dir, max_steps),
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
