@@ -8,6 +8,7 @@ with the squeezing monitor probing at steps 0, `--probe-every`, ..., end. Condit
     null_onpolicy  DPO on fresh on-policy pairs (two samples of the model per prompt, the shorter one as y+), 2e-4
     null_tiny_lr   DPO on the dataset's (near-miss) pairs at a very small learning rate (1e-6)
     far_lr*        DPO whose y- is another task's rejected answer (alignkit.data.far), at 1e-4, 2e-4 and 4e-4
+    ref_near_lr1e-4  (opt-in, not counted in the rates) DPO on the dataset's near-miss pairs at the recipe's rate
 
 Each (condition, seed) writes `<out>/per_run/<condition>_s<seed>.json` (every evaluation's metrics with their
 bootstrap intervals, the manipulation check, timing) and `...probe_records.jsonl.gz` (one record per probe x family x
@@ -58,7 +59,11 @@ CONDITIONS = {  # name -> (kind, label, learning rate)
     "far_lr1e-4": ("far", "positive", 1e-4),  # the recipe's preference rate
     "far_lr2e-4": ("far", "positive", 2e-4),
     "far_lr4e-4": ("far", "positive", 4e-4),
+    # Not in the rates: DPO on the dataset's near-miss pairs at the recipe's rate, the case where the original score
+    # was suspected of false alarms. Opt-in (`--conditions ref_near_lr1e-4`), outside the 60-minute budget.
+    "ref_near_lr1e-4": ("near", "reference", 1e-4),
 }
+DEFAULT_CONDITIONS = [name for name, (_, label, _) in CONDITIONS.items() if label != "reference"]
 FAMILIES = ["chosen", "rejected", "irrelevant_test", "irrelevant_human", "shuffled", "non_human", "greedy", "argmax"]
 # Metrics whose threshold table is reported; `squeeze/score` is the original score, the rest are `mech/<name>`.
 TABLE_METRICS = [m for m in ALERT_METRICS]
@@ -352,7 +357,7 @@ def plot(runs: list[dict], order: list[str], path: Path, summary: dict) -> None:
                 v = e.get(k)
                 if v is None:
                     continue
-                color = "C3" if r["label"] == "positive" else "C0"
+                color = {"positive": "C3", "null": "C0"}.get(r["label"], "grey")
                 lo, hi = e.get(k + "_lo"), e.get(k + "_hi")
                 xx = x + (j - 1) * 0.15
                 if lo is not None and hi is not None:
@@ -365,8 +370,8 @@ def plot(runs: list[dict], order: list[str], path: Path, summary: dict) -> None:
         ax.set_xticks(range(len(order)), order, rotation=60, fontsize=7)
         ax.set_title(m, fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle("End-of-stage value per run (blue: null, red: positive; bars: 95% bootstrap over probes; "
-                 "dotted: best threshold)", fontsize=9)  # fmt: skip
+    fig.suptitle("End-of-stage value per run (blue: null, red: positive, grey: reference; "
+                 "bars: 95% bootstrap over probes; dotted: best threshold)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -376,7 +381,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/detector_calibration")
     parser.add_argument("--work", default="outputs/detector_calibration")
-    parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS))
+    parser.add_argument("--conditions", nargs="*", default=DEFAULT_CONDITIONS, choices=list(CONDITIONS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=2)

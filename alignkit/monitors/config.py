@@ -120,17 +120,18 @@ class MonitorConfig:
         metadata={"help": "JSONL cache of generated rewrites (default: ~/.cache/alignkit/rephrase_cache.jsonl)."},
     )
     squeeze_metric: str = field(
-        default="score",
+        default="off_target_fall",
         metadata={
             "help": "The metric the alert and the guard read (docs/monitors.md, 'Mechanism metrics' and "
             f"'Calibration'): one of {', '.join(ALERT_METRICS)}. 'score' is the original min(rise, fall)."
         },
     )
     squeeze_threshold: float = field(
-        default=0.05,
+        default=0.075,
         metadata={
             "help": "Alert when squeeze_metric (since the stage's first evaluation) reaches this value; its unit is "
-            "the metric's (nats/token, log-odds/token, or nats per nat for collateral_ratio)."
+            "the metric's (nats/token, log-odds/token, or nats per nat for collateral_ratio). The default 0.075 "
+            "nats/token of off-target fall is the calibration's choice (docs/monitors.md, 'Calibration')."
         },
     )
     squeeze_alert_on: str = field(
