@@ -605,6 +605,12 @@ class RecipeConfig:
             flat.update(asdict(part))
         return flat
 
+    @property
+    def sft_term_in_preference_loss(self) -> bool:
+        """Whether the preference loss carries an SFT-on-y+ term: weighted (sft_weight > 0), or at weight 0 from the
+        start because the guard's `mitigate` action raises that weight during the stage."""
+        return self.preference.sft_weight > 0 or self.monitor.guard_action == "mitigate"
+
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 

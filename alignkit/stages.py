@@ -4,6 +4,9 @@ Each stage works in its own folder and is restartable: a finished stage leaves `
 a rerun; an interrupted one resumes from its newest `checkpoint-*`. With LoRA, a stage trains a fresh adapter on top of
 the previous stage's merged weights, so in the preference stage "adapter disabled" is exactly the SFT model: the
 reference costs no second copy of the weights.
+
+Callbacks are handed to a stage by contract (alignkit/callbacks.py): one with `attach(trainer)` gets the trainer, and
+one that ends the stage early says why on the trainer's state; the stage knows no callback's class.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from datasets import Dataset, load_from_disk
 from peft import LoraConfig, PeftModel
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from alignkit.callbacks import attach_callbacks, early_stop_reason
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
 from alignkit.models import load_model, resolve_dtype
-from alignkit.monitors import SqueezingCallback
 
 logger = logging.getLogger(__name__)
 STAGE_DONE = "stage_complete.json"
@@ -171,13 +174,6 @@ def _skipped(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
     return StageResult(name, status, weights, done["seconds"], done["steps"], done["rows"], history)
 
 
-def _attach(trainer, callbacks) -> None:
-    """Monitors log through the trainer and (guard 'mitigate') change its loss weights, so they need it."""
-    for callback in callbacks:
-        if isinstance(callback, SqueezingCallback):
-            callback.attach(trainer)
-
-
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
     """The newest `checkpoint-N` that was written to the end (its trainer_state.json is saved last).
 
@@ -202,9 +198,8 @@ def _train(trainer, stage_dir: Path, name: str) -> tuple[str, float]:
 
 def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> StageResult:
     """Save the stage (gathered, once), write its metrics and done-marker, and free the trainer's model."""
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, SqueezingCallback) and callback.stopped_early:
-            result.status = "stopped early by the squeezing guard"
+    if reason := early_stop_reason(trainer.state):  # a callback ended the stage (alignkit/callbacks.py)
+        result.status = f"stopped early by {reason}"
     result.weights = stage_dir / ("adapter" if use_lora else "model")
     trainer.save_model(str(result.weights))  # gathers ZeRO-3/FSDP shards; writes on the main process only
     result.steps = trainer.state.global_step
@@ -245,7 +240,7 @@ def run_sft_stage(
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
         callbacks=list(callbacks),
     )
-    _attach(trainer, callbacks)
+    attach_callbacks(trainer, callbacks)
     result = StageResult("sft", "", rows=dict(counts))
     result.status, result.seconds = _train(trainer, stage_dir, "sft")
     return _finish(trainer, result, stage_dir, cfg.model.use_lora)
@@ -281,10 +276,10 @@ def _on_disk(dataset: Dataset, path: Path) -> Dataset:
 
 
 def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
-    """TRL `loss_type` and `loss_weights`: the preference loss, plus an SFT term on y+ when it is weighted."""
+    """TRL `loss_type` and `loss_weights`: the preference loss, plus an SFT term on y+ when the config has one
+    (`RecipeConfig.sft_term_in_preference_loss`: weighted, or at weight 0 for the guard's `mitigate` to raise)."""
     p = cfg.preference
-    # With the guard set to mitigate, the SFT term is present from the start (weight 0) so the guard can raise it.
-    if p.sft_weight > 0 or cfg.monitor.guard_action == "mitigate":
+    if cfg.sft_term_in_preference_loss:
         return [p.trl_loss_type, "sft"], [1.0, p.sft_weight]
     return [p.trl_loss_type], [1.0]
 
@@ -301,7 +296,7 @@ def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: 
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
         callbacks=list(callbacks),
     )
-    _attach(trainer, callbacks)
+    attach_callbacks(trainer, callbacks)
     return trainer
 
 

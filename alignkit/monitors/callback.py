@@ -27,6 +27,7 @@ import torch
 from accelerate import PartialState
 from transformers import Trainer, TrainerCallback
 
+from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import ALL_FAMILIES, MonitorConfig, alert_unavailable
 from alignkit.monitors.evaluate import evaluate_probes
@@ -55,6 +56,7 @@ FINGERPRINT_PROBES = 2  # probes re-scored to check that a stage starts from the
 # A stage's end evaluation also scores its own greedy decodings as fixed text, under this name: the next stage's
 # `greedy_start` when the end evaluation is handed over to it.
 HANDOVER_GREEDY = "greedy_end"
+GUARD_NAME = "the squeezing guard"  # a stage's status then reads "stopped early by the squeezing guard"
 GUARD_STATE = "squeezing_guard_state.json"  # saved in every checkpoint folder; read back on resume
 PROBE_RECORDS = "probe_records.jsonl"
 RECORD_DIGITS = 5  # significant digits kept per number in the per-probe records
@@ -320,8 +322,8 @@ class SqueezingCallback(TrainerCallback):
         self._t_begin = time.perf_counter()
         if restored and self.stopped_early:
             # The guard had stopped this stage and its checkpoint was saved, but the run died before the stage was
-            # marked complete: end it here again rather than train on past the stop.
-            control.should_training_stop = True
+            # marked complete: end it here again rather than train on past the stop (and say so to the stage).
+            stop_training(state, control, GUARD_NAME)
             self._last_eval_step = state.global_step
             return control
         self._evaluate("resume" if restored else "begin", args, state, control, model)
@@ -329,7 +331,7 @@ class SqueezingCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.stopped_early:  # see on_train_begin: a resumed, guard-stopped stage trains no further
-            control.should_training_stop = True
+            stop_training(state, control, GUARD_NAME)
         return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -609,7 +611,7 @@ class SqueezingCallback(TrainerCallback):
             if last:
                 action = "stop: the stage was ending at this step anyway"
             else:
-                control.should_training_stop = True
+                stop_training(state, control, GUARD_NAME)  # the stage reads the reason from the trainer's state
                 control.should_save = True  # the trainer saves a checkpoint before leaving the loop
                 self.stopped_early = True
                 action = f"stopped the stage at step {state.global_step} of {state.max_steps} and saved a checkpoint"

@@ -42,11 +42,11 @@ from peft import PeftModel
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from alignkit.callbacks import early_stop_reason
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import read_jsonl, write_jsonl_atomic
 from alignkit.models import load_model
-from alignkit.monitors import SqueezingCallback
 from alignkit.onpolicy.pairs import build_pairs, training_pairs
 from alignkit.onpolicy.rankers import check_scores, load_callable, ranker_from_config
 from alignkit.onpolicy.sampling import sample_responses
@@ -270,8 +270,8 @@ def _train_round(model, adapter, ref_model, tokenizer, train: Dataset, cfg, roun
         # DPOTrainer would get a frozen copy of its adapter as the reference, i.e. an 'updated' reference.
         set_peft_model_state_dict(trainer.model, load_peft_weights(str(adapter)))
     status, seconds = _train(trainer, round_dir, round_dir.name)
-    if any(isinstance(c, SqueezingCallback) and c.stopped_early for c in trainer.callback_handler.callbacks):
-        status = "stopped early by the squeezing guard"
+    if reason := early_stop_reason(trainer.state):  # a callback ended the round (alignkit/callbacks.py)
+        status = f"stopped early by {reason}"
     weights = "adapter" if cfg.model.use_lora else "model"
     trainer.save_model(str(round_dir / weights))
     result = (status, seconds, trainer.state.global_step, trainer.state.log_history, weights)
@@ -407,8 +407,8 @@ def run_onpolicy_preference_stage(
         total_steps += marker["steps"]
         history += marker["log_history"]
         if marker["status"].startswith("stopped early"):
-            status = f"stopped early by the squeezing guard in round {r}"
-            logger.warning("[preference] the squeezing guard stopped round %d: no further rounds", r)
+            status = f"{marker['status']} in round {r}"
+            logger.warning("[preference] round %d %s: no further rounds", r, marker["status"])
             break
 
     weights = _stage_weights(cfg, stage_dir, finished)
