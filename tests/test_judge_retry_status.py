@@ -15,7 +15,8 @@ from alignkit.judge.parse import load_template
 
 
 class _Failing:
-    """Stands in for `openai.AsyncOpenAI`: every completion request answers HTTP `status`."""
+    """Stands in for `openai.AsyncOpenAI`: every completion request (`post`, or `chat.completions.create`) answers
+    HTTP `status`."""
 
     def __init__(self, status: int):
         self.status = status
@@ -26,6 +27,10 @@ class _Failing:
         # duck-typed HTTP response: the openai client's own classes differ between its versions
         response = SimpleNamespace(status_code=self.status, headers={"retry-after": "0"}, request=None)
         raise openai.APIStatusError(f"HTTP {self.status}", response=response, body=None)
+
+    async def post(self, path, **_):
+        assert path == "/chat/completions"
+        await self.create()
 
 
 @pytest.mark.parametrize(("status", "kind"), [(408, _Transient), (409, _Transient), (429, _Transient),
