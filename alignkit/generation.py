@@ -143,6 +143,42 @@ def _new_cache(model, data: list[tuple[torch.Tensor, torch.Tensor]] | None = Non
     return DynamicCache(ddp_cache_data=data, config=text_config)
 
 
+class _RoomyLayer(DynamicLayer):
+    """A dynamic cache layer whose keys and values are views into buffers with room for more positions: a decoding
+    step writes its column in place instead of copying the whole cache (`DynamicLayer.update` concatenates)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._buffers = [self._roomy(keys, room), self._roomy(values, room)]
+        self._set_length(keys.shape[-2])
+
+    @staticmethod
+    def _roomy(states: torch.Tensor, room: int) -> torch.Tensor:
+        rows, heads, length, dim = states.shape
+        buffer = states.new_empty((rows, heads, length + room, dim))
+        buffer[:, :, :length] = states
+        return buffer
+
+    def _set_length(self, length: int) -> None:
+        self.keys, self.values = (buffer[:, :, :length] for buffer in self._buffers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self._buffers[0].shape[-2]:  # out of room: grow (decoding never gets here)
+            self._buffers = [self._roomy(b[:, :, :start], end - start) for b in self._buffers]
+        self._buffers[0][:, :, start:end] = key_states
+        self._buffers[1][:, :, start:end] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        length = self.keys.shape[-2]
+        self._buffers = [b[indices] for b in self._buffers]
+        self._set_length(length)
+
+
 def _plain_cache(model) -> bool:
     """Whether the model's dynamic KV cache is a plain per-layer concatenation (no sliding window, no state)."""
     return all(type(layer) is DynamicLayer for layer in _new_cache(model).layers)
@@ -161,9 +197,10 @@ def _length_groups(lengths: list[int]) -> list[list[int]]:
 
 
 def _prefill(
-    model, prompts: list[list[int]], pad: int, device: torch.device, keep_last: dict[str, int]
+    model, prompts: list[list[int]], pad: int, device: torch.device, keep_last: dict[str, int], room: int
 ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The KV cache of a batch of prompts: (cache, attention mask, next position ids (rows, 1), last logits).
+    """The KV cache of a batch of prompts, with room for `room` more positions: (cache, attention mask, next
+    position ids (rows, 1), last logits).
 
     The prompts' common prefix (a chat template's system prompt) runs once, when there are several prompts; each
     group of rows with suffixes of similar length then runs on top of it, so padding costs little. The batch's cache
@@ -216,7 +253,9 @@ def _prefill(
             values[layer_index][index, :, shared + width - w :] = layer.values[:, :, shared:]
     assert logits is not None
     next_position = torch.tensor([[len(p)] for p in prompts], dtype=torch.long, device=device)
-    return _new_cache(model, list(zip(keys, values))), mask, next_position, logits
+    cache = _new_cache(model)
+    cache.layers = [_RoomyLayer(k, v, room) for k, v in zip(keys, values)]
+    return cache, mask, next_position, logits
 
 
 def _greedy(
@@ -233,7 +272,7 @@ def _greedy(
     """
     rows = len(prompts)
     keep_last = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    cache, attention_mask, next_position, logits = _prefill(model, prompts, pad, device, keep_last)
+    cache, attention_mask, next_position, logits = _prefill(model, prompts, pad, device, keep_last, max_new_tokens)
     tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
     active = torch.arange(rows, device=device)  # the batch row of each cache row
     sums = _StatSums(rows) if with_stats else None
