@@ -233,7 +233,8 @@ def rates(runs: list[dict], metric: str, threshold: float, bound: str) -> tuple[
 def best_threshold(runs: list[dict], metric: str, bound: str, max_fa: float = 0.10) -> dict:
     """The threshold with the highest detection among those with false-alarm rate <= max_fa; ties: the midpoint of
     the widest gap between a null run's peak and the next peak above it (the margin against unseen null runs)."""
-    peaks = sorted({max(run_values(r, metric, bound), default=-math.inf) for r in runs} - {-math.inf})
+    labelled = [r for r in runs if r["label"] in ("null", "positive")]  # reference runs do not choose thresholds
+    peaks = sorted({max(run_values(r, metric, bound), default=-math.inf) for r in labelled} - {-math.inf})
     if not peaks:
         return {"threshold": None}
     candidates = [(a + b) / 2 for a, b in zip(peaks, peaks[1:])] + [peaks[-1] + 1e-9, peaks[0] - 1e-9]
