@@ -12,7 +12,14 @@ markdown = monitor.finish()
 from alignkit.monitors.callback import SqueezingCallback, SqueezingMonitor
 from alignkit.monitors.config import ALL_FAMILIES, GUARD_ACTIONS, MonitorConfig
 from alignkit.monitors.probes import Probe, ProbeSet, build_probe_set
-from alignkit.monitors.scoring import family_metrics, response_token_stats, squeezing_score
+from alignkit.monitors.scoring import (
+    family_metrics,
+    mechanism_per_probe,
+    mechanism_summary,
+    probe_values,
+    response_token_stats,
+    squeezing_score,
+)
 
 __all__ = [
     "ALL_FAMILIES",
@@ -24,6 +31,9 @@ __all__ = [
     "SqueezingMonitor",
     "build_probe_set",
     "family_metrics",
+    "mechanism_per_probe",
+    "mechanism_summary",
+    "probe_values",
     "response_token_stats",
     "squeezing_score",
 ]
