@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from alignkit.sequences import Prompt, left_pad, pad_id, render_prompt
+from alignkit.sequences import Prompt, left_pad, pad_id, render_prompt, response_token_stats
 
 
 @torch.inference_mode()
@@ -43,7 +43,7 @@ def generate(
     greedy decoding under a generation config that changes the logits (a repetition penalty, ...), call
     `model.generate`.
 
-    With `with_stats`, also the token statistics of each response (`alignkit.monitors.scoring.response_token_stats`)
+    With `with_stats`, also the token statistics of each response (`alignkit.sequences.response_token_stats`)
     under the model's own logits, read off the decoding itself: the generated tokens up to their EOS, or the EOS alone
     when that came first. A second forward pass over the decoded text would cost as much as the decoding again.
     """
@@ -313,8 +313,6 @@ class _StatSums:
         self.n = rows
 
     def add(self, logits: torch.Tensor, chosen: torch.Tensor, active: torch.Tensor, eos: int | None, first: bool):
-        from alignkit.monitors.scoring import response_token_stats  # here: the monitors import this module
-
         counts = chosen != eos if eos is not None and not first else torch.ones_like(chosen, dtype=torch.bool)
         # response_token_stats reads logits[:, t] as the prediction of ids[:, t + 1]: a dummy second column.
         ids = torch.stack([chosen, chosen], dim=1)
@@ -335,8 +333,6 @@ def _decoding_stats(logits: torch.Tensor, tokens: torch.Tensor, eos: int | None)
 
     Tokens after the EOS are padding, and an EOS the decoding never reached (cut at max_new_tokens) was never chosen.
     """
-    from alignkit.monitors.scoring import response_token_stats  # here: the monitors import this module
-
     ended = (tokens == eos).cumsum(dim=1) > 0 if eos is not None else torch.zeros_like(tokens, dtype=torch.bool)
     mask = ~ended
     mask[:, 0] |= ~mask.any(dim=1)

@@ -15,6 +15,12 @@ import torch
 
 from alignkit.monitors.config import MODEL_FAMILIES, OFF_TARGET_FAMILIES
 
+# The token statistics live in alignkit.sequences (generation reads them off its decoding, below the monitors);
+# re-exported here, where probe scoring's callers look for them.
+from alignkit.sequences import LOGODDS_CLAMP as LOGODDS_CLAMP
+from alignkit.sequences import log_odds as log_odds
+from alignkit.sequences import response_token_stats as response_token_stats
+
 T = TypeVar("T")
 
 # Concentration (argmax probability, entropy) is measured along y+ and y-: where the paper looks for the peakedness
@@ -27,68 +33,6 @@ STAT_NAMES = (
 
 def metric_key(split: str, family: str, name: str) -> str:
     return f"probe/{split}/{family}/{name}"
-
-
-def response_token_stats(
-    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Per-sequence sums over the response tokens, from one forward pass.
-
-    Args:
-        logits: (batch, seq, vocab) next-token logits.
-        input_ids: (batch, seq) the scored tokens.
-        response_mask: (batch, seq-1) bool, True where the *label* (token t+1) is a response token; lines up with
-            logits[:, :-1] as `alignkit.sequences.collate` builds it.
-        eos_token_id: labels equal to it are also summed apart (`eos_logp`, `n_eos`), so that a change of P(EOS)
-            alone can be told from a change of the words (about 1 scored token in 10 is EOS on short answers).
-
-    Returns:
-        float64 tensors of shape (batch,): `logp` = Σ_t log π(y_t | x, y_<t); `n_tokens`; `argmax_logp` =
-        Σ_t log max_v π(v | x, y_<t) (the teacher-forced argmax sequence along y); `argmax_prob` = Σ_t max_v π(·);
-        `entropy` = Σ_t H(π(· | x, y_<t)) in nats; `eos_logp` and `n_eos`: log π and count of the EOS labels;
-        `top_logodds` = Σ_t logit(max_v π(v)) and `alt_logodds` = Σ_t logit(π(y*_t)), y*_t = argmax_{v ≠ y_t} π(v),
-        where logit(p) = log p − log(1 − p). The two log-odds measure concentration without the headroom cap of a
-        probability or log-probability: at p = 0.95 a log-prob can rise by 0.05 nats at most, a log-odds by any amount.
-    """
-    # Only response positions go through the vocabulary-wide softmax: prompts and padding are most of a batch's
-    # tokens, and a (tokens x vocab) float32 tensor is the memory peak of probing.
-    rows = response_mask.nonzero(as_tuple=True)[0]
-    logp = torch.log_softmax(logits[:, :-1][response_mask].float(), dim=-1)
-    token_logp = logp.gather(-1, input_ids[:, 1:][response_mask].unsqueeze(-1)).squeeze(-1)
-    labels = input_ids[:, 1:][response_mask]
-    max_logp = logp.max(dim=-1).values
-    entropy = torch.special.entr(logp.exp()).sum(dim=-1)  # entr(0) = 0, where p·log p would give nan
-    # y*: the most likely token other than the one in the text (the paper's squeezing moves mass onto it).
-    alt_logp = logp.scatter(-1, labels.unsqueeze(-1), -math.inf).max(dim=-1).values
-    is_eos = labels == eos_token_id if eos_token_id is not None else torch.zeros_like(labels, dtype=torch.bool)
-
-    def per_row(values: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(logits.shape[0], dtype=torch.float64, device=values.device)
-        return out.index_add_(0, rows, values.double())
-
-    return {
-        "logp": per_row(token_logp),
-        "n_tokens": per_row(torch.ones_like(token_logp)),
-        "argmax_logp": per_row(max_logp),
-        "argmax_prob": per_row(max_logp.exp()),
-        "entropy": per_row(entropy),
-        "eos_logp": per_row(torch.where(is_eos, token_logp, 0.0)),
-        "n_eos": per_row(is_eos.to(token_logp.dtype)),
-        "alt_logodds": per_row(log_odds(alt_logp)),
-        "top_logodds": per_row(log_odds(max_logp)),
-    }
-
-
-LOGODDS_CLAMP = 30.0  # |logit| cap: float32 log-probs cannot resolve 1 - p below ~1e-7 (logit ~16) anyway
-
-
-def log_odds(logp: torch.Tensor) -> torch.Tensor:
-    """logit(p) = log p − log(1 − p) from log p, computed stably, clamped to ±LOGODDS_CLAMP.
-
-    `log(-expm1(log p))` is log(1 − p) without the cancellation of 1 − exp(log p) near p = 1.
-    """
-    logp = logp.double().clamp(max=-1e-300)
-    return (logp - torch.log(-torch.expm1(logp))).clamp(-LOGODDS_CLAMP, LOGODDS_CLAMP)
 
 
 def family_metrics(scored: Iterable[tuple[str, str, dict[str, float]]], argmax: bool = True) -> dict[str, float]:
