@@ -26,7 +26,7 @@ from datasets import Dataset, load_from_disk
 from peft import LoraConfig, PeftModel
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from alignkit.callbacks import attach_callbacks, early_stop_reason
+from alignkit.callbacks import attach_callbacks, callbacks_for_stage, early_stop_reason
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
 from alignkit.models import load_model, resolve_dtype
@@ -159,15 +159,36 @@ def dpo_config(cfg: RecipeConfig, stage_dir: Path, max_steps: int) -> DPOConfig:
     return DPOConfig(**_with_passthrough(owned, defaults, p.preference_trainer_args, cfg.run.report_to))
 
 
-def _skipped(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
-    """The record of a stage that a previous run finished, or None."""
+# --- the stage engine: skip, resume and train, save, finish. The off-policy stages and every on-policy round use it.
+
+
+@dataclass
+class TrainOutcome:
+    """What one `train()` of a stage (or of an on-policy round) did."""
+
+    status: str  # "trained", "resumed from checkpoint-N", or "stopped early by <who>" (alignkit/callbacks.py)
+    seconds: float
+    steps: int
+    log_history: list[dict]
+
+
+def weights_dir(folder: Path, use_lora: bool) -> Path:
+    """Where a stage (or round) working in `folder` saves what it trained: its LoRA adapter or its full model."""
+    return folder / ("adapter" if use_lora else "model")
+
+
+def skipped_stage(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
+    """The record of a stage that a previous run finished (its `STAGE_DONE` marker), or None."""
     marker = stage_dir / STAGE_DONE
     if not marker.exists():
         return None
     logger.warning("[%s] already complete in %s: skipping", name, stage_dir)
     done = json.loads(marker.read_text())
     history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
-    weights = stage_dir / ("adapter" if use_lora else "model")
+    if "weights" in done:  # the folder the stage recorded (None: it trained nothing, e.g. no round had pairs)
+        weights = stage_dir / done["weights"] if done["weights"] else None
+    else:  # a marker written before stages recorded it
+        weights = weights_dir(stage_dir, use_lora)
     status = "skipped (already complete)"
     if done.get("status", "").startswith("stopped early"):  # the guard's verdict outlives the run that reached it
         status = f"{done['status']}; {status}"
@@ -187,63 +208,86 @@ def last_complete_checkpoint(stage_dir: Path) -> str | None:
     return None
 
 
-def _train(trainer, stage_dir: Path, name: str) -> tuple[str, float]:
+def train_stage(trainer, stage_dir: Path, name: str) -> TrainOutcome:
+    """Train, resuming from the newest complete checkpoint in `stage_dir`; an early stop is read from the trainer's
+    state, where a callback that ended the stage put its reason."""
     checkpoint = last_complete_checkpoint(stage_dir) if stage_dir.exists() else None
     if checkpoint:
         logger.warning("[%s] resuming from %s", name, checkpoint)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
-    return ("resumed from " + Path(checkpoint).name) if checkpoint else "trained", time.perf_counter() - start
+    status = ("resumed from " + Path(checkpoint).name) if checkpoint else "trained"
+    if reason := early_stop_reason(trainer.state):
+        status = f"stopped early by {reason}"
+    seconds = time.perf_counter() - start
+    return TrainOutcome(status, seconds, trainer.state.global_step, trainer.state.log_history)
 
 
-def _finish(trainer, result: StageResult, stage_dir: Path, use_lora: bool) -> StageResult:
-    """Save the stage (gathered, once), write its metrics and done-marker, and free the trainer's model."""
-    if reason := early_stop_reason(trainer.state):  # a callback ended the stage (alignkit/callbacks.py)
-        result.status = f"stopped early by {reason}"
-    result.weights = stage_dir / ("adapter" if use_lora else "model")
-    trainer.save_model(str(result.weights))  # gathers ZeRO-3/FSDP shards; writes on the main process only
-    result.steps = trainer.state.global_step
-    result.log_history = trainer.state.log_history
-    state = PartialState()
-    if state.is_main_process:
-        (stage_dir / "metrics.json").write_text(json.dumps(result.log_history, indent=1))
-        done = {
-            "status": result.status,
-            "steps": result.steps,
-            "seconds": round(result.seconds, 1),
-            "rows": result.rows,
-        }
-        (stage_dir / STAGE_DONE).write_text(json.dumps(done, indent=1))
-    state.wait_for_everyone()
+def save_and_release(trainer, folder: Path, use_lora: bool) -> Path:
+    """Save what the trainer trained into `weights_dir(folder)` (gathered from ZeRO-3/FSDP shards, written by the
+    main process only), then free the trainer's memory; returns the folder."""
+    weights = weights_dir(folder, use_lora)
+    trainer.save_model(str(weights))
     trainer.accelerator.free_memory()
     gc.collect()
+    return weights
+
+
+def write_marker(path: Path, record: dict) -> None:
+    """A done-marker (stage or round), written by the main process once everything it records exists; all wait."""
+    state = PartialState()
+    if state.is_main_process:
+        path.write_text(json.dumps(record, indent=1))
+    state.wait_for_everyone()
+
+
+def finish_stage(stage_dir: Path, result: StageResult, **extra) -> StageResult:
+    """Write the stage's metrics.json and its done-marker (with `extra` fields), which a rerun skips on."""
+    if PartialState().is_main_process:
+        (stage_dir / "metrics.json").write_text(json.dumps(result.log_history, indent=1))
+    done = {
+        "status": result.status,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "rows": result.rows,
+        "weights": str(result.weights.relative_to(stage_dir)) if result.weights is not None else None,
+        **extra,
+    }
+    write_marker(stage_dir / STAGE_DONE, done)
     return result
+
+
+def _trained_stage(trainer, name: str, stage_dir: Path, rows: dict, use_lora: bool) -> StageResult:
+    """Train the stage's trainer (resuming if a checkpoint is there), save its weights and mark it done."""
+    outcome = train_stage(trainer, stage_dir, name)
+    weights = save_and_release(trainer, stage_dir, use_lora)
+    result = StageResult(name, outcome.status, weights, outcome.seconds, outcome.steps, rows, outcome.log_history)
+    return finish_stage(stage_dir, result)
 
 
 def run_sft_stage(
     model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=(), also_rejected=()
 ) -> StageResult:
     """Stage 1: SFT on (x, y+) and, in extended mode, (x, y-) (in chosen mode, y- of `also_rejected` pairs too).
-    Completion-only loss."""
+    Completion-only loss. `callbacks`: a list, or `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py)."""
     mode = cfg.sft.sft_mode
     if mode == "none":
         return StageResult("sft", "off")
-    if done := _skipped("sft", stage_dir, cfg.model.use_lora):
+    if done := skipped_stage("sft", stage_dir, cfg.model.use_lora):
         return done
     rows, counts = sft_rows(pairs, mode, also_rejected)
     logger.warning("[sft] mode=%s: %d rows (%s)", mode, len(rows), ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    callbacks = callbacks_for_stage(callbacks, "sft", stage_dir)
     trainer = SFTTrainer(
         model=model,
         args=sft_config(cfg, stage_dir),
         train_dataset=rows,
         processing_class=tokenizer,
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
     attach_callbacks(trainer, callbacks)
-    result = StageResult("sft", "", rows=dict(counts))
-    result.status, result.seconds = _train(trainer, stage_dir, "sft")
-    return _finish(trainer, result, stage_dir, cfg.model.use_lora)
+    return _trained_stage(trainer, "sft", stage_dir, dict(counts), cfg.model.use_lora)
 
 
 def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Dataset:
@@ -262,7 +306,7 @@ def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Datase
     return pairs.shuffle(seed=r.seed).select(range(needed))
 
 
-def _on_disk(dataset: Dataset, path: Path) -> Dataset:
+def dataset_on_disk(dataset: Dataset, path: Path) -> Dataset:
     """The dataset as saved in `path` (written once by the main process; a resumed stage reuses the saved copy).
 
     TRL caches the precomputed reference log-probs next to the dataset's files; an in-memory dataset has them in a
@@ -303,15 +347,15 @@ def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: 
 def run_preference_stage(
     model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()
 ) -> StageResult:
-    """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference."""
-    if done := _skipped("preference", stage_dir, cfg.model.use_lora):
+    """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference. `callbacks`: a list, or
+    `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py)."""
+    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora):
         return done
     p = cfg.preference
-    pairs = _on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
+    pairs = dataset_on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
     columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
+    callbacks = callbacks_for_stage(callbacks, "preference", stage_dir)
     trainer = dpo_trainer(
         model, tokenizer, pairs.remove_columns(columns), cfg, stage_dir, p.preference_max_steps, callbacks
     )
-    result = StageResult("preference", "", rows={"pairs": len(pairs)})
-    result.status, result.seconds = _train(trainer, stage_dir, "preference")
-    return _finish(trainer, result, stage_dir, cfg.model.use_lora)
+    return _trained_stage(trainer, "preference", stage_dir, {"pairs": len(pairs)}, cfg.model.use_lora)

@@ -59,26 +59,29 @@ def main(cfg: RecipeConfig) -> Path:
         probes = build_probe_set(data["train"], data.get("test"), cfg.monitor, seed=cfg.run.seed, cache_dir=out)
         monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, out)
 
+    def callbacks_for(stage: str, stage_dir: Path) -> list:  # a monitor callback per stage and on-policy round
+        return [monitor.callback(stage, stage_dir)] if monitor else []
+
     # --- pre-flight, act + extend_sft only: SFT's rows depend on it, so it scores under the base model
     checked = preflight.before_sft(cfg, tokenizer, data, out)
 
     # --- stage 1: SFT (extended: y+ and y-)
-    callbacks = [monitor.callback("sft", out / "sft")] if monitor else []
     extra = checked.risky_rows if checked else ()
-    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks, extra)
+    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks_for, extra)
 
     # --- pre-flight (report, drop): scores under the SFT model, where the preference stage starts (docs/preflight.md)
     checked = preflight.after_sft(cfg, tokenizer, data, out, sft, checked)
 
     # --- stage 2: DPO/IPO, starting from the SFT model, which is also the reference
     if cfg.preference.sampling == "off_policy":  # the dataset's pairs
-        callbacks = [monitor.callback("preference", out / "preference")] if monitor else []
         policy = load_stage_model(cfg, [sft])
         pairs = preflight.preference_pairs(cfg, data["train"], checked)  # drop: without the pairs at risk
-        preference = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference", callbacks)
+        preference = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference", callbacks_for)
         del policy
     else:  # on_policy / mixed: rounds of sample from the policy -> rank -> train (docs/onpolicy.md)
-        preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], monitor)
+        preference = run_onpolicy_preference_stage(
+            tokenizer, data["train"], cfg, out / "preference", [sft], callbacks_for
+        )
 
     # --- save and report
     final_dir = out / "final"

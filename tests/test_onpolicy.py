@@ -195,7 +195,7 @@ def run_stage(model_dir, out, tokenizer, spy=None, callbacks=(), **overrides) ->
     with pytest.MonkeyPatch.context() as mp:
         if spy is not None:
             mp.setattr(stage_module, "sample_responses", spy)
-        result = run_onpolicy_preference_stage(tokenizer, stage_rows(), cfg, out / "preference", [], None, callbacks)
+        result = run_onpolicy_preference_stage(tokenizer, stage_rows(), cfg, out / "preference", [], callbacks)
     return cfg, result
 
 

@@ -1,7 +1,7 @@
 """On-policy preference training: sample from the policy, rank, train on (best, worst), repeat (docs/onpolicy.md).
 
     from alignkit.onpolicy import run_onpolicy_preference_stage
-    preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], monitor)
+    preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], callbacks_for)
 
 Modules: `sampling` (k samples per prompt: transformers generate or vLLM), `rankers` (the built-in verifier, an LLM
 judge, a reward model, any `module:function`), `pairs` (best/worst selection, ties, the round files), `stage` (the

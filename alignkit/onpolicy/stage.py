@@ -6,11 +6,13 @@
       round-2/ ...
       adapter/ (LoRA: the stage's result as one adapter on the SFT model)  metrics.json  stage_complete.json
 
-Every round resumes on its own: a finished round (`round_complete.json`) is skipped, a round whose `pairs.jsonl`
-exists trains on the saved pairs without sampling or ranking again, one whose `samples.jsonl` exists is only ranked
-again (an LLM judge's verdicts come from its cache), and an interrupted training run resumes from its newest
-`checkpoint-*`. The policy at the start of a round is rebuilt from what the finished rounds saved, never carried over
-in memory, so a resumed run trains exactly what an uninterrupted one would.
+A round trains, saves and marks itself done with the stage engine of `alignkit.stages` (`train_stage`,
+`save_and_release`, `write_marker`), as the off-policy stages do. Every round resumes on its own: a finished round
+(`round_complete.json`) is skipped, a round whose `pairs.jsonl` exists trains on the saved pairs without sampling or
+ranking again, one whose `samples.jsonl` exists is only ranked again (an LLM judge's verdicts come from its cache), and
+an interrupted training run resumes from its newest `checkpoint-*`. The policy at the start of a round is rebuilt from
+what the finished rounds saved, never carried over in memory, so a resumed run trains exactly what an uninterrupted
+one would.
 
 The reference model (`onpolicy_reference`):
 
@@ -33,6 +35,7 @@ import random
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,7 +45,7 @@ from peft import PeftModel
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from alignkit.callbacks import early_stop_reason
+from alignkit.callbacks import callbacks_for_stage
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import read_jsonl, write_jsonl_atomic
@@ -51,13 +54,16 @@ from alignkit.onpolicy.pairs import build_pairs, training_pairs
 from alignkit.onpolicy.rankers import check_scores, load_callable, ranker_from_config
 from alignkit.onpolicy.sampling import sample_responses
 from alignkit.stages import (
-    STAGE_DONE,
     StageResult,
-    _on_disk,
-    _train,
+    dataset_on_disk,
     dpo_trainer,
+    finish_stage,
     load_stage_model,
     pairs_for_steps,
+    save_and_release,
+    skipped_stage,
+    train_stage,
+    write_marker,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,22 +149,58 @@ def concat_adapters(adapter_dirs: list[Path], out_dir: Path) -> Path:
     return out_dir
 
 
-def _finished_rounds(stage_dir: Path, rounds: int) -> list[dict]:
-    """Markers of the rounds finished by earlier runs, in order, up to the first unfinished one."""
+@dataclass
+class Round:
+    """One sample -> rank -> train round, as its `round_complete.json` records it."""
+
+    index: int
+    dir: Path
+    rows: dict[str, int]  # prompts, on_policy_pairs, dataset_pairs (mixed), tie, unscored
+    status: str = "no pairs"  # else its TrainOutcome's: "trained", "resumed from checkpoint-N", "stopped early by .."
+    steps: int = 0
+    seconds: float = 0.0
+    weights: str | None = None  # the folder in `dir` that holds what the round trained; None when it trained nothing
+    log_history: list[dict] = field(default_factory=list)
+
+    @property
+    def weights_path(self) -> Path | None:
+        return self.dir / self.weights if self.weights else None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.status.startswith("stopped early")
+
+    def save(self) -> None:
+        record = {"rows": self.rows, "steps": self.steps, "weights": self.weights, "log_history": self.log_history,
+                  "status": self.status, "seconds": self.seconds}  # fmt: skip
+        write_marker(self.dir / ROUND_DONE, record)
+
+    @classmethod
+    def load(cls, index: int, round_dir: Path) -> Round | None:
+        """The round as a previous run finished it, or None when it did not."""
+        marker = round_dir / ROUND_DONE
+        if not marker.exists():
+            return None
+        done = json.loads(marker.read_text())
+        return cls(index, round_dir, done["rows"], done["status"], done["steps"], done["seconds"], done.get("weights"),
+                   done.get("log_history", []))  # fmt: skip
+
+
+def _finished_rounds(stage_dir: Path, rounds: int) -> list[Round]:
+    """The rounds finished by earlier runs, in order, up to the first unfinished one."""
     done = []
     for r in range(1, rounds + 1):
-        marker = stage_dir / f"round-{r}" / ROUND_DONE
-        if not marker.exists():
+        if (finished := Round.load(r, stage_dir / f"round-{r}")) is None:
             break
-        done.append(json.loads(marker.read_text()) | {"dir": str(stage_dir / f"round-{r}")})
+        done.append(finished)
     return done
 
 
-def _round_weights(finished: list[dict]) -> list[Path]:
-    return [Path(d["dir"]) / d["weights"] for d in finished if d.get("weights")]
+def _round_weights(finished: list[Round]) -> list[Path]:
+    return [r.weights_path for r in finished if r.weights_path is not None]
 
 
-def _start_of_round(cfg: RecipeConfig, start_stages: list[StageResult], finished: list[dict]):
+def _start_of_round(cfg: RecipeConfig, start_stages: list[StageResult], finished: list[Round]):
     """(policy weights to train, adapter to continue or None): the round's starting point, rebuilt from disk."""
     weights = _round_weights(finished)
     if not cfg.model.use_lora:
@@ -262,45 +304,20 @@ def _training_set(records: list[dict], pairs: Dataset, cfg: RecipeConfig, r: int
     return Dataset.from_list(rows) if rows else None, counts
 
 
-def _train_round(model, adapter, ref_model, tokenizer, train: Dataset, cfg, round_dir: Path, steps: int, callbacks):
-    """DPO/IPO on the round's pairs; returns (status, seconds, steps, log history, weights folder name)."""
-    trainer = dpo_trainer(model, tokenizer, train, cfg, round_dir, steps, callbacks, ref_model=ref_model)
+def _train_round(round_: Round, model, adapter, ref_model, tokenizer, train: Dataset, cfg, steps: int, callbacks):
+    """DPO/IPO on the round's pairs; records the outcome and the saved weights in `round_`."""
+    trainer = dpo_trainer(model, tokenizer, train, cfg, round_.dir, steps, callbacks, ref_model=ref_model)
     if adapter is not None:
         # The adapter continues from the previous round. Loaded after the trainer is built: a PeftModel handed to
         # DPOTrainer would get a frozen copy of its adapter as the reference, i.e. an 'updated' reference.
         set_peft_model_state_dict(trainer.model, load_peft_weights(str(adapter)))
-    status, seconds = _train(trainer, round_dir, round_dir.name)
-    if reason := early_stop_reason(trainer.state):  # a callback ended the round (alignkit/callbacks.py)
-        status = f"stopped early by {reason}"
-    weights = "adapter" if cfg.model.use_lora else "model"
-    trainer.save_model(str(round_dir / weights))
-    result = (status, seconds, trainer.state.global_step, trainer.state.log_history, weights)
-    trainer.accelerator.free_memory()
-    del trainer
-    gc.collect()
-    return result
+    outcome = train_stage(trainer, round_.dir, round_.dir.name)
+    round_.weights = save_and_release(trainer, round_.dir, cfg.model.use_lora).name
+    round_.status, round_.steps = outcome.status, outcome.steps
+    round_.log_history = [{**entry, "round": round_.index} for entry in outcome.log_history]
 
 
-def _skipped(stage_dir: Path) -> StageResult | None:
-    marker = stage_dir / STAGE_DONE
-    if not marker.exists():
-        return None
-    logger.warning("[preference] already complete in %s: skipping", stage_dir)
-    done = json.loads(marker.read_text())
-    history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
-    weights = stage_dir / done["weights"] if done.get("weights") else None
-    return StageResult(
-        name="preference",
-        status="skipped (already complete)",
-        weights=weights,
-        seconds=done["seconds"],
-        steps=done["steps"],
-        rows=done["rows"],
-        log_history=history,
-    )
-
-
-def _stage_weights(cfg: RecipeConfig, stage_dir: Path, finished: list[dict]) -> Path | None:
+def _stage_weights(cfg: RecipeConfig, stage_dir: Path, finished: list[Round]) -> Path | None:
     """The stage's result as one folder that `load_stage_model` applies to the SFT model (None: nothing trained)."""
     weights = _round_weights(finished)
     if not weights:
@@ -317,13 +334,70 @@ def _stage_weights(cfg: RecipeConfig, stage_dir: Path, finished: list[dict]) -> 
     return out
 
 
+def _run_round(r: int, tokenizer, pool: Dataset, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path,
+               start_stages: list[StageResult], finished: list[Round], steps: int, callbacks) -> Round:  # fmt: skip
+    """Round r from the policy the finished rounds left: sample, rank, train on the pairs; its marker written."""
+    p = cfg.preference
+    round_dir = stage_dir / f"round-{r}"
+    name = f"preference round {r}"
+    base, adapter = _start_of_round(cfg, start_stages, finished)
+    prompts = round_prompts(pool, r, p.onpolicy_prompts_per_round, cfg.run.seed)
+    t0 = time.perf_counter()
+    base, records = _round_pairs(base, adapter, tokenizer, prompts, cfg, r, round_dir, stage_dir)
+    train, counts = _training_set(records, pairs, cfg, r)
+    logger.warning(
+        "[%s] %d prompts -> %d on-policy pairs (%d tied, %d unscored)%s",
+        name, counts["prompts"], counts["on_policy_pairs"], counts["tie"], counts["unscored"],
+        f" + {counts['dataset_pairs']} dataset pairs" if "dataset_pairs" in counts else "",
+    )  # fmt: skip
+    round_ = Round(r, round_dir, dict(counts))
+    if train is not None:
+        if cfg.model.use_lora:
+            ref_model = None  # the adapter disabled
+        elif p.onpolicy_reference == "fixed":
+            ref_model = load_stage_model(cfg, start_stages)
+        else:
+            ref_model = copy.deepcopy(base)
+        # on disk, as in the off-policy stage: TRL caches the reference log-probs next to the dataset's files,
+        # which every process must see (and a resumed round finds its own pairs and cache again)
+        train = dataset_on_disk(pairs_for_steps(train, steps, cfg), round_dir / "train_pairs")
+        round_callbacks = callbacks_for_stage(callbacks, name, round_dir)
+        _train_round(round_, base, adapter, ref_model, tokenizer, train, cfg, steps, round_callbacks)
+        del ref_model
+    else:
+        logger.warning("[%s] no prompt gave a pair (all tied or unscored): the policy is left as it was", name)
+    round_.seconds = round(time.perf_counter() - t0, 1)
+    del base
+    gc.collect()
+    round_.save()
+    return round_
+
+
+def _stage_result(cfg: RecipeConfig, stage_dir: Path, rounds: list[Round], status: str) -> StageResult:
+    """The stage as the sum of its rounds; `weights` is one folder to apply to the SFT model."""
+    totals: Counter = Counter()
+    for done in rounds:
+        totals.update(done.rows)
+    totals["pairs"] = totals["on_policy_pairs"] + totals["dataset_pairs"]
+    rows = {k: totals[k] for k in ("prompts", "pairs", "on_policy_pairs", "dataset_pairs")}
+    rows |= {"tied_prompts": totals["tie"], "unscored_prompts": totals["unscored"]}
+    return StageResult(
+        name="preference",
+        status=status,
+        weights=_stage_weights(cfg, stage_dir, rounds),
+        seconds=sum(done.seconds for done in rounds),
+        steps=sum(done.steps for done in rounds),
+        rows=rows,
+        log_history=[entry for done in rounds for entry in done.log_history],
+    )
+
+
 def run_onpolicy_preference_stage(
     tokenizer,
     pairs: Dataset,
     cfg: RecipeConfig,
     stage_dir: Path,
     start_stages: list[StageResult],
-    monitor=None,
     callbacks=(),
 ) -> StageResult:
     """Stage 2, on-policy (or mixed): `onpolicy_rounds` rounds of sample → rank → train, from the model that
@@ -335,104 +409,29 @@ def run_onpolicy_preference_stage(
         cfg: the recipe config (`cfg.preference` holds the on-policy settings).
         stage_dir: the stage's folder; round r works in `stage_dir / f"round-{r}"`.
         start_stages: the stages whose weights the policy starts from (and, fixed reference, the reference is).
-        monitor: a SqueezingMonitor: each round gets `monitor.callback(f"preference round {r}", round_dir)`, so
-            the plots mark every round boundary on one step axis.
-        callbacks: more TrainerCallbacks, given to every round's trainer.
+        callbacks: TrainerCallbacks for every round's trainer, or `callbacks_for(stage_name, stage_dir)`
+            (alignkit/callbacks.py), called as `callbacks_for(f"preference round {r}", round_dir)`: the recipe gives
+            each round the monitor's callback, so the plots mark every round boundary on one step axis.
 
     Returns:
         The stage's StageResult; `weights` is one folder (adapter or model) to apply to the SFT model.
     """
-    if done := _skipped(stage_dir):
+    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora):
         return done
     p = cfg.preference
-    state = PartialState()
     if p.ranker == "callable":
         load_callable(p.ranker_path)  # a typo in ranker_path should fail now, not after the first round's sampling
     pool = prompt_pool(pairs, p.ranker)
     steps = round_steps(p.preference_max_steps, p.onpolicy_rounds)
-    finished = _finished_rounds(stage_dir, p.onpolicy_rounds)
-    if finished:
-        logger.warning("[preference] rounds 1-%d already complete in %s: skipping them", len(finished), stage_dir)
-    totals: Counter = Counter()
-    history: list[dict] = []
-    seconds, total_steps, status = 0.0, 0, "trained" if not finished else f"resumed after round {len(finished)}"
-    for done in finished:
-        totals.update(done["rows"])
-        seconds += done["seconds"]
-        total_steps += done["steps"]
-        history += done.get("log_history", [])
-
-    for r in range(len(finished) + 1, p.onpolicy_rounds + 1):
-        round_dir = stage_dir / f"round-{r}"
-        name = f"preference round {r}"
-        base, adapter = _start_of_round(cfg, start_stages, finished)
-        prompts = round_prompts(pool, r, p.onpolicy_prompts_per_round, cfg.run.seed)
-        t0 = time.perf_counter()
-        base, records = _round_pairs(base, adapter, tokenizer, prompts, cfg, r, round_dir, stage_dir)
-        train, counts = _training_set(records, pairs, cfg, r)
-        logger.warning(
-            "[%s] %d prompts -> %d on-policy pairs (%d tied, %d unscored)%s",
-            name, counts["prompts"], counts["on_policy_pairs"], counts["tie"], counts["unscored"],
-            f" + {counts['dataset_pairs']} dataset pairs" if "dataset_pairs" in counts else "",
-        )  # fmt: skip
-        marker = {"rows": dict(counts), "steps": 0, "weights": None, "log_history": [], "status": "no pairs"}
-        if train is not None:
-            if cfg.model.use_lora:
-                ref_model = None  # the adapter disabled
-            elif p.onpolicy_reference == "fixed":
-                ref_model = load_stage_model(cfg, start_stages)
-            else:
-                ref_model = copy.deepcopy(base)
-            # on disk, as in the off-policy stage: TRL caches the reference log-probs next to the dataset's files,
-            # which every process must see (and a resumed round finds its own pairs and cache again)
-            train = _on_disk(pairs_for_steps(train, steps[r - 1], cfg), round_dir / "train_pairs")
-            round_callbacks = [*callbacks, *([monitor.callback(name, round_dir)] if monitor is not None else [])]
-            run_status, _, run_steps, log, weights = _train_round(
-                base, adapter, ref_model, tokenizer, train, cfg, round_dir, steps[r - 1], round_callbacks
-            )
-            marker |= {"status": run_status, "steps": run_steps, "weights": weights}
-            marker["log_history"] = [{**entry, "round": r} for entry in log]
-            del ref_model
-        else:
-            logger.warning("[%s] no prompt gave a pair (all tied or unscored): the policy is left as it was", name)
-        marker["seconds"] = round(time.perf_counter() - t0, 1)
-        del base
-        gc.collect()
-        if state.is_main_process:
-            (round_dir / ROUND_DONE).write_text(json.dumps(marker, indent=1))
-        state.wait_for_everyone()
-        finished.append(marker | {"dir": str(round_dir)})
-        totals.update(marker["rows"])
-        seconds += marker["seconds"]
-        total_steps += marker["steps"]
-        history += marker["log_history"]
-        if marker["status"].startswith("stopped early"):
-            status = f"{marker['status']} in round {r}"
-            logger.warning("[preference] round %d %s: no further rounds", r, marker["status"])
-            break
-
-    weights = _stage_weights(cfg, stage_dir, finished)
-    totals["pairs"] = totals["on_policy_pairs"] + totals["dataset_pairs"]
-    rows = {k: totals[k] for k in ("prompts", "pairs", "on_policy_pairs", "dataset_pairs")}
-    rows |= {"tied_prompts": totals["tie"], "unscored_prompts": totals["unscored"]}
-    if state.is_main_process:
-        (stage_dir / "metrics.json").write_text(json.dumps(history, indent=1))
-        done = {
-            "status": status,
-            "steps": total_steps,
-            "seconds": round(seconds, 1),
-            "rows": rows,
-            "rounds": len(finished),
-            "weights": str(weights.relative_to(stage_dir)) if weights is not None else None,
-        }
-        (stage_dir / STAGE_DONE).write_text(json.dumps(done, indent=1))
-    state.wait_for_everyone()
-    return StageResult(
-        name="preference",
-        status=status,
-        weights=weights,
-        seconds=seconds,
-        steps=total_steps,
-        rows=rows,
-        log_history=history,
-    )
+    rounds = _finished_rounds(stage_dir, p.onpolicy_rounds)
+    if rounds:
+        logger.warning("[preference] rounds 1-%d already complete in %s: skipping them", len(rounds), stage_dir)
+    status = f"resumed after round {len(rounds)}" if rounds else "trained"
+    while len(rounds) < p.onpolicy_rounds and not (rounds and rounds[-1].stopped_early):
+        r = len(rounds) + 1
+        rounds.append(_run_round(r, tokenizer, pool, pairs, cfg, stage_dir, start_stages, rounds, steps[r - 1],
+                                 callbacks))  # fmt: skip
+    if rounds and rounds[-1].stopped_early:  # the guard's stop ends the stage (also one a previous run reached)
+        status = f"{rounds[-1].status} in round {len(rounds)}"
+        logger.warning("[preference] round %d %s: no further rounds", len(rounds), rounds[-1].status)
+    return finish_stage(stage_dir, _stage_result(cfg, stage_dir, rounds, status), rounds=len(rounds))
