@@ -139,7 +139,11 @@ class SqueezingMonitor:
         self._save_probe_set()
         if self._main() and self.run_dir is not None and self.records:
             figure = plot_probes(
-                self.records, self.boundaries, self.run_dir / figure_name, self.config.squeeze_threshold
+                self.records,
+                self.boundaries,
+                self.run_dir / figure_name,
+                self.config.squeeze_threshold,
+                alert_metric=self.config.squeeze_metric,
             )
         return self.summary_markdown(figure.name if figure else None)
 

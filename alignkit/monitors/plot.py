@@ -36,6 +36,7 @@ def plot_probes(
     path: str | Path,
     threshold: float | None = None,
     title: str | None = None,
+    alert_metric: str = "score",
 ) -> Path:
     """Draw every evaluation record (flat metric dicts with `global_step`) into one PNG.
 
@@ -43,7 +44,8 @@ def plot_probes(
         records: evaluations in order, as written to probes.jsonl.
         boundaries: (global step where a stage began, stage name), drawn as labelled vertical lines.
         path: where the PNG goes.
-        threshold: the alert threshold, drawn on the squeezing-score panel.
+        threshold: the alert threshold, drawn with the alerts on the panel of `alert_metric`, the metric the alert
+            reads (`score` or a mechanism metric).
     """
     import matplotlib
 
@@ -69,22 +71,14 @@ def plot_probes(
         own = [r for r in records if r["stage"] == stage]
         scores = [r.get("squeeze/score", math.nan) for r in own]
         score_ax.plot([r["global_step"] for r in own], scores, "-k", marker=".")
-    alerts = [r for r in records if "alert" in r]
-    if alerts:
-        alert_steps = [r["global_step"] for r in alerts]
-        score_ax.plot(alert_steps, [r["squeeze/score"] for r in alerts], "rx", markersize=9, label="alert")
-    if threshold is not None:
-        score_ax.axhline(threshold, color="r", linestyle=":", label=f"threshold {threshold:g}")
-    if score_ax.get_legend_handles_labels()[0]:
-        score_ax.legend(fontsize=7)
     score_ax.set_title("original squeezing score (nats/token)", fontsize=10)
     for ax, (panel_title, metrics) in zip(axes.flat[len(PANELS) + 1 :], MECHANISM_PANELS):
-        for n, metric in enumerate(metrics):
+        for n, name in enumerate(metrics):
             for stage in dict.fromkeys(r["stage"] for r in records):  # each stage starts again from 0
-                own = [r for r in records if r["stage"] == stage and f"mech/{metric}" in r]
+                own = [r for r in records if r["stage"] == stage and f"mech/{name}" in r]
                 x = [r["global_step"] for r in own]
-                y, lo, hi = ([_num(r.get(f"mech/{metric}{k}")) for r in own] for k in ("", "_lo", "_hi"))
-                label = metric if stage == records[0]["stage"] else None
+                y, lo, hi = ([_num(r.get(f"mech/{name}{k}")) for r in own] for k in ("", "_lo", "_hi"))
+                label = name if stage == records[0]["stage"] else None
                 ax.plot(x, y, "-", marker=".", color=f"C{n}", label=label)
                 ax.fill_between(x, lo, hi, color=f"C{n}", alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.6)
@@ -92,6 +86,20 @@ def plot_probes(
         ax.legend(fontsize=7, loc="best")
     for ax in axes.flat[len(PANELS) + 1 + len(MECHANISM_PANELS) :]:
         ax.axis("off")
+    # The threshold and the alerts go where the metric the alert reads is drawn.
+    alert_ax = score_ax
+    for ax, (_, metrics) in zip(axes.flat[len(PANELS) + 1 :], MECHANISM_PANELS):
+        if alert_metric in metrics:
+            alert_ax = ax
+    alerts = [r for r in records if "alert" in r]
+    if alerts:
+        values = [_num(r.get("squeeze/alert_value", r.get("squeeze/score"))) for r in alerts]
+        alert_ax.plot([r["global_step"] for r in alerts], values, "rx", markersize=9, label="alert")
+    if threshold is not None:
+        alert_ax.axhline(threshold, color="r", linestyle=":", label=f"alert threshold {threshold:g}")
+    for ax in (score_ax, alert_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     for ax in axes.flat:
         ax.set_xlabel("global step", fontsize=8)
         ax.tick_params(labelsize=7)
