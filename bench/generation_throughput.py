@@ -2,7 +2,7 @@
 
     python bench/generation_throughput.py                      # SmolLM2-135M-Instruct (GGUF wheel), CPU
     python bench/generation_throughput.py --prompts 32 --batch_size 32 --max_new_tokens 64 --threads 2
-    python bench/generation_throughput.py --threads 1 --with_model_generate   # RESULTS.md section 12
+    python bench/generation_throughput.py --threads 1 --repeats 3          # RESULTS.md section 12
 
 Each mode runs `--repeats` times, the modes taking turns, and its fastest run counts: on a machine shared with other
 jobs, load that comes and goes would otherwise land on whichever mode happened to run then.
@@ -10,19 +10,16 @@ jobs, load that comes and goes would otherwise land on whichever mode happened t
 Prompts are the built-in held-out prompts. Tokens are counted as the tokens of the returned responses (plus the EOS
 when a response stopped before max_new_tokens): padding and the steps a finished row idles in its batch are a cost of
 batching, so they count in the time but not in the tokens. A third row samples k responses per prompt at once
-(num_return_sequences), as the on-policy stage does. With --with_model_generate, two more rows run greedy decoding
-through `model.generate` (what `generate` did before its own greedy loop), one prompt at a time and batched.
+(num_return_sequences), as the on-policy stage does.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from unittest import mock
 
 import torch
 
-import alignkit.generation
 from alignkit.config import ModelConfig
 from alignkit.data.builtin import load_builtin
 from alignkit.generation import generate
@@ -38,13 +35,9 @@ def count_tokens(tokenizer, outputs: list[list[str]], max_new_tokens: int) -> in
     return total
 
 
-def timed(model, tokenizer, prompts, model_generate=False, **kwargs) -> tuple[list[list[str]], float]:
+def timed(model, tokenizer, prompts, **kwargs) -> tuple[list[list[str]], float]:
     start = time.perf_counter()
-    if model_generate:  # greedy through model.generate, as before the own decoding loop
-        with mock.patch.object(alignkit.generation, "_plain_greedy", lambda model: False):
-            outputs = generate(model, tokenizer, prompts, **kwargs)
-    else:
-        outputs = generate(model, tokenizer, prompts, **kwargs)
+    outputs = generate(model, tokenizer, prompts, **kwargs)
     return outputs, time.perf_counter() - start
 
 
@@ -57,7 +50,6 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="samples per prompt in the sampling row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, taking turns; the fastest counts")
-    parser.add_argument("--with_model_generate", action="store_true", help="also greedy through model.generate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,19 +64,14 @@ def main() -> None:
         "batched": {"batch_size": args.batch_size},
         "sampled": {"batch_size": args.batch_size, "do_sample": True, "num_return_sequences": args.k, "seed": 0},
     }
-    if args.with_model_generate:
-        modes |= {
-            "one_hf": {"batch_size": 1, "model_generate": True},
-            "batched_hf": {"batch_size": args.batch_size, "model_generate": True},
-        }
-    by_mode: dict[str, list[list[str]]] = {}
+    outputs: dict[str, list[list[str]]] = {}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
         for mode, kwargs in modes.items():
-            by_mode[mode], seconds = timed(model, tokenizer, prompts, **kwargs, **common)
+            outputs[mode], seconds = timed(model, tokenizer, prompts, **kwargs, **common)
             times[mode].append(seconds)
-    one, batched, sampled = by_mode["one"], by_mode["batched"], by_mode["sampled"]
-    t_one, t_batched, t_sampled = (min(times[mode]) for mode in ("one", "batched", "sampled"))
+    one, batched, sampled = outputs["one"], outputs["batched"], outputs["sampled"]
+    t_one, t_batched, t_sampled = (min(times[mode]) for mode in modes)
     rows = [
         ("one prompt at a time, greedy", 1, one, t_one),
         (f"batched, greedy (batch {args.batch_size})", args.batch_size, batched, t_batched),
@@ -100,22 +87,9 @@ def main() -> None:
         tokens = count_tokens(tokenizer, outputs, args.max_new_tokens)
         speeds.append(tokens / seconds)
         print(f"{name:<44} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f}")
-    if args.with_model_generate:
-        for name, mode in (("one at a time, greedy, model.generate", "one_hf"),
-                           (f"batched, greedy, model.generate (batch {args.batch_size})", "batched_hf")):  # fmt: skip
-            tokens = count_tokens(tokenizer, by_mode[mode], args.max_new_tokens)
-            seconds = min(times[mode])
-            speeds.append(tokens / seconds)
-            print(f"{name:<44} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f}")
     same = sum(a == b for a, b in zip(one, batched))
     print(f"batched / one-at-a-time throughput: {speeds[1] / speeds[0]:.2f}x (greedy); "
           f"{speeds[2] / speeds[0]:.2f}x (sampling k={args.k})")  # fmt: skip
-    if args.with_model_generate:
-        print(f"through model.generate: batched / one-at-a-time {speeds[4] / speeds[3]:.2f}x; own greedy loop vs "
-              f"model.generate: {speeds[1] / speeds[4]:.2f}x batched, {speeds[0] / speeds[3]:.2f}x one at a time; "
-              f"identical responses own loop vs model.generate: "
-              f"{sum(a == b for a, b in zip(batched, by_mode['batched_hf']))}/{len(prompts)} batched, "
-              f"{sum(a == b for a, b in zip(one, by_mode['one_hf']))}/{len(prompts)} one at a time")  # fmt: skip
     print(f"identical greedy responses batched vs one at a time: {same}/{len(prompts)} (left padding can flip "
           "near-tied tokens of the Q4-derived weights)")  # fmt: skip
 
