@@ -91,6 +91,68 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
     return input_ids, attention_mask
 
 
+@dataclass
+class SharedPromptOutput:
+    """What `forward_shared_prompts` returns, aligned like `collate`: position 0 is the last prompt position (it
+    predicts the first response token), then one position per response token."""
+
+    logits: torch.Tensor  # (rows, R + 1, vocab)
+    response_ids: torch.Tensor  # (rows, R + 1); column 0 stands in for the last prompt token, padding is `pad`
+    response_mask: torch.Tensor  # (rows, R) bool: which labels are response tokens
+    hidden: torch.Tensor | None  # (rows, R + 1, d) last-layer states at the same positions, when asked for
+
+
+def forward_shared_prompts(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    owner: Sequence[int],
+    pad: int,
+    device,
+    hidden_states: bool = False,
+) -> SharedPromptOutput:
+    """Score many responses that share few prompts: each prompt once, then every response against its prompt's cache.
+
+    Pass 1 runs the left-padded prompts with a key/value cache and vocabulary-wide logits at their last position only;
+    pass 2 runs each response row against a copy of its prompt's cache (`owner[row]` = its prompt's index). Against
+    scoring (prompt + response) rows in full, the prompt is computed once and the 49k-vocabulary logits only where a
+    response token is predicted.
+    """
+    prompt_ids, prompt_mask = left_pad(prompts, pad)
+    out = model(
+        input_ids=prompt_ids.to(device),
+        attention_mask=prompt_mask.to(device),
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+        logits_to_keep=1,  # only the last prompt position predicts a response token
+        output_hidden_states=hidden_states,
+    )
+    rows = torch.tensor(list(owner))
+    width = max(len(r) for r in responses)
+    response_ids = torch.full((len(responses), width + 1), pad, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
+    for b, ids in enumerate(responses):
+        response_ids[b, 1 : len(ids) + 1] = torch.tensor(ids)
+        response_mask[b, : len(ids)] = True
+    cache = out.past_key_values
+    cache.reorder_cache(rows.to(device))  # one copy of each prompt's keys/values per response row
+    lengths = prompt_mask.sum(-1)[rows]
+    out_r = model(
+        input_ids=response_ids[:, 1:].to(device),
+        attention_mask=torch.cat([prompt_mask[rows], response_mask.long()], dim=1).to(device),
+        position_ids=(lengths[:, None] + torch.arange(width)[None]).to(device),
+        past_key_values=cache,
+        use_cache=True,
+        output_hidden_states=hidden_states,
+    )
+    on = rows.to(device)
+    logits = torch.cat([out.logits[:, -1:][on], out_r.logits], dim=1)
+    hidden = None
+    if hidden_states:
+        hidden = torch.cat([out.hidden_states[-1][:, -1:][on], out_r.hidden_states[-1]], dim=1)
+    return SharedPromptOutput(logits, response_ids.to(device), response_mask.to(device), hidden)
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log π(token_{t+1} | tokens_≤t) for every position: shape (batch, seq-1)."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)

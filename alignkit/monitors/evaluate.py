@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from alignkit.generation import generate
 from alignkit.monitors.probes import Probe
 from alignkit.monitors.scoring import response_token_stats
-from alignkit.sequences import EncodedPair, collate, encode_pair, left_pad
+from alignkit.sequences import EncodedPair, collate, encode_pair, forward_shared_prompts
 
 
 @dataclass
@@ -121,41 +121,13 @@ def _score_shared_prompt(
 ) -> list[tuple[int, str, dict[str, float]]]:
     """Prompts once (left-padded, cached), then every response of every probe against its prompt's cache."""
     prompts = [pairs[0][1].input_ids[: pairs[0][1].prompt_len] for _, pairs in chunk]
-    prompt_ids, prompt_mask = left_pad(prompts, pad)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=prompt_ids.to(device),
-        attention_mask=prompt_mask.to(device),
-        position_ids=positions.to(device),
-        use_cache=True,
-        logits_to_keep=1,  # only the last prompt position predicts a response token
-    )
-
     rows = [(i, family, pair) for i, pairs in chunk for family, pair in pairs]
-    owner = torch.tensor([b for b, (_, pairs) in enumerate(chunk) for _ in pairs])  # row -> its prompt in the batch
-    responses = [pair.input_ids[pair.prompt_len :] for _, _, pair in rows]
-    if any(pair.input_ids[: pair.prompt_len] != prompts[b] for b, (_, _, pair) in zip(owner.tolist(), rows)):
+    owner = [b for b, (_, pairs) in enumerate(chunk) for _ in pairs]  # row -> its prompt in the batch
+    if any(pair.input_ids[: pair.prompt_len] != prompts[b] for b, (_, _, pair) in zip(owner, rows)):
         raise RuntimeError("a probe's families tokenized its prompt differently; score with share_prompt=False")
-    r_width = max(len(r) for r in responses)
-    response_ids = torch.full((len(rows), r_width + 1), pad, dtype=torch.long)  # column 0: stands for the prompt
-    response_mask = torch.zeros((len(rows), r_width), dtype=torch.bool)
-    for b, ids in enumerate(responses):
-        response_ids[b, 1 : len(ids) + 1] = torch.tensor(ids)
-        response_mask[b, : len(ids)] = True
-    cache = out.past_key_values
-    cache.reorder_cache(owner.to(device))  # one copy of the prompt's keys/values per response row
-    prompt_lengths = prompt_mask.sum(-1)[owner]
-    out_r = model(
-        input_ids=response_ids[:, 1:].to(device),
-        attention_mask=torch.cat([prompt_mask[owner], response_mask.long()], dim=1).to(device),
-        position_ids=(prompt_lengths[:, None] + torch.arange(r_width)[None]).to(device),
-        past_key_values=cache,
-        use_cache=True,
-    )
-    # Position 0 holds the last prompt logit (predicting response token 1), then each response position's logit:
-    # the same (logits, ids, mask) alignment as `collate`, so the same statistics function applies.
-    logits = torch.cat([out.logits[:, -1:][owner.to(device)], out_r.logits], dim=1)
-    return _unpack(rows, response_token_stats(logits, response_ids.to(device), response_mask.to(device), eos))
+    responses = [pair.input_ids[pair.prompt_len :] for _, _, pair in rows]
+    out = forward_shared_prompts(model, prompts, responses, owner, pad, device)
+    return _unpack(rows, response_token_stats(out.logits, out.response_ids, out.response_mask, eos))
 
 
 def _unpack(rows, stats: dict[str, torch.Tensor]) -> list[tuple[int, str, dict[str, float]]]:

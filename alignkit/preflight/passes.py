@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.preflight.scores import ches, mean_response_hidden
-from alignkit.sequences import EncodedPair, Prompt, Response, encode_pair, left_pad, token_logprobs
+from alignkit.sequences import EncodedPair, Prompt, Response, encode_pair, forward_shared_prompts, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,8 @@ def _order(lengths: Sequence[int]) -> list[int]:
 def _forward_pairs(model, batch: list[tuple[EncodedPair, EncodedPair]], pad: int, device):
     """Log-probs and mean hidden states of a batch of pairs: each prompt once, then its two responses against it.
 
-    Pass 1 runs the left-padded prompts with a key/value cache and keeps only the last position's logits (the one that
-    predicts a response's first token). Pass 2 runs every response against its prompt's cache (chosen rows, then
-    rejected rows). Compared with scoring (x, y+) and (x, y-) as two full sequences, the prompt is computed once and
-    the vocabulary-wide logits only at response positions (the same prompt-sharing as the monitor's scoring).
+    The two passes are `alignkit.sequences.forward_shared_prompts` (the monitor's probe scoring shares them): rows
+    0..B-1 are the chosen responses, rows B..2B-1 the rejected ones.
 
     Returns (logps (2B, R) per response token, response_mask (2B, R), mean hidden states (2B, d)); row b and b + B
     are pair b's y+ and y-.
@@ -47,41 +45,12 @@ def _forward_pairs(model, batch: list[tuple[EncodedPair, EncodedPair]], pad: int
     prompts = [chosen.input_ids[: chosen.prompt_len] for chosen, _ in batch]
     if any(rejected.input_ids[: rejected.prompt_len] != prompt for (_, rejected), prompt in zip(batch, prompts)):
         raise RuntimeError("y+ and y- of a pair tokenized their prompt differently")
-    prompt_ids, prompt_mask = left_pad(prompts, pad)
-    out = model(
-        input_ids=prompt_ids.to(device),
-        attention_mask=prompt_mask.to(device),
-        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device),
-        use_cache=True,
-        logits_to_keep=1,
-        output_hidden_states=True,
-    )
     n = len(batch)
-    owner = torch.tensor(list(range(n)) * 2)  # response row -> its prompt in the batch
     responses = [p.input_ids[p.prompt_len :] for p in [c for c, _ in batch] + [r for _, r in batch]]
-    width = max(len(r) for r in responses)
-    response_ids = torch.full((2 * n, width + 1), pad, dtype=torch.long)  # column 0 stands for the last prompt token
-    response_mask = torch.zeros((2 * n, width), dtype=torch.bool)
-    for b, ids in enumerate(responses):
-        response_ids[b, 1 : len(ids) + 1] = torch.tensor(ids)
-        response_mask[b, : len(ids)] = True
-    cache = out.past_key_values
-    cache.reorder_cache(owner.to(device))  # one copy of each prompt's keys/values per response row
-    lengths = prompt_mask.sum(-1)[owner]
-    out_r = model(
-        input_ids=response_ids[:, 1:].to(device),
-        attention_mask=torch.cat([prompt_mask[owner], response_mask.long()], dim=1).to(device),
-        position_ids=(lengths[:, None] + torch.arange(width)[None]).to(device),
-        past_key_values=cache,
-        output_hidden_states=True,
-    )
-    # Column 0: the last prompt position, then each response position: `collate`'s (logits, ids, mask) alignment, so
-    # `token_logprobs` and `mean_response_hidden` apply unchanged.
-    on = owner.to(device)
-    logits = torch.cat([out.logits[:, -1:][on], out_r.logits], dim=1)
-    hidden = torch.cat([out.hidden_states[-1][:, -1:][on], out_r.hidden_states[-1]], dim=1)
-    logps = token_logprobs(logits, response_ids.to(device)).cpu()
-    return logps, response_mask, mean_response_hidden(hidden.cpu(), response_mask)
+    out = forward_shared_prompts(model, prompts, responses, list(range(n)) * 2, pad, device, hidden_states=True)
+    logps = token_logprobs(out.logits, out.response_ids).cpu()
+    response_mask = out.response_mask.cpu()
+    return logps, response_mask, mean_response_hidden(out.hidden.cpu(), response_mask)
 
 
 @torch.inference_mode()
