@@ -2,7 +2,7 @@
 
     python bench/generation_throughput.py                      # SmolLM2-135M-Instruct (GGUF wheel), CPU
     python bench/generation_throughput.py --prompts 32 --batch_size 32 --max_new_tokens 64 --threads 2
-    python bench/generation_throughput.py --threads 1 --repeats 3          # RESULTS.md section 12
+    python bench/generation_throughput.py --threads 1 --repeats 3          # RESULTS.md section 13
 
 Each mode runs `--repeats` times, the modes taking turns, and its fastest run counts: on a machine shared with other
 jobs, load that comes and goes would otherwise land on whichever mode happened to run then.
