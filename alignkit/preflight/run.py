@@ -26,7 +26,7 @@ from alignkit.preflight.passes import score_pairs
 from alignkit.preflight.plot import histogram
 from alignkit.preflight.scores import at_risk, margin, rank, valley
 from alignkit.preflight.table import preflight_markdown, report_section, verdict
-from alignkit.stages import STAGE_DONE, StageResult, load_stage_model, lora_config, pairs_for_steps
+from alignkit.stages import STAGE_DONE, StageResult, load_stage_model, lora_config, pairs_for_steps, weights_dir
 
 logger = logging.getLogger(__name__)
 DONE = "preflight_complete.json"
@@ -64,7 +64,7 @@ class PreflightResult:
 def sft_weights(cfg: RecipeConfig) -> Path | None:
     """The recipe's finished SFT stage in the run's output_dir (adapter or full model), or None."""
     stage_dir = Path(cfg.run.output_dir) / "sft"
-    weights = stage_dir / ("adapter" if cfg.model.use_lora else "model")
+    weights = weights_dir(stage_dir, cfg.model.use_lora)
     return weights if (stage_dir / STAGE_DONE).exists() and weights.exists() else None
 
 
