@@ -706,6 +706,9 @@ def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
     yaml_keys = set(_check_yaml_keys(path)) if path else set()
     cli_keys = {a[2:].split("=")[0] for a in args if a.startswith("--")}
     parser = TrlParser(CONFIG_CLASSES, allow_abbrev=False)
+    for action in parser._actions:  # argparse %-formats help text: a '95%' in a field's help would break --help
+        if action.help:
+            action.help = action.help.replace("%", "%%")
     try:
         *parts, _, unknown = parser.parse_args_and_config(
             args, return_remaining_strings=True, separate_remaining_strings=True

@@ -138,12 +138,12 @@ class MonitorConfig:
         default="mean",
         metadata={
             "help": "'mean': the metric's mean over the probes reaches the threshold; 'lower': the lower end of its "
-            "95%% bootstrap interval over probes does (fewer false alarms on few probes, later detection)."
+            "95% bootstrap interval over probes does (fewer false alarms on few probes, later detection)."
         },
     )
     probe_bootstrap: int = field(
         default=1000,
-        metadata={"help": "Bootstrap replicates (over probes) for the 95%% intervals of the mechanism metrics."},
+        metadata={"help": "Bootstrap replicates (over probes) for the 95% intervals of the mechanism metrics."},
     )
     guard_action: str = field(
         default="warn",
