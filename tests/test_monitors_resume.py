@@ -101,6 +101,25 @@ def test_resume_after_mitigation_keeps_weight_baseline_and_alerts(data, tiny_tok
     assert "raised the SFT-on-y+ loss weight from 0 to 1" in monitor2.finish()
 
 
+def test_resume_after_a_kill_mid_write_drops_the_torn_lines(data, tiny_tokenizer, tmp_path):
+    """A kill can cut the monitor's files mid-line; the resume skips the torn tails and rewrites whole lines."""
+    _, _, trainer = _mitigating_run(data, tiny_tokenizer, tmp_path, [KillAt(3)])
+    with pytest.raises(Killed):
+        trainer.train()
+    stage = tmp_path / "preference"
+    for name in ("probes.jsonl", PROBE_RECORDS):
+        with (stage / name).open("a", encoding="utf-8") as f:
+            f.write('{"stage": "preference", "event": "step", "st')  # no newline: the write was cut short
+
+    monitor2, _, trainer2 = _mitigating_run(data, tiny_tokenizer, tmp_path)
+    trainer2.train(resume_from_checkpoint=str(stage / "checkpoint-2"))
+
+    assert [r["step"] for r in monitor2.records] == [0, 2, 2, 4, 6]
+    for name in ("probes.jsonl", PROBE_RECORDS):
+        lines = (stage / name).read_text().splitlines()
+        assert all(isinstance(json.loads(line), dict) for line in lines)  # every line whole again
+
+
 def test_rerun_of_a_guard_stopped_stage_still_says_stopped_early(tiny_model_dir, tmp_path):
     from .test_recipe import run_recipe_in_process, tiny_args
 

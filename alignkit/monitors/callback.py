@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback
 
 from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import read_jsonl_cache, write_jsonl_atomic
 from alignkit.monitors.config import ALL_FAMILIES, MonitorConfig, alert_unavailable
 from alignkit.monitors.evaluate import evaluate_probes
 from alignkit.monitors.guard import alert_message, check_mitigation, raise_sft_weight, sft_weight_slot
@@ -432,12 +433,12 @@ class SqueezingCallback(TrainerCallback):
         for path, keep_in_memory in ((self.jsonl_path, True), (self.records_path, False)):
             if path is None or not path.is_file():
                 continue
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            # A kill can cut the last line short mid-write: the cache reader skips it, and the rewrite drops it.
+            kept = [record for _, record in read_jsonl_cache(path) if record["step"] <= step]
             if keep_in_memory:
-                self.monitor.records += [json.loads(line) for line in kept]
+                self.monitor.records += kept
             if self.monitor._main():
-                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                write_jsonl_atomic(path, kept)
 
     # --- schedule
 
