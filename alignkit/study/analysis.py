@@ -1,0 +1,665 @@
+"""The squeezing study's analysis: every number of the report, computed from the runner's files alone.
+
+Inputs, under `<study_dir>/runs/s<seed>/`, one set per finished (seed, arm): `<arm>.json` (what ran, timings),
+`<arm>.probe_records.jsonl.gz` (per evaluation × probe × family records of the DPO stage) and
+`<arm>.generations.jsonl.gz` (held-out answers with verifier scores). An arm is read off its JSON's fields
+(`sft_mode` chosen|extended = A|B, `rejected` near|far, `loss`), never off its name.
+
+Units: (seed, probe) for probe metrics, (seed, prompt) for generations, (seed, arm, probe) for the pooled
+dose–response; every interval is a 95% percentile bootstrap over units (alignkit.study.stats). Comparisons between
+arms are paired: one difference per unit, on the units both arms have.
+
+`analyze(study_dir)` writes `<study_dir>/summary.json`, a dict with these keys (an *estimate* is
+`{mean, lo, hi, n_units, n_seeds, per_seed: {seed: value}}`; checkpoints are `begin`, `epoch<e>` for the
+intermediate evaluations named in the run JSON's `dpo.epoch_steps`, and `end`):
+
+- `study_dir`, `n_boot`, `level`, `primary_loss`, `baseline_arm`, `seeds`, `caveats` (list of sentences),
+  `arms`: {arm: {sft_mode, rejected, loss, seeds}}.
+- `timing`: {total_s, per_seed: {seed: {total_s, runs: {arm: {seconds, sft_s, dpo_s}}}}};
+  `settings`: {arm: {sft, dpo, settings}} from the lowest seed's run JSON.
+- `manipulation`: {levels: {arm: {chosen|rejected: estimate}} (begin words_logp_per_token, train probes),
+  checks: {M1|M2: {claim, status: passed|failed|untestable, estimate, near (M2 only), threshold}},
+  y_plus_change: {near|far: estimate} (B − A of chosen at begin), exposure: {sft_mode: {y_plus, y_minus}}}.
+- `outcomes`: {arm: {checkpoint: {metric: estimate}}} with metrics OUTCOME_METRICS (DPO checkpoint vs begin).
+- `contrasts`: {loss: {checkpoint: {contrast: {metric: estimate}}}}, contrasts `A-B|near`, `A-B|far`,
+  `interaction` = (A−B)|far − (A−B)|near, `far-near|A`; metrics CONTRAST_METRICS.
+- `trajectories`: {arm: {family: [[step, mean Δ per-token log π since begin], ...]}}.
+- `dose_response`: {pooled, within_arm_mean: estimate of Spearman ρ, per_arm: {arm: estimate},
+  points: [[seed, arm, probe, x, y], ...]} with x = begin y⁻ words_logp_per_token, y = off_target_fall at end.
+- `quality`: {accuracy: {arm: {checkpoint: estimate}}, win_rates: {"<x>_vs_<base>": {checkpoint: {ours, paper:
+  estimate, wins, ties, losses}}}, paper_reference: {checkpoint: win rate}}.
+- `claims`: [{id, claim, verdict, evidence, rests_on, note}], verdicts from the rules in `decide_claims`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alignkit.errors import AlignkitError
+from alignkit.jsonl import decode_utf8, location
+from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.study.stats import (
+    LEVEL,
+    N_BOOT,
+    Estimate,
+    Key,
+    bootstrap_interval,
+    mean_of,
+    mean_within_group_spearman,
+    paired_difference,
+    ratio_of_means,
+    spearman,
+)
+
+PRIMARY_LOSS = "dpo"
+CHECK_MIN_NATS = 1.0  # nats/token: the gap M1 demands between the valleys and the lift M2 demands from extended SFT
+MIN_SEEDS = 3  # below this, intervals are over probes only: say so
+PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
+OUTCOME_METRICS = (
+    "off_target_fall", "chosen_change", "rejected_fall", "concentration_alt", "concentration_top",
+    "collateral_ratio", "off_target_eos_change", "greedy_start_rise", "greedy_rise",
+)  # fmt: skip
+CONTRAST_METRICS = ("off_target_fall", "chosen_change", "concentration_alt")
+WORDS = "words_logp_per_token"  # per-token log π without the EOS label: the paper's quantity, length-free
+# The model-derived families have no EOS-free value worth comparing (greedy changes text; argmax has logp only).
+FAMILY_FIELD = {"argmax": "logp_per_token", "greedy": "logp_per_token"}
+PAIR_FAMILIES = ("chosen", "rejected")  # looked at on training probes only: where the gradient acts
+
+Snapshot = dict[str, dict[str, dict]]  # probe id -> family -> record, at one evaluation
+
+
+@dataclass
+class Run:
+    """One finished (seed, arm): its JSON, its DPO probe records and its held-out generations."""
+
+    meta: dict
+    probes: list[dict] = field(default_factory=list)
+    generations: list[dict] = field(default_factory=list)
+
+    @property
+    def arm(self) -> str:
+        return self.meta["arm"]
+
+    @property
+    def seed(self) -> int:
+        return self.meta["seed"]
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        return (self.meta["sft_mode"], self.meta["rejected"], self.meta.get("loss", PRIMARY_LOSS))
+
+
+# --- loading
+
+
+def read_records(path: Path) -> list[dict]:
+    """The objects of a JSON Lines file, gzipped (`.gz`) or not; blank lines skipped, a bad line raises naming it."""
+    data = path.read_bytes()
+    text = decode_utf8(gzip.decompress(data) if path.suffix == ".gz" else data, path)
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.strip():
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError as err:
+                raise AlignkitError(f"{location(path, line)}: invalid JSON ({err.msg})") from None
+    return rows
+
+
+def load_runs(study_dir: str | Path) -> dict[tuple[int, str], Run]:
+    """Every finished run under `<study_dir>/runs/s*/`, keyed by (seed, arm); a run without its records files is kept
+    with empty records (the report then says what is missing)."""
+    runs = {}
+    for meta_path in sorted(Path(study_dir, "runs").glob("s*/*.json")):
+        meta = json.loads(meta_path.read_text())
+        if "." in meta_path.stem or not isinstance(meta, dict) or "sft_mode" not in meta:
+            continue  # not a run's own JSON (`<arm>.json` with the arm's fields)
+        run = Run(meta)
+        for name, attr in (("probe_records", "probes"), ("generations", "generations")):
+            path = meta_path.with_name(f"{run.arm}.{name}.jsonl.gz")
+            if path.is_file():
+                setattr(run, attr, read_records(path))
+        runs[(run.seed, run.arm)] = run
+    if not runs:
+        raise AlignkitError(f"{Path(study_dir, 'runs')} has no finished run (runs/s<seed>/<arm>.json)")
+    return runs
+
+
+def arm_grid(runs: dict[tuple[int, str], Run]) -> dict[tuple[str, str, str], str]:
+    """(sft_mode, rejected, loss) -> arm name, from the run JSONs."""
+    return {run.cell: run.arm for run in runs.values()}
+
+
+# --- probe records: evaluations, begin levels, mechanism per probe
+
+
+def snapshots(records: list[dict]) -> list[tuple[int, str, Snapshot]]:
+    """The DPO stage's evaluations in order, each as (step, event, probe -> family -> record)."""
+    grouped: dict[tuple[int, str], Snapshot] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        grouped[(r["step"], r["event"])][r["probe"]][r["family"]] = r
+    order = {"begin": 0, "step": 1, "end": 2}
+    return sorted(((s, e, dict(snap)) for (s, e), snap in grouped.items()), key=lambda t: (t[0], order.get(t[1], 1)))
+
+
+def checkpoints(run: Run) -> dict[str, Snapshot]:
+    """`begin`, the intermediate `epoch<e>` evaluations (steps from the JSON's `dpo.epoch_steps`) and `end`."""
+    snaps = snapshots(run.probes)
+    out = {event: snap for _, event, snap in snaps if event in ("begin", "end")}
+    end_step = max((s for s, e, _ in snaps if e == "end"), default=math.inf)
+    for epoch, step in sorted(run.meta.get("dpo", {}).get("epoch_steps", {}).items(), key=lambda kv: int(kv[0])):
+        found = [snap for s, e, snap in snaps if s == step and e != "begin"]
+        if found and step < end_step:
+            out[f"epoch{epoch}"] = found[0]
+    return out
+
+
+def probe_splits(records: list[dict]) -> dict[str, str]:
+    return {r["probe"]: r["split"] for r in records}
+
+
+def level_units(run: Run, snap: Snapshot, family: str, name: str = WORDS, split: str = "train") -> dict[Key, float]:
+    """{(seed, probe): record[name]} of one family at one evaluation, over the probes of `split` (None -> NaN)."""
+    splits = probe_splits(run.probes)
+    out = {}
+    for probe, families in snap.items():
+        value = families.get(family, {}).get(name)
+        if splits.get(probe) == split:
+            out[(run.seed, probe)] = math.nan if value is None else float(value)
+    return out
+
+
+def mechanism_units(run: Run, start: Snapshot, now: Snapshot) -> dict[str, dict[Key, float | tuple[float, float]]]:
+    """Per metric, {(seed, probe): value} of the change from `start` to `now` (alignkit.monitors.scoring).
+
+    Adds `chosen_change` = −chosen_fall (y⁺'s change, so a fall is negative as the paper plots it) and
+    `collateral_ratio` units (off_target_fall, rejected_fall) for a ratio of means: off-target fall per nat of y⁻
+    decrease, on training probes (where both are defined).
+    """
+    probes = sorted(start.keys() & now.keys())
+    splits = probe_splits(run.probes)
+    per_probe = mechanism_per_probe([start[p] for p in probes], [now[p] for p in probes], [splits[p] for p in probes])
+    out: dict[str, dict] = {name: dict(zip(((run.seed, p) for p in probes), vals)) for name, vals in per_probe.items()}
+    out["chosen_change"] = {k: -v for k, v in out["chosen_fall"].items()}
+    out["collateral_ratio"] = {k: (v, out["rejected_fall"][k]) for k, v in out["off_target_fall"].items()}
+    return out
+
+
+def merge(parts: list[dict[Key, object]]) -> dict[Key, object]:
+    """Union of unit dicts from different seeds (keys start with the seed, so they never collide)."""
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def estimate(units: dict, statistic=mean_of, n_boot: int = N_BOOT) -> dict:
+    return bootstrap_interval(units, statistic, n=n_boot).to_dict()
+
+
+def arm_mechanisms(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, dict[str, dict]]]:
+    """{arm: {checkpoint: {metric: units pooled over seeds}}} for every DPO checkpoint after `begin`."""
+    out: dict[str, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs.values():
+        cps = checkpoints(run)
+        if "begin" not in cps:
+            continue
+        for label, snap in cps.items():
+            if label != "begin":
+                for metric, units in mechanism_units(run, cps["begin"], snap).items():
+                    out[run.arm][label][metric].append(units)
+    return {a: {c: {m: merge(parts) for m, parts in ms.items()} for c, ms in cs.items()} for a, cs in out.items()}
+
+
+def arm_levels(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, dict[Key, float]]]:
+    """{arm: {chosen|rejected: {(seed, probe): begin words_logp_per_token}}} over training probes."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs.values():
+        begin = checkpoints(run).get("begin")
+        for family in PAIR_FAMILIES:
+            out[run.arm][family].append(level_units(run, begin, family) if begin else {})
+    return {a: {f: merge(parts) for f, parts in fs.items()} for a, fs in out.items()}
+
+
+def trajectories(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, list[list[float]]]]:
+    """{arm: {family: [[step, mean over (seed, probe) of Δ per-token log π since begin], ...]}}.
+
+    chosen/rejected over training probes, every other family over all probes; EOS-free values except for the
+    model-derived families (FAMILY_FIELD).
+    """
+    acc: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs.values():
+        snaps = snapshots(run.probes)
+        begin = next((snap for _, e, snap in snaps if e == "begin"), None)
+        splits = probe_splits(run.probes)
+        for step, _, snap in snaps if begin else []:
+            for probe, families in snap.items():
+                for family, record in families.items():
+                    if family in PAIR_FAMILIES and splits.get(probe) != "train":
+                        continue
+                    name = FAMILY_FIELD.get(family, WORDS)
+                    start = begin.get(probe, {}).get(family, {}).get(name)
+                    if record.get(name) is not None and start is not None:
+                        acc[run.arm][family][step].append(record[name] - start)
+    return {
+        arm: {f: [[s, float(np.mean(v))] for s, v in sorted(steps.items())] for f, steps in fams.items()}
+        for arm, fams in acc.items()
+    }
+
+
+# --- manipulation checks, outcomes, contrasts
+
+
+def manipulation(levels: dict, runs: dict[tuple[int, str], Run], grid: dict, loss: str, n_boot: int) -> dict:
+    """M1 (FAR's y⁻ ≥ 1 nat/token below NEAR's under chosen-only SFT) and M2 (extended SFT lifts FAR's y⁻ by ≥ 1),
+    on begin (= after SFT) per-token log π of y⁻ over training probes, paired per (seed, probe); and y⁺'s side."""
+
+    def units(sft: str, rejected: str, family: str) -> dict | None:
+        arm = grid.get((sft, rejected, loss))
+        return levels.get(arm, {}).get(family) if arm else None
+
+    def diff(x: tuple, y: tuple, family: str) -> dict | None:
+        ux, uy = units(*x, family), units(*y, family)
+        return estimate(paired_difference(ux, uy), n_boot=n_boot) if ux and uy else None
+
+    a_near, a_far, b_near, b_far = ("chosen", "near"), ("chosen", "far"), ("extended", "near"), ("extended", "far")
+    m1 = diff(a_far, a_near, "rejected")
+    m2, m2_near = diff(b_far, a_far, "rejected"), diff(b_near, a_near, "rejected")
+    checks = {
+        "M1": {
+            "claim": f"FAR's y⁻ sits ≥ {CHECK_MIN_NATS:g} nat/token below NEAR's, chosen-only SFT (A_far − A_near)",
+            "status": check_status(m1, lambda m: m <= -CHECK_MIN_NATS),
+            "estimate": m1,
+            "threshold": -CHECK_MIN_NATS,
+        },
+        "M2": {
+            "claim": f"Extended SFT lifts FAR's y⁻ by ≥ {CHECK_MIN_NATS:g} nat/token (B_far − A_far)",
+            "status": check_status(m2, lambda m: m >= CHECK_MIN_NATS),
+            "estimate": m2,
+            "near": m2_near,
+            "threshold": CHECK_MIN_NATS,
+        },
+    }
+    return {
+        "levels": {arm: {f: estimate(u, n_boot=n_boot) for f, u in fams.items()} for arm, fams in levels.items()},
+        "checks": checks,
+        "y_plus_change": {"near": diff(b_near, a_near, "chosen"), "far": diff(b_far, a_far, "chosen")},
+        "exposure": exposure(runs),
+    }
+
+
+def check_status(est: dict | None, passes) -> str:
+    if est is None or not finite(est["mean"]):
+        return "untestable"
+    return "passed" if passes(est["mean"]) else "failed"
+
+
+def exposure(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, float]]:
+    """{sft_mode: {y_plus, y_minus}}: times each training pair's y⁺ / y⁻ was seen in SFT (mean over runs)."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs.values():
+        sft = run.meta.get("sft", {})
+        for side in ("y_plus", "y_minus"):
+            if sft.get(f"{side}_exposure") is not None:
+                acc[run.meta["sft_mode"]][side].append(float(sft[f"{side}_exposure"]))
+    return {mode: {side: float(np.mean(v)) for side, v in sides.items()} for mode, sides in acc.items()}
+
+
+def outcomes(mechanisms: dict, n_boot: int) -> dict[str, dict[str, dict[str, dict]]]:
+    """{arm: {checkpoint: {metric: estimate}}}; the collateral ratio as a ratio of means, bootstrapped as a ratio."""
+    return {
+        arm: {
+            cp: {
+                m: estimate(units[m], ratio_of_means if m == "collateral_ratio" else mean_of, n_boot)
+                for m in OUTCOME_METRICS
+                if m in units
+            }
+            for cp, units in cps.items()
+        }
+        for arm, cps in mechanisms.items()
+    }
+
+
+def contrast_units(mechanisms: dict, grid: dict, loss: str, checkpoint: str, metric: str) -> dict[str, dict]:
+    """Paired per (seed, probe) differences: (A − B) under near and far, their interaction, and far − near under A."""
+
+    def units(sft: str, rejected: str) -> dict:
+        arm = grid.get((sft, rejected, loss))
+        return mechanisms.get(arm, {}).get(checkpoint, {}).get(metric, {})
+
+    near = paired_difference(units("chosen", "near"), units("extended", "near"))
+    far = paired_difference(units("chosen", "far"), units("extended", "far"))
+    out = {
+        "A-B|near": near,
+        "A-B|far": far,
+        "interaction": paired_difference(far, near),
+        "far-near|A": paired_difference(units("chosen", "far"), units("chosen", "near")),
+    }
+    return {name: u for name, u in out.items() if u}
+
+
+def contrasts(mechanisms: dict, grid: dict, n_boot: int) -> dict[str, dict[str, dict[str, dict[str, dict]]]]:
+    """{loss: {checkpoint: {contrast: {metric: estimate}}}} over CONTRAST_METRICS."""
+    out: dict = {}
+    cps = sorted({cp for arms in mechanisms.values() for cp in arms})
+    for loss in sorted({cell[2] for cell in grid}):
+        for cp in cps:
+            for metric in CONTRAST_METRICS:
+                for name, units in contrast_units(mechanisms, grid, loss, cp, metric).items():
+                    by_name = out.setdefault(loss, {}).setdefault(cp, {}).setdefault(name, {})
+                    by_name[metric] = estimate(units, n_boot=n_boot)
+    return out
+
+
+# --- dose–response
+
+
+def dose_units(runs: dict[tuple[int, str], Run], mechanisms: dict) -> dict[Key, tuple[float, float]]:
+    """{(seed, arm, probe): (x, y)}: x = the training pair's y⁻ words_logp_per_token at begin (valley depth, more
+    negative = deeper), y = its off_target_fall at the end of DPO."""
+    out = {}
+    for run in runs.values():
+        begin = checkpoints(run).get("begin")
+        fall = mechanisms.get(run.arm, {}).get("end", {}).get("off_target_fall", {})
+        if begin is None:
+            continue
+        for (seed, probe), x in level_units(run, begin, "rejected").items():
+            out[(seed, run.arm, probe)] = (x, fall.get((seed, probe), math.nan))
+    return out
+
+
+def dose_response(units: dict[Key, tuple[float, float]], n_boot: int) -> dict:
+    """Spearman ρ of (valley depth, off-target fall): pooled over arms, per arm, and the mean of within-arm ρ."""
+    arms = sorted({k[1] for k in units})
+    code = {arm: i for i, arm in enumerate(arms)}
+    grouped = {k: (x, y, code[k[1]]) for k, (x, y) in units.items()}
+    return {
+        "pooled": estimate(units, spearman, n_boot),
+        "within_arm_mean": estimate(grouped, mean_within_group_spearman, n_boot),
+        "per_arm": {arm: estimate({k: v for k, v in units.items() if k[1] == arm}, spearman, n_boot) for arm in arms},
+        "points": [[k[0], k[1], k[2], x, y] for k, (x, y) in sorted(units.items(), key=str) if math.isfinite(x + y)],
+    }
+
+
+# --- quality from generations
+
+
+def score_units(run: Run) -> dict[str, dict[Key, float]]:
+    """{checkpoint: {(seed, prompt): verifier score}}; null scores (uncheckable) become NaN, i.e. missing."""
+    out: dict[str, dict[Key, float]] = defaultdict(dict)
+    for g in run.generations:
+        out[g["checkpoint"]][(run.seed, g["prompt_id"])] = math.nan if g.get("score") is None else float(g["score"])
+    return dict(out)
+
+
+def win_units(x: dict[Key, float], base: dict[Key, float]) -> dict[Key, tuple[float, float, float]]:
+    """Per (seed, prompt) both scored: (outcome, win, decisive) with outcome 1 win / ½ tie / 0 loss, so that
+    ours = mean(outcome) and the paper's = Σ win / Σ decisive (ties dropped)."""
+    out = {}
+    for k in x.keys() & base.keys():
+        a, b = x[k], base[k]
+        if math.isfinite(a) and math.isfinite(b):
+            out[k] = (1.0 if a > b else 0.5 if a == b else 0.0, float(a > b), float(a != b))
+    return out
+
+
+def win_rate(units: dict[Key, tuple[float, float, float]], n_boot: int) -> dict:
+    """Both protocols with intervals over (seed, prompt), and the counts behind them."""
+    outcome = {k: v[0] for k, v in units.items()}
+    decisive = {k: (v[1], v[2]) for k, v in units.items()}
+    wins = sum(v[1] for v in units.values())
+    losses = sum(v[2] for v in units.values()) - wins
+    return {
+        "ours": estimate(outcome, n_boot=n_boot),
+        "paper": estimate(decisive, ratio_of_means, n_boot),
+        "wins": int(wins),
+        "ties": len(units) - int(wins + losses),
+        "losses": int(losses),
+    }
+
+
+def comparisons(grid: dict, loss: str) -> list[tuple[str, str]]:
+    """(arm, base) pairs: every arm against plain DPO (A_near), and B against A for each (y⁻ kind, loss)."""
+    baseline = grid.get(("chosen", "near", loss))
+    pairs = [(arm, baseline) for arm in sorted(grid.values()) if baseline and arm != baseline]
+    for (sft, rejected, arm_loss), arm in sorted(grid.items()):
+        base = grid.get(("chosen", rejected, arm_loss))
+        if sft == "extended" and base and (arm, base) not in pairs:
+            pairs.append((arm, base))
+    return pairs
+
+
+def quality(runs: dict[tuple[int, str], Run], grid: dict, loss: str, n_boot: int) -> dict:
+    scores: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs.values():
+        for cp, units in score_units(run).items():
+            scores[run.arm][cp].append(units)
+    pooled = {arm: {cp: merge(parts) for cp, parts in cps.items()} for arm, cps in scores.items()}
+    accuracy = {arm: {cp: estimate(u, n_boot=n_boot) for cp, u in sorted(cps.items())} for arm, cps in pooled.items()}
+    wins = {}
+    for arm, base in comparisons(grid, loss):
+        common = sorted(pooled.get(arm, {}).keys() & pooled.get(base, {}).keys())
+        rates = {cp: win_rate(win_units(pooled[arm][cp], pooled[base][cp]), n_boot) for cp in common}
+        if rates:
+            wins[f"{arm}_vs_{base}"] = rates
+    return {"accuracy": accuracy, "win_rates": wins, "paper_reference": PAPER_WIN_RATES}
+
+
+# --- claims
+
+
+def finite(x: float | None) -> bool:
+    """Whether a summary number is defined (NaN is written to summary.json as null)."""
+    return x is not None and math.isfinite(x)
+
+
+def directional(est: dict | None, sign: int, ref: float = 0.0) -> str:
+    """reproduced when the interval lies wholly on the predicted side of `ref`; untestable without an interval."""
+    if est is None or not (finite(est["lo"]) and finite(est["hi"])):
+        return "untestable here"
+    side = Estimate(est["mean"], est["lo"], est["hi"], 0, 0).excludes(ref)
+    return "reproduced" if side == sign else "not reproduced"
+
+
+def describe(est: dict | None, sign: int = 0, ref: float = 0.0, digits: int = 3) -> str:
+    """'mean [lo, hi]' and, when the interval contains `ref`, the bound it puts on an effect in direction `sign`."""
+    if est is None or not finite(est["mean"]):
+        return "n/a"
+    lo, hi = (f"{v:.{digits}g}" if finite(v) else "n/a" for v in (est["lo"], est["hi"]))
+    text = f"{est['mean']:.{digits}g} [{lo}, {hi}]"
+    if sign and finite(est["lo"]) and finite(est["hi"]) and est["lo"] <= ref <= est["hi"]:
+        bound = est["hi"] - ref if sign > 0 else ref - est["lo"]
+        text += f"; no effect larger than {bound:.{digits}g} in the predicted direction was found"
+    return text
+
+
+def gate(verdict: str, checks: dict, rests_on: list[str]) -> str:
+    """A claim resting on a failed manipulation check is invalid; on an untestable one, untestable."""
+    failed = [c for c in rests_on if checks.get(c, {}).get("status") == "failed"]
+    if failed:
+        return f"invalid (manipulation check {', '.join(failed)} failed)"
+    if any(checks.get(c, {}).get("status") != "passed" for c in rests_on):
+        return "untestable here"
+    return verdict
+
+
+def claim(cid: str, text: str, verdict: str, evidence: str, rests_on: list[str], checks: dict, note: str = "") -> dict:
+    return {
+        "id": cid,
+        "claim": text,
+        "verdict": gate(verdict, checks, rests_on),
+        "evidence": evidence,
+        "rests_on": rests_on,
+        "note": note,
+    }
+
+
+def decide_claims(summary: dict) -> list[dict]:
+    """C1–C7 with verdicts by explicit rules on the end-of-DPO estimates of the primary loss.
+
+    Directional claims are reproduced when the 95% interval excludes 0 on the predicted side, else not reproduced
+    (with the bound the interval puts on the effect). C1 and C7 have parts: all parts = reproduced, some = partly.
+    """
+    loss = summary["primary_loss"]
+    grid = {(v["sft_mode"], v["rejected"], v["loss"]): arm for arm, v in summary["arms"].items()}
+    checks = summary["manipulation"]["checks"]
+    a_far = grid.get(("chosen", "far", loss))
+    end = summary["outcomes"].get(a_far, {}).get("end", {})
+    con = summary["contrasts"].get(loss, {}).get("end", {})
+    out = []
+
+    parts = {m: (end.get(m), directional(end.get(m), +1)) for m in ("off_target_fall", "concentration_alt")}
+    rejected = directional(end.get("rejected_fall"), +1)
+    n_ok = sum(v == "reproduced" for _, v in parts.values())
+    c1 = "untestable here" if rejected == "untestable here" else "not reproduced"
+    if rejected == "reproduced" and n_ok:
+        c1 = "reproduced" if n_ok == 2 else "partly"
+    evidence = "; ".join(f"{m} {describe(e, +1)}" for m, (e, _) in parts.items())
+    text = f"Off-policy DPO squeezes ({a_far}: off-target mass falls, concentration rises, y⁻ falls)"
+    evidence += f"; rejected_fall {describe(end.get('rejected_fall'), +1)}"
+    out.append(claim("C1", text, c1, evidence, [], checks))
+
+    for cid, text, name, rests in (
+        ("C2", "Squeezing is stronger for a y⁻ deep in the valley (far − near under A, off-target fall)",
+         "far-near|A", ["M1"]),
+        ("C3", "Extended SFT reduces squeezing ((A − B) under far, off-target fall)", "A-B|far", ["M2"]),
+        ("C4", "The benefit of extended SFT is larger where the valley is deeper (interaction far − near)",
+         "interaction", ["M1", "M2"]),
+    ):  # fmt: skip
+        est = con.get(name, {}).get("off_target_fall")
+        out.append(claim(cid, text, directional(est, +1), describe(est, +1), rests, checks))
+
+    dose = summary["dose_response"]
+    pooled, within = directional(dose.get("pooled"), -1), directional(dose.get("within_arm_mean"), -1)
+    c5 = "reproduced" if within == "reproduced" else "partly" if pooled == "reproduced" else pooled
+    text = "Dose–response: deeper start valley → larger off-target fall (Spearman ρ < 0)"
+    evidence = f"pooled ρ {describe(dose.get('pooled'), -1)}; within-arm mean ρ "
+    evidence += describe(dose.get("within_arm_mean"), -1)
+    note = "reproduced needs the within-arm ρ below 0; the pooled ρ alone gives partly"
+    out.append(claim("C5", text, c5, evidence, [], checks, note))
+
+    chosen = end.get("chosen_change")
+    text = f"y⁺ also falls under off-policy DPO ({a_far}: chosen change < 0)"
+    out.append(claim("C6", text, directional(chosen, -1), describe(chosen, -1), [], checks))
+    out.append(c7(summary, grid, loss, checks))
+    return out
+
+
+def c7(summary: dict, grid: dict, loss: str, checks: dict) -> dict:
+    """Extended SFT improves held-out quality: B vs A (same y⁻) win rate, ours protocol, at the last checkpoint."""
+    rates, found, evidence = summary["quality"]["win_rates"], [], []
+    for rejected in ("far", "near"):
+        arm, base = grid.get(("extended", rejected, loss)), grid.get(("chosen", rejected, loss))
+        by_cp = rates.get(f"{arm}_vs_{base}", {})
+        last = max((cp for cp in by_cp if cp != "epoch0"), key=lambda c: int(c.removeprefix("epoch")), default=None)
+        if last:
+            est = by_cp[last]["ours"]
+            found.append(directional(est, +1, 0.5))
+            evidence.append(f"{arm} vs {base} ({last}) {describe(est, +1, 0.5)}")
+    n_ok = found.count("reproduced")
+    verdict = "untestable here" if not found or "untestable here" in found else "not reproduced"
+    if n_ok:
+        verdict = "reproduced" if n_ok == len(found) else "partly"
+    reference = ", ".join(f"{v:.2%} ({k})" for k, v in PAPER_WIN_RATES.items())
+    text = "Extended SFT improves quality (B vs A win rate > 50%, ties as half, verifier)"
+    note = f"paper: {reference} with a ChatGPT judge"
+    return claim("C7", text, verdict, "; ".join(evidence) or "n/a", [], checks, note)
+
+
+# --- everything
+
+
+def timing(runs: dict[tuple[int, str], Run]) -> dict:
+    per_seed: dict[str, dict] = defaultdict(lambda: {"total_s": 0.0, "runs": {}})
+    for (seed, arm), run in sorted(runs.items()):
+        seconds = float(run.meta.get("seconds") or 0.0)
+        per_seed[str(seed)]["total_s"] += seconds
+        per_seed[str(seed)]["runs"][arm] = {
+            "seconds": seconds,
+            "sft_s": run.meta.get("sft", {}).get("seconds"),
+            "dpo_s": run.meta.get("dpo", {}).get("seconds"),
+        }
+    return {"total_s": sum(s["total_s"] for s in per_seed.values()), "per_seed": dict(per_seed)}
+
+
+def caveats(runs: dict[tuple[int, str], Run], grid: dict, loss: str) -> list[str]:
+    seeds = sorted({seed for seed, _ in runs})
+    out = []
+    if len(seeds) < MIN_SEEDS:
+        plural = "s" if len(seeds) != 1 else ""
+        out.append(f"{len(seeds)} seed{plural}: intervals over probes only; comparisons need ≥ {MIN_SEEDS} seeds")
+    for arm in sorted(set(grid.values())):
+        have = sorted(s for s, a in runs if a == arm)
+        if have != seeds:
+            out.append(f"arm {arm} finished seeds {have} only, of {seeds}: its paired comparisons use those")
+    for sft in ("chosen", "extended"):
+        for rejected in ("near", "far"):
+            if (sft, rejected, loss) not in grid:
+                out.append(f"arm {'A' if sft == 'chosen' else 'B'}_{rejected} ({loss}) has no finished run")
+    for (seed, arm), run in sorted(runs.items()):
+        if not run.probes:
+            out.append(f"seed {seed} {arm}: no probe records")
+        if not run.generations:
+            out.append(f"seed {seed} {arm}: no generations")
+    return out
+
+
+def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
+    """Every number of the study from loaded runs (see the module docstring for the layout)."""
+    grid = arm_grid(runs)
+    losses = {cell[2] for cell in grid}
+    loss = PRIMARY_LOSS if PRIMARY_LOSS in losses else sorted(losses)[0]
+    mechanisms = arm_mechanisms(runs)
+    lowest = {}
+    for (_, arm), run in sorted(runs.items(), reverse=True):
+        lowest[arm] = {k: run.meta.get(k) for k in ("sft", "dpo", "settings")}
+    summary = {
+        "n_boot": n_boot,
+        "level": LEVEL,
+        "primary_loss": loss,
+        "baseline_arm": grid.get(("chosen", "near", loss)),
+        "seeds": sorted({seed for seed, _ in runs}),
+        "caveats": caveats(runs, grid, loss),
+        "arms": {
+            arm: {"sft_mode": c[0], "rejected": c[1], "loss": c[2], "seeds": sorted(s for s, a in runs if a == arm)}
+            for c, arm in sorted(grid.items(), key=lambda kv: kv[1])
+        },
+        "timing": timing(runs),
+        "settings": dict(sorted(lowest.items())),
+        "manipulation": manipulation(arm_levels(runs), runs, grid, loss, n_boot),
+        "outcomes": outcomes(mechanisms, n_boot),
+        "contrasts": contrasts(mechanisms, grid, n_boot),
+        "trajectories": trajectories(runs),
+        "dose_response": dose_response(dose_units(runs, mechanisms), n_boot),
+        "quality": quality(runs, grid, loss, n_boot),
+    }
+    summary["claims"] = decide_claims(summary)
+    return summary
+
+
+def analyze(study_dir: str | Path, n_boot: int = N_BOOT) -> dict:
+    """Load every run under `study_dir`, compute the summary and write `<study_dir>/summary.json`."""
+    summary = to_json({"study_dir": str(study_dir), **summarize(load_runs(study_dir), n_boot)})
+    path = Path(study_dir, "summary.json")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)  # a reader sees the old summary or the new one, never half
+    return summary
+
+
+def to_json(value):
+    """The summary as strict JSON values: NaN/inf become null, tuples lists, keys strings; returned as written, so
+    the caller's dict and the file hold the same numbers."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
