@@ -1,41 +1,44 @@
-"""The paper's comparison in one command: (A) chosen-only SFT → DPO, (B) extended SFT → DPO, (C) extended SFT →
-on-policy DPO, each a run of recipes/extended_dpo.py on the same data, probes and number of preference updates.
+"""The paper's claims tested here: a factorial study of y⁻ (near | far) × SFT (chosen-only | extended), over seeds.
 
-    python recipes/squeezing_study.py --config recipes/study_configs/squeezing_study.yaml
-    python recipes/squeezing_study.py --config recipes/study_configs/squeezing_study.yaml --arms '[A, B]' \
-        --run_win_rates false --study_dir outputs/study_ab
+    python recipes/squeezing_study.py --profile quick     # one seed, ~20 min on a 2-core CPU
+    python recipes/squeezing_study.py --profile full      # three seeds, <= 100 min
+    python recipes/squeezing_study.py --profile full --analyze   # rewrite the report from the raw files alone
 
-Writes `<study_dir>/study.md`, a self-contained `study.html` and the figures; each arm's run is in
-`<study_dir>/<arm>/` (see alignkit/study.py). A rerun skips what is finished, as the recipe does.
+Setup → train → save: the settings (alignkit/study/config.py, profiles in recipes/study_configs/), the runs
+(alignkit/study/run.py: SFT, then DPO with probes and verified held-out answers, every (seed, arm) to its own files;
+a rerun skips what is finished), the analysis and report (alignkit/study/analysis.py, report.py) in
+`<study_dir>/study.md`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.study import parse_study_config, run_study
-
-
-def recipe_main():
-    """The extended-DPO recipe's `main`, imported from its file next to this one."""
-    spec = importlib.util.spec_from_file_location("extended_dpo", Path(__file__).with_name("extended_dpo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+from alignkit.study.analysis import analyze
+from alignkit.study.config import parse_study_config
+from alignkit.study.report import write_report
+from alignkit.study.run import run_study
 
 
 def main(argv: list[str] | None = None) -> Path:
-    study = parse_study_config(sys.argv[1:] if argv is None else argv)
-    return run_study(study, recipe_main())
+    args = list(sys.argv[1:] if argv is None else argv)
+    only_analyze = "--analyze" in args
+    if only_analyze:
+        args.remove("--analyze")
+    study = parse_study_config(args)
+    if not only_analyze:
+        run_study(study)
+    summary = analyze(Path(study.study_dir), n_boot=study.bootstrap)
+    report = write_report(Path(study.study_dir), summary)
+    print(f"report: {report}")
+    return report
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("alignkit").setLevel(logging.INFO)  # stage progress and probe headlines; libraries stay quiet
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
         main()
     except AlignkitError as err:

@@ -1,7 +1,8 @@
-"""The squeezing study end to end on the tiny model: three arms through the recipe, one report, judged win rates."""
+"""The squeezing study end to end on the tiny model: four arms, files per (seed, arm), report, resume, bad input."""
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -9,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.study import StudyConfig, parse_study_config
-from tests.fake_judge_server import FakeJudgeServer, prefer_longer
+from alignkit.study.config import PRIMARY_ARMS, parse_study_config
+from alignkit.study.stats import bootstrap_interval, paired_difference
 
 ROOT = Path(__file__).parents[1]
 STUDY = ROOT / "recipes" / "squeezing_study.py"
-YAML = ROOT / "recipes" / "study_configs" / "squeezing_study.yaml"
 
 
 def load_study_recipe():
@@ -24,91 +24,113 @@ def load_study_recipe():
     return module
 
 
-def shared(model_dir) -> dict:
-    return {
-        "model_name_or_path": str(model_dir),
-        "max_train_samples": 12,
-        "max_length": 256,
-        "per_device_train_batch_size": 2,
-        "sft_max_steps": 2,
-        "sft_learning_rate": 1e-2,
-        "preference_max_steps": 2,  # on-policy: one step per round
-        "preference_learning_rate": 1e-2,
-        "logging_steps": 1,
-        "save_steps": 50,
-        "probe_num_prompts": 2,
-        "probe_max_new_tokens": 4,
-        "probe_every": 1000,  # probes at the start and the end of each stage
-        "use_cpu": True,
-        "cpu_threads": 1,
-        "ranker": "callable",  # the tiny model's samples never pass the built-in verifier
-        "ranker_path": "tests.test_onpolicy:length_ranker",
-        "onpolicy_prompts_per_round": 4,
-        "onpolicy_num_samples": 2,
-        "onpolicy_max_new_tokens": 6,
-    }
+def tiny_args(model_dir: Path, study_dir: Path) -> list[str]:
+    values = {
+        "study_dir": str(study_dir), "model_name_or_path": str(model_dir), "seeds": "[0]", "num_train_pairs": 4,
+        "num_heldout_probes": 2, "batch_size": 2, "sft_steps": 2, "sft_learning_rate": 1e-2, "dpo_epochs": 2,
+        "dpo_learning_rate": 1e-2, "eval_epochs": "[1, 2]", "eval_num_prompts": 3, "eval_max_new_tokens": 4,
+        "probe_max_new_tokens": 4, "cpu_threads": 1, "bootstrap": 200, "lora_r": 4, "lora_alpha": 8,
+    }  # fmt: skip
+    return [a for k, v in values.items() for a in (f"--{k}", str(v))]
 
 
 @pytest.fixture(scope="module")
-def study_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("study") / "study"
-    config = tmp_path_factory.mktemp("study_config") / "study.yaml"
-    config.write_text(json.dumps({"study_dir": str(out), "shared": shared(tiny_model_dir), "win_rate_num_prompts": 3,
-                                  "win_rate_max_new_tokens": 8, "decomposition_params": "all"}))  # fmt: skip
-    with FakeJudgeServer(prefer_longer()) as server:
-        argv = ["--config", str(config), "--judge_base_url", server.base_url, "--judge_model", "fake"]
-        assert load_study_recipe().main(argv) == out
-    return out
+def study(tiny_model_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    study_dir = tmp_path_factory.mktemp("study") / "study"
+    args = tiny_args(tiny_model_dir, study_dir)
+    report = load_study_recipe().main(args)
+    assert report == study_dir / "study.md"
+    return study_dir, args
 
 
-def test_study_writes_its_report(study_dir):
-    for name in ("study.md", "study.html", "study.json", "study_curves.png", "study_squeeze.png",
-                 "decomposition/per_token.png", "decomposition/vocabulary.png"):  # fmt: skip
-        assert (study_dir / name).exists(), name
-    html = (study_dir / "study.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and 'src="study_' not in html  # self-contained
-    report = (study_dir / "study.md").read_text()
-    assert "**B vs A**: win rate" in report and "**C vs A**: win rate" in report
-    assert "position consistency" in report and "95% CI" in report
-    assert "of the other tokens go down" in report
+def records(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def test_arms_share_probes_and_update_budget(study_dir):
-    summary = json.loads((study_dir / "study.json").read_text())
-    arms = {a["arm"]: a for a in summary["arms"]}
-    assert list(arms) == ["A", "B", "C"]
-    assert {a["preference_steps"] for a in arms.values()} == {2}
-    probe_sets = {(study_dir / arm / "probe_set.jsonl").read_text() for arm in arms}
-    assert len(probe_sets) == 1  # B and C loaded A's probe set
-    for arm in ("B", "C"):
-        config = (study_dir / "configs" / f"{arm}.yaml").read_text()
-        assert f"probe_set_path: {(study_dir / 'A' / 'probe_set.jsonl').resolve()}" in config
-    # C's SFT stage is B's, copied: identical adapter, and C did not train it again
-    assert (study_dir / "B/sft/adapter/adapter_model.safetensors").read_bytes() == (
-        study_dir / "C/sft/adapter/adapter_model.safetensors"
-    ).read_bytes()
-    assert "skipped" in json.loads((study_dir / "C" / "metrics.json").read_text())["sft"]["status"]
-    assert arms["A"]["sft_status"] == "trained" and arms["B"]["sft_steps"] == arms["C"]["sft_steps"] == 2
-    for arm in arms.values():  # probe curves from start through the end of the preference stage
-        assert all(v == v for v in arm["families"]["chosen"].values())
-    wins = {(w["candidate"], w["baseline"]): w for w in summary["win_rates"]}
-    assert set(wins) == {("B", "A"), ("C", "A")}
-    assert all(0 <= w["win_rate"] <= 1 and w["n_pairs"] == 3 for w in wins.values())
+def test_every_arm_leaves_its_raw_files(study):
+    study_dir, _ = study
+    for arm in PRIMARY_ARMS:
+        meta = json.loads((study_dir / "runs" / "s0" / f"{arm}.json").read_text())
+        assert meta["arm"] == arm and meta["dpo"]["steps"] == 4 and meta["dpo"]["epoch_steps"] == {"1": 2, "2": 4}
+        # Same SFT steps in both modes: chosen-only shows each y+ twice as often as extended SFT.
+        assert meta["sft"]["y_plus_exposure"] == (1.0 if arm.startswith("A") else 0.5)
+        assert meta["sft"]["y_minus_exposure"] == (0.0 if arm.startswith("A") else 0.5)
+        probes = records(study_dir / "runs" / "s0" / f"{arm}.probe_records.jsonl.gz")
+        assert {r["event"] for r in probes} == {"begin", "step", "end"}
+        assert {r["split"] for r in probes} == {"train", "test"}
+        answers = records(study_dir / "runs" / "s0" / f"{arm}.generations.jsonl.gz")
+        assert sorted({r["checkpoint"] for r in answers}) == ["epoch0", "epoch1", "epoch2"]
+        assert len(answers) == 3 * 3
+    assert not (study_dir / "work" / "s0").exists()  # a finished seed's models are removed
 
 
-def test_shipped_study_yaml_parses():
-    study = parse_study_config(["--config", str(YAML)])
-    assert study.arms == ["A", "B", "C"] and study.shared["preference_max_steps"] == 40
+def test_near_and_far_arms_differ_only_in_the_rejected_answer(study):
+    study_dir, _ = study
+    begin = {}
+    for arm in ("A_near", "A_far"):
+        rows = records(study_dir / "runs" / "s0" / f"{arm}.probe_records.jsonl.gz")
+        begin[arm] = {(r["probe"], r["family"]): r for r in rows if r["event"] == "begin"}
+    assert begin["A_near"].keys() == begin["A_far"].keys()
+    same = [k for k in begin["A_near"] if k[1] == "chosen"]
+    assert same and all(begin["A_near"][k]["logp"] == pytest.approx(begin["A_far"][k]["logp"]) for k in same)
+    train_rejected = [k for k in begin["A_near"] if k[1] == "rejected" and k[0].startswith("train/")]
+    assert any(begin["A_near"][k]["logp"] != begin["A_far"][k]["logp"] for k in train_rejected)
+
+
+def test_report_numbers_come_from_the_probe_records(study):
+    """M1 (A_far − A_near of y-'s begin per-token log π, per training probe) recomputed from the raw files."""
+    study_dir, _ = study
+    summary = json.loads((study_dir / "summary.json").read_text())
+
+    def begin_rejected(arm: str) -> dict:
+        rows = records(study_dir / "runs" / "s0" / f"{arm}.probe_records.jsonl.gz")
+        return {(0, r["probe"]): r["words_logp_per_token"] for r in rows
+                if r["event"] == "begin" and r["family"] == "rejected" and r["split"] == "train"}  # fmt: skip
+
+    diff = paired_difference(begin_rejected("A_far"), begin_rejected("A_near"))
+    again = bootstrap_interval(diff, n=200)
+    m1 = summary["manipulation"]["checks"]["M1"]["estimate"]
+    assert m1["mean"] == pytest.approx(again.mean) and m1["n_units"] == 4
+    assert (m1["lo"], m1["hi"]) == pytest.approx((again.lo, again.hi))
+    text = (study_dir / "study.md").read_text()
+    assert text.index("Manipulation") < text.index("Claims")  # the checks come first
+    for figure in ("fig_manipulation.png", "fig_dose_response.png", "fig_quality.png"):
+        assert (study_dir / figure).stat().st_size > 1000
+
+
+def test_rerun_skips_finished_runs_and_redoes_a_lost_one(study, caplog):
+    study_dir, args = study
+    lost = study_dir / "runs" / "s0" / "B_far.json"
+    before = {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs" / "s0").glob("*.json")}
+    lost.unlink()  # as if the study had been killed during B_far
+    caplog.set_level("WARNING", logger="alignkit")
+    load_study_recipe().main(args)
+    assert "3 of 4 runs already finished" in caplog.text
+    assert "run 1/1: seed 0, arm B_far" in caplog.text
+    after = {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs" / "s0").glob("*.json")}
+    assert after.keys() == before.keys()
+    assert all(after[name] == before[name] for name in before if name != "B_far.json")
 
 
 @pytest.mark.parametrize(
-    ("values", "pattern"),
+    ("argv", "message"),
     [
-        ({"arms": ["A", "D"]}, "study field 'arms'"),
-        ({"shared": {"sft_max_step": 3}}, "did you mean 'sft_max_steps'"),
-        ({"shared": {"sft_mode": "chosen"}}, "sets \\['sft_mode'\\]"),
+        (["--arms", "[A_near, C_far]"], "'C_far'"),
+        (["--seeds", "[0, 0]"], "distinct seeds"),
+        (["--num_train_pairs", "5", "--batch_size", "2"], "multiple of 'batch_size'"),
+        (["--eval_epochs", "[5]"], "eval_epochs"),
+        (["--profile", "nope"], "unknown profile 'nope'"),
+        (["--sedes", "[1]"], "did you mean 'seeds'"),
     ],
 )
-def test_invalid_study_config(values, pattern):
-    with pytest.raises(AlignkitError, match=pattern):
-        StudyConfig(**values)
+def test_bad_study_settings_are_refused_by_name(argv, message):
+    with pytest.raises(AlignkitError, match=message):
+        parse_study_config(argv)
+
+
+def test_profiles_parse_and_quick_is_the_full_studys_first_seed():
+    quick, full = parse_study_config(["--profile", "quick"]), parse_study_config(["--profile", "full"])
+    assert quick.seeds == [full.seeds[0]] and len(full.seeds) >= 3
+    differ = {k for k in vars(quick) if getattr(quick, k) != getattr(full, k)}
+    assert differ == {"seeds", "study_dir"}

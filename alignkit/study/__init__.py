@@ -1,0 +1,1 @@
+"""The squeezing study: runner, analysis and report."""

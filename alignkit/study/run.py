@@ -1,0 +1,281 @@
+"""Running the study: for each seed, the SFT models its arms need, then one DPO run per arm, each written to files.
+
+Per seed s, on `num_train_pairs` training pairs drawn with s:
+
+1. SFT (alignkit.stages.run_sft_stage) in each mode the arms need, all for the same number of steps: chosen-only (y⁺;
+   shared by A_near and A_far, whose y⁺ are the same) and extended with the near or the far y⁻ (B_near, B_far).
+2. DPO (alignkit.stages.run_preference_stage) from that SFT model, `dpo_epochs` epochs over the same pairs at a
+   constant learning rate, with the squeezing monitor probing every training pair (and some held-out prompts) at the
+   start, after each of `eval_epochs`, and at the end; held-out answers are generated and verified at the start and
+   after each of `eval_epochs` (`HeldoutAnswers`).
+
+Each finished (seed, arm) leaves three files in `<study_dir>/runs/s<seed>/` (alignkit/study/analysis.py reads them and
+nothing else): `<arm>.json` (settings, sizes, timing, the monitor's per-evaluation metrics),
+`<arm>.probe_records.jsonl.gz` (one record per evaluation × probe × family) and `<arm>.generations.jsonl.gz` (one
+verified held-out answer per checkpoint × prompt). A rerun skips every (seed, arm) whose JSON exists and every
+finished SFT stage (its stage-complete marker); a DPO run cut short is run again from its SFT model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from alignkit.config import (
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    PreferenceStageConfig,
+    RecipeConfig,
+    RunConfig,
+    SFTStageConfig,
+)
+from alignkit.data import load_preference_data
+from alignkit.data.far import far_rejected
+from alignkit.data.verifier import verify
+from alignkit.errors import AlignkitError
+from alignkit.generation import generate
+from alignkit.jsonl import write_jsonl_atomic
+from alignkit.models import load_model, load_tokenizer
+from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+from alignkit.stages import StageResult, load_stage_model, run_preference_stage, run_sft_stage
+from alignkit.study.config import Arm, StudyConfig
+
+logger = logging.getLogger("alignkit")
+# No rewrite families: the data's rejected_rephrase rewrites the near y⁻, which would be wrong beside a far one.
+FAMILIES = ["chosen", "rejected", "irrelevant_train", "irrelevant_test", "irrelevant_human", "shuffled", "non_human",
+            "greedy", "argmax"]  # fmt: skip
+
+
+def runs_dir(study: StudyConfig, seed: int) -> Path:
+    return Path(study.study_dir) / "runs" / f"s{seed}"
+
+
+def run_done(study: StudyConfig, seed: int, arm: str) -> bool:
+    return (runs_dir(study, seed) / f"{arm}.json").exists()
+
+
+# --- settings: the recipe's own config objects, so the study trains exactly as the recipe does
+
+
+def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> RecipeConfig:
+    spe = study.steps_per_epoch
+    probe_every = spe * math.gcd(*study.eval_epochs)  # every eval epoch's last step is a probe step
+    return RecipeConfig(
+        model=ModelConfig(
+            model_name_or_path=study.model_name_or_path,
+            use_lora=study.use_lora,
+            lora_r=study.lora_r,
+            lora_alpha=study.lora_alpha,
+            lora_target_modules=list(study.lora_target_modules),
+        ),
+        data=DataConfig(),
+        sft=SFTStageConfig(
+            sft_mode=arm.sft_mode, sft_learning_rate=study.sft_learning_rate, sft_max_steps=study.sft_steps
+        ),  # fmt: skip
+        preference=PreferenceStageConfig(
+            loss=arm.loss,
+            beta=study.beta,
+            preference_learning_rate=study.dpo_learning_rate,
+            preference_max_steps=study.dpo_epochs * spe,
+            # The paper's regime: repeated pushes on the same y⁻ at a steady rate, not a decaying one.
+            preference_trainer_args={"lr_scheduler_type": "constant"},
+        ),
+        monitor=MonitorConfig(
+            probe_families=list(FAMILIES),
+            probe_num_prompts=study.num_train_pairs,  # every training pair is a probe
+            probe_every=probe_every,
+            probe_max_new_tokens=study.probe_max_new_tokens,
+            probe_bootstrap=200,  # the study's intervals come from analysis.py; these are the monitor's own
+        ),
+        evaluation=EvaluationConfig(),
+        run=RunConfig(
+            output_dir=str(output_dir),
+            seed=seed,
+            per_device_train_batch_size=study.batch_size,
+            warmup_ratio=0.0,
+            logging_steps=spe,
+            save_steps=1_000_000,  # no checkpoints: a DPO run is minutes long and is rerun whole after a kill
+            report_to=["none"],
+            cpu_threads=study.cpu_threads,
+            use_cpu=not torch.cuda.is_available(),
+        ),
+    )
+
+
+# --- data
+
+
+def seed_data(study: StudyConfig, seed: int) -> dict[str, list[dict]]:
+    """The seed's training pairs with near and with far y⁻ (the same prompts and y⁺), held-out probe rows and the
+    held-out prompts answered at each checkpoint (the same for every seed, so answers pair across seeds)."""
+    data = load_preference_data(DataConfig())
+    train = [dict(r) for r in data["train"]]
+    far = far_rejected(train)  # over the whole split: each y⁻ comes from the full pool of other tasks
+    picked = sorted(random.Random(seed).sample(range(len(train)), study.num_train_pairs))
+    test = [dict(r) for r in data["test"]]
+    if study.eval_num_prompts > len(test):
+        raise AlignkitError(
+            f"study field eval_num_prompts={study.eval_num_prompts}: the held-out split has only {len(test)} rows"
+        )
+    return {
+        "near": [train[i] for i in picked],
+        "far": [far[i] for i in picked],
+        "heldout_probes": test[: study.num_heldout_probes],
+        "eval": test[: study.eval_num_prompts],
+    }
+
+
+# --- held-out answers during DPO
+
+
+class HeldoutAnswers(TrainerCallback):
+    """Greedy answers to the held-out prompts, verified against their reference answers, at the start of DPO
+    (`epoch0`: the SFT model) and at the end of each epoch in `epochs`."""
+
+    def __init__(self, rows: list[dict], epochs: list[int], steps_per_epoch: int, tokenizer, max_new_tokens: int):
+        self.rows, self.epochs, self.spe = rows, set(epochs), steps_per_epoch
+        self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
+        self.records: list[dict] = []
+        self.seconds = 0.0
+
+    def _answer(self, model, epoch: int) -> None:
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        texts = generate(model, self.tokenizer, [r["prompt"] for r in self.rows], max_new_tokens=self.max_new_tokens)
+        if was_training:
+            model.train()
+        for row, (text,) in zip(self.rows, texts):
+            self.records.append({"checkpoint": f"epoch{epoch}", "epoch": epoch, "prompt_id": row["id"],
+                                 "task": row["task"], "response": text, "score": verify(text, row)})  # fmt: skip
+        self.seconds += time.perf_counter() - t0
+        scores = [r["score"] for r in self.records if r["epoch"] == epoch and r["score"] is not None]
+        logger.warning("[study] held-out accuracy at epoch %d: %.2f (%d answers, %.0f s)", epoch,
+                       sum(scores) / max(1, len(scores)), len(texts), time.perf_counter() - t0)  # fmt: skip
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._answer(model, 0)
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.spe == 0 and state.global_step // self.spe in self.epochs:
+            self._answer(model, state.global_step // self.spe)
+        return control
+
+
+# --- one seed
+
+
+def sft_model(study: StudyConfig, arm: Arm, seed: int, pairs: list[dict], work: Path) -> tuple[object, StageResult]:
+    """The arm's SFT model (trained once per seed and SFT key, then loaded from its folder)."""
+    cfg = recipe_config(study, arm, seed, work / f"sft_{arm.sft_key}")
+    stage_dir = Path(cfg.run.output_dir) / "sft"
+    model = None if (stage_dir / "stage_complete.json").exists() else load_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    result = run_sft_stage(model, tokenizer, Dataset.from_list(pairs), cfg, stage_dir)
+    return load_stage_model(cfg, [result]), result
+
+
+def exposure(result: StageResult, study: StudyConfig, mode: str) -> dict:
+    """How often SFT showed each training pair's y⁺ and y⁻ (same steps in both modes: extended SFT halves y⁺'s)."""
+    rows = sum(result.rows.values())
+    seen = study.sft_steps * study.batch_size / rows if rows else 0.0
+    return {"rows": rows, "row_counts": result.rows, "y_plus_exposure": seen,
+            "y_minus_exposure": seen if mode == "extended" else 0.0}  # fmt: skip
+
+
+def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> dict:
+    """SFT (or its saved model) → DPO with probes and held-out answers; writes the arm's three files."""
+    t0 = time.perf_counter()
+    work = Path(study.study_dir) / "work" / f"s{seed}"
+    pairs = data[arm.rejected]
+    policy, sft = sft_model(study, arm, seed, pairs, work)
+    arm_dir = work / arm.name
+    if arm_dir.exists():
+        shutil.rmtree(arm_dir)  # a DPO run that died half-way starts again from its SFT model
+    cfg = recipe_config(study, arm, seed, arm_dir)
+    probes = build_probe_set(pairs, data["heldout_probes"], cfg.monitor, seed=seed)
+    monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, arm_dir)
+    answers = HeldoutAnswers(data["eval"], study.eval_epochs, study.steps_per_epoch, tokenizer,
+                             study.eval_max_new_tokens)  # fmt: skip
+    stage_dir = arm_dir / "preference"
+    callbacks = [monitor.callback("preference", stage_dir), answers]
+    result = run_preference_stage(policy, tokenizer, Dataset.from_list(pairs), cfg, stage_dir, callbacks)
+    spe = study.steps_per_epoch
+    evaluations = [{k: v for k, v in r.items() if k != "greedy_samples"} for r in monitor.records]
+    for e in evaluations:
+        e["epoch"] = e.get("step", 0) / spe
+    summary = {
+        "arm": arm.name, "seed": seed, "sft_mode": arm.sft_mode, "rejected": arm.rejected, "loss": arm.loss,
+        "sft": {"steps": study.sft_steps, "seconds": round(sft.seconds, 1), "status": sft.status,
+                **exposure(sft, study, arm.sft_mode)},
+        "dpo": {"steps": result.steps, "epochs": study.dpo_epochs, "steps_per_epoch": spe,
+                "pairs": result.rows.get("pairs"), "seconds": round(result.seconds, 1), "status": result.status,
+                "final_loss": result.metrics.get("train_loss"),
+                "epoch_steps": {str(e): e * spe for e in study.eval_epochs},
+                "log_history": result.log_history},
+        "probes": {s: probes.count(s) for s in ("train", "test")}, "families": probes.families,
+        "probe_seconds": round(sum(e.get("probe/seconds", 0.0) for e in evaluations), 1),
+        "answer_seconds": round(answers.seconds, 1),
+        "evaluations": evaluations,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": asdict(study),
+    }  # fmt: skip
+    out = runs_dir(study, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out / f"{arm.name}.probe_records.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write((stage_dir / "probe_records.jsonl").read_text())
+    with gzip.open(out / f"{arm.name}.generations.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.records)
+    # The JSON last: its presence marks the (seed, arm) finished for a rerun.
+    write_jsonl_atomic(out / f"{arm.name}.json", [_finite(summary)])
+    shutil.rmtree(arm_dir, ignore_errors=True)  # the DPO weights are not needed again; the SFT models are
+    return summary
+
+
+def _finite(value):
+    """JSON-safe: NaN and ±inf become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_study(study: StudyConfig) -> list[dict]:
+    """Every (seed, arm) not yet finished, seeds outer (a partial study has every arm at its first seeds); returns
+    the summaries of the runs done now."""
+    torch.set_num_threads(study.cpu_threads)
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=study.model_name_or_path))
+    todo = [(s, a) for s in study.seeds for a in study.arm_list if not run_done(study, s, a.name)]
+    total = len(study.seeds) * len(study.arm_list)
+    if len(todo) < total:
+        logger.warning("[study] %d of %d runs already finished: skipped", total - len(todo), total)
+    done: list[dict] = []
+    t0 = time.perf_counter()
+    data_seed, data = None, None
+    for i, (seed, arm) in enumerate(todo):
+        if seed != data_seed:
+            data_seed, data = seed, seed_data(study, seed)
+        logger.warning("[study] run %d/%d: seed %d, arm %s", i + 1, len(todo), seed, arm.name)
+        done.append(run_arm(study, arm, seed, data, tokenizer))
+        elapsed = time.perf_counter() - t0
+        logger.warning("[study] %s seed %d done in %.0f s; %.0f min elapsed, about %.0f min to go", arm.name, seed,
+                       done[-1]["seconds"], elapsed / 60, elapsed / (i + 1) * (len(todo) - i - 1) / 60)  # fmt: skip
+        if all(run_done(study, seed, a.name) for a in study.arm_list):
+            shutil.rmtree(Path(study.study_dir) / "work" / f"s{seed}", ignore_errors=True)
+    return done
