@@ -62,6 +62,10 @@ def test_every_arm_leaves_its_raw_files(study):
         answers = records(study_dir / "runs" / "s0" / f"{arm}.generations.jsonl.gz")
         assert sorted({r["checkpoint"] for r in answers}) == ["epoch0", "epoch1", "epoch2"]
         assert len(answers) == 3 * 3
+        preflight = records(study_dir / "runs" / "s0" / f"{arm}.preflight.jsonl.gz")
+        # One pre-flight record per training pair, keyed like its probe, with the valley depth of y-.
+        assert {r["probe"] for r in preflight} == {r["probe"] for r in probes if r["split"] == "train"}
+        assert all(r["rejected_logp_per_token"] < 0 and r["ches"] is not None for r in preflight)
     assert not (study_dir / "work" / "s0").exists()  # a finished seed's models are removed
 
 

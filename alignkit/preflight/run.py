@@ -24,7 +24,7 @@ from alignkit.jsonl import read_jsonl, write_jsonl_atomic
 from alignkit.preflight.onestep import offtarget_probes, predict_offtarget, sample_pairs
 from alignkit.preflight.passes import score_pairs
 from alignkit.preflight.plot import histogram
-from alignkit.preflight.scores import at_risk, margin, rank, valley
+from alignkit.preflight.scores import at_risk, pair_scores, rank
 from alignkit.preflight.table import preflight_markdown, report_section, verdict
 from alignkit.stages import STAGE_DONE, StageResult, load_stage_model, lora_config, pairs_for_steps, weights_dir
 
@@ -104,10 +104,9 @@ def _records(cfg: RecipeConfig, model, tokenizer, pairs: Dataset) -> list[dict]:
     ids = pairs["id"] if "id" in pairs.column_names else [None] * len(pairs)
     tasks = pairs["task"] if "task" in pairs.column_names else [None] * len(pairs)  # the built-in data's task type
     for row, pair_id, task, scored in zip(pairs[ROW], ids, tasks, passes):
-        plus, minus = valley(scored.chosen_logps), valley(scored.rejected_logps)
         record = {"row": row, "id": pair_id, "task": task}
-        record |= {f"rejected_{k}": v for k, v in minus.items()} | {f"chosen_{k}": v for k, v in plus.items()}
-        record |= margin(plus, minus) | {"ches": scored.ches, "offtarget_delta": None, "offtarget_argmax_delta": None}
+        record |= pair_scores(scored.chosen_logps, scored.rejected_logps, scored.ches)
+        record |= {"offtarget_delta": None, "offtarget_argmax_delta": None}
         records.append(record)
     return records
 

@@ -40,6 +40,13 @@ def margin(chosen: dict[str, float], rejected: dict[str, float]) -> dict[str, fl
     }
 
 
+def pair_scores(chosen_logps: Sequence[float], rejected_logps: Sequence[float], ches_score: float) -> dict:
+    """One pair's pre-flight scores: `rejected_*` and `chosen_*` (`valley`), `margin`, `margin_per_token`, `ches`."""
+    plus, minus = valley(chosen_logps), valley(rejected_logps)
+    record = {f"rejected_{k}": v for k, v in minus.items()} | {f"chosen_{k}": v for k, v in plus.items()}
+    return record | margin(plus, minus) | {"ches": ches_score}
+
+
 def mean_response_hidden(hidden: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """The mean over response positions of the last layer's hidden states.
 

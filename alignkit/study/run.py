@@ -9,10 +9,11 @@ Per seed s, on `num_train_pairs` training pairs drawn with s:
    start, after each of `eval_epochs`, and at the end; held-out answers are generated and verified at the start and
    after each of `eval_epochs` (`HeldoutAnswers`).
 
-Each finished (seed, arm) leaves three files in `<study_dir>/runs/s<seed>/` (alignkit/study/analysis.py reads them and
+Each finished (seed, arm) leaves four files in `<study_dir>/runs/s<seed>/` (alignkit/study/analysis.py reads them and
 nothing else): `<arm>.json` (settings, sizes, timing, the monitor's per-evaluation metrics),
 `<arm>.probe_records.jsonl.gz` (one record per evaluation × probe × family) and `<arm>.generations.jsonl.gz` (one
-verified held-out answer per checkpoint × prompt). A rerun skips every (seed, arm) whose JSON exists and every
+verified held-out answer per checkpoint × prompt), `<arm>.preflight.jsonl.gz` (each training pair's pre-flight
+scores under the model DPO starts from). A rerun skips every (seed, arm) whose JSON exists and every
 finished SFT stage (its stage-complete marker); a DPO run cut short is run again from its SFT model.
 """
 
@@ -49,6 +50,8 @@ from alignkit.generation import generate
 from alignkit.jsonl import write_jsonl_atomic
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+from alignkit.preflight.passes import score_pairs
+from alignkit.preflight.scores import pair_scores
 from alignkit.stages import StageResult, load_stage_model, run_preference_stage, run_sft_stage
 from alignkit.study.config import Arm, StudyConfig
 
@@ -196,12 +199,22 @@ def exposure(result: StageResult, study: StudyConfig, mode: str) -> dict:
             "y_minus_exposure": seen if mode == "extended" else 0.0}  # fmt: skip
 
 
+def preflight_records(policy, tokenizer, pairs: list[dict]) -> list[dict]:
+    """Each training pair's pre-flight scores (alignkit.preflight) under the model DPO starts from, keyed by its
+    probe id: what issue 18's validation correlates with the off-target fall measured on the same pair's probe."""
+    passes = score_pairs(policy, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
+                         [p["rejected"] for p in pairs])  # fmt: skip
+    return [{"probe": f"train/{p['id']}", "id": p["id"], "task": p["task"],
+             **pair_scores(s.chosen_logps, s.rejected_logps, s.ches)} for p, s in zip(pairs, passes)]  # fmt: skip
+
+
 def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> dict:
     """SFT (or its saved model) → DPO with probes and held-out answers; writes the arm's three files."""
     t0 = time.perf_counter()
     work = Path(study.study_dir) / "work" / f"s{seed}"
     pairs = data[arm.rejected]
     policy, sft = sft_model(study, arm, seed, pairs, work)
+    preflight = preflight_records(policy, tokenizer, pairs)
     arm_dir = work / arm.name
     if arm_dir.exists():
         shutil.rmtree(arm_dir)  # a DPO run that died half-way starts again from its SFT model
@@ -239,6 +252,8 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
         f.write((stage_dir / "probe_records.jsonl").read_text())
     with gzip.open(out / f"{arm.name}.generations.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.records)
+    with gzip.open(out / f"{arm.name}.preflight.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(_finite(r)) + "\n" for r in preflight)
     # The JSON last: its presence marks the (seed, arm) finished for a rerun.
     write_jsonl_atomic(out / f"{arm.name}.json", [_finite(summary)])
     shutil.rmtree(arm_dir, ignore_errors=True)  # the DPO weights are not needed again; the SFT models are
