@@ -1,127 +1,110 @@
-"""Does pre-flight risk predict the off-target fall a pair causes? Rank correlations with bootstrap intervals.
+"""Does pre-flight risk predict the off-target fall a pair goes on to show? Rank correlations with intervals.
 
-Ready for issue 18's validation; not run yet: it needs, per seed, the pre-flight table of a run and the measured
-off-target fall each training pair caused in that run (the factorial study's runs with the calibrated detector's
-per-probe records, attributed to pairs; see docs/preflight.md, Validation). Inputs:
+Reads a squeezing study's raw files (recipes/squeezing_study.py; nothing is trained here): per (seed, arm),
+`<arm>.preflight.jsonl.gz` holds each training pair's pre-flight scores under the model DPO started from, and
+`<arm>.probe_records.jsonl.gz` the same pair's probe before and after DPO. For every score it reports Spearman's ρ
+between the score and the pair's off-target fall at the end of DPO (alignkit.monitors.scoring: the mean fall of
+log π per token of the off-target families under that pair's prompt):
 
-* `--preflight DIR/preflight.jsonl ...`: one pre-flight table per seed (records with `row` and the scores);
-* `--falls FILE.jsonl ...`: as many files, in the same order, one record per pair: `row` (the pair's index in the
-  training split, as in the table) and `offtarget_fall` (how much the off-target families' mean log-prob per token
-  fell because of that pair, in nats/token; > 0 = fell).
+- pooled over (seed, arm, pair) units, with a 95% bootstrap interval over units;
+- the mean of the within-arm ρ (each (seed, arm) ranked alone, then averaged), with its interval: the pooled ρ alone
+  can be carried by the arms' differences (far y⁻ are deeper *and* squeeze more), the within-arm ρ cannot.
 
-For every score it prints Spearman's ρ between the score and the fall, per seed and pooled over seeds, with a 95%
-percentile bootstrap interval over pairs. A deeper valley is a *lower* log-prob, so a score that predicts well has
-ρ < 0 for the log-probs and the margin, and ρ > 0 for CHES.
+A deeper valley is a lower log-prob, so a score that predicts has ρ < 0 for log-probs and margins, ρ > 0 for CHES.
+The fall on a pair's probe is caused by every pair's updates, not by that pair alone: what is tested is whether the
+pairs that pre-flight marks at risk are where the squeezing shows, which is what `preflight: act` relies on.
 
-    python bench/preflight_validation.py --preflight s1/preflight/preflight.jsonl s2/... --falls f1.jsonl f2.jsonl
+    python bench/preflight_validation.py --study results/squeezing_study/full
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.jsonl import location, read_jsonl
+from alignkit.study.analysis import arm_mechanisms, load_runs, read_records
+from alignkit.study.stats import bootstrap_interval, mean_within_group_spearman, spearman
 
-SCORES = (
-    "rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin", "margin_per_token", "ches",
-    "offtarget_delta",
-)  # fmt: skip
+SCORES = ("rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin_per_token", "ches")
+EXPECTED_SIGN = {"ches": +1}  # every other score: lower = deeper = more fall, so ρ < 0 when it predicts
 
 
-def ranks(values: Sequence[float]) -> list[float]:
-    """Ranks 1..n, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
+def units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
+    """{score: {(seed, arm, probe): (score, off-target fall at the end of DPO, arm code)}}."""
+    runs = load_runs(study)
+    falls = arm_mechanisms(runs)
+    arms = sorted({arm for _, arm in runs})
+    out: dict[str, dict] = {s: {} for s in SCORES}
+    missing = []
+    for seed, arm in sorted(runs):
+        path = study / "runs" / f"s{seed}" / f"{arm}.preflight.jsonl.gz"
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        fall = falls.get(arm, {}).get("end", {}).get("off_target_fall", {})
+        for record in read_records(path):
+            y = fall.get((seed, record["probe"]))
+            for score in SCORES:
+                x = record.get(score)
+                if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+                    out[score][(seed, arm, record["probe"])] = (float(x), float(y), arms.index(arm))
+    if missing and not any(out.values()):
+        raise AlignkitError(f"no pre-flight files in {study}/runs (e.g. {missing[0]}): rerun the study to make them")
     return out
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson's correlation of the ranks (nan when either side is constant or n < 2)."""
-    rx, ry = ranks(x), ranks(y)
-    n = len(rx)
-    if n < 2:
-        return float("nan")
-    mx, my = sum(rx) / n, sum(ry) / n
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
-
-
-def bootstrap_interval(x: Sequence[float], y: Sequence[float], replicates: int = 1000, seed: int = 0):
-    """95% percentile interval of ρ over pairs resampled with replacement (replicates with a constant side skipped)."""
-    rng = random.Random(seed)
-    n = len(x)
-    values = []
-    for _ in range(replicates):
-        idx = [rng.randrange(n) for _ in range(n)]
-        rho = spearman([x[i] for i in idx], [y[i] for i in idx])
-        if rho == rho:  # not nan
-            values.append(rho)
-    if not values:
-        return float("nan"), float("nan")
-    values.sort()
-    return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
-
-
-def joined(preflight: Path, falls: Path) -> list[tuple[dict, float]]:
-    """(pre-flight record, fall) for every pair present in both files."""
-    fall_of: dict[int, float] = {}
-    for line, record in read_jsonl(falls):
-        for key in ("row", "offtarget_fall"):
-            if not isinstance(record.get(key), int | float) or isinstance(record.get(key), bool):
-                raise AlignkitError(f"{location(falls, line, key)}: missing or not a number")
-        fall_of[int(record["row"])] = float(record["offtarget_fall"])
-    pairs = [(record, fall_of[record["row"]]) for _, record in read_jsonl(preflight) if record.get("row") in fall_of]
-    if not pairs:
-        raise AlignkitError(f"{preflight} and {falls} have no pair (field 'row') in common")
-    return pairs
-
-
-def table(seeds: list[list[tuple[dict, float]]], replicates: int) -> list[dict]:
+def table(study: Path, n_boot: int) -> list[dict]:
     rows = []
-    for score in SCORES:
-        per_seed = []
-        pooled_x, pooled_y = [], []
-        for pairs in seeds:
-            xy = [(r[score], fall) for r, fall in pairs if r.get(score) is not None]
-            per_seed.append(spearman([a for a, _ in xy], [b for _, b in xy]) if xy else float("nan"))
-            pooled_x += [a for a, _ in xy]
-            pooled_y += [b for _, b in xy]
-        low, high = bootstrap_interval(pooled_x, pooled_y, replicates) if pooled_x else (float("nan"),) * 2
-        rows.append({"score": score, "pairs": len(pooled_x), "rho_per_seed": per_seed,
-                     "rho_pooled": spearman(pooled_x, pooled_y), "ci95": [low, high]})  # fmt: skip
+    for score, by_unit in units(study).items():
+        pooled = bootstrap_interval({k: v[:2] for k, v in by_unit.items()}, spearman, n=n_boot).to_dict()
+        grouped = {(k[0], k[1], k[2]): (v[0], v[1], v[2] * 1000 + k[0]) for k, v in by_unit.items()}
+        within = bootstrap_interval(grouped, mean_within_group_spearman, n=n_boot).to_dict()
+        sign = EXPECTED_SIGN.get(score, -1)
+        predicts = within["lo"] > 0 if sign > 0 else within["hi"] < 0
+        rows.append({"score": score, "expected_sign": sign, "units": len(by_unit), "pooled": pooled,
+                     "within_run": within, "predicts_within_run": bool(predicts)})  # fmt: skip
     return rows
+
+
+def markdown(rows: list[dict], study: Path) -> str:
+    def cell(e: dict) -> str:
+        return f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
+
+    lines = [
+        f"Pre-flight scores vs the off-target fall on the same pair's probe ({study}; Spearman ρ, 95% bootstrap over "
+        "units; within-run = each (seed, arm) ranked alone, then averaged).",
+        "",
+        "| score | predicts if | units | pooled ρ | within-run ρ | predicts within runs |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        sign, verdict = ">" if r["expected_sign"] > 0 else "<", "yes" if r["predicts_within_run"] else "no"
+        lines.append(f"| {r['score']} | ρ {sign} 0 | {r['units']} | {cell(r['pooled'])} | {cell(r['within_run'])} | "
+                     f"{verdict} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preflight", nargs="+", required=True, type=Path)
-    p.add_argument("--falls", nargs="+", required=True, type=Path)
-    p.add_argument("--replicates", type=int, default=1000)
+    p.add_argument("--study", type=Path, default=Path("results/squeezing_study/full"))
+    p.add_argument("--out", type=Path, help="folder for preflight_validation.{json,md} (default: --study)")
+    p.add_argument("--bootstrap", type=int, default=2000)
     args = p.parse_args(argv)
     try:
-        if len(args.preflight) != len(args.falls):
-            raise AlignkitError(f"{len(args.preflight)} pre-flight tables but {len(args.falls)} fall files")
-        rows = table([joined(a, b) for a, b in zip(args.preflight, args.falls)], args.replicates)
+        rows = table(args.study, args.bootstrap)
     except AlignkitError as err:
         print(f"preflight_validation: error: {err}", file=sys.stderr)
         return 2
-    for row in rows:
-        print(json.dumps(row))
+    out = args.out or args.study
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preflight_validation.json").write_text(json.dumps(rows, indent=1))
+    text = markdown(rows, args.study)
+    (out / "preflight_validation.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -1,15 +1,14 @@
-"""bench/preflight_validation.py: Spearman's ρ and its inputs on hand-computed numbers."""
+"""bench/preflight_validation.py on a synthetic study whose off-target fall grows with the pair's valley depth."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from alignkit.errors import AlignkitError
+from tests.test_study_analysis import ARMS, TRAIN, depth, write_gz, write_study
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "preflight_validation.py"
 spec = importlib.util.spec_from_file_location("preflight_validation", SCRIPT)
@@ -17,31 +16,36 @@ validation = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(validation)
 
 
-def test_ranks_share_ties():
-    assert validation.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+def with_preflight(root: Path, seeds=(0, 1, 2)) -> Path:
+    """Pre-flight files: y-'s depth as in the probe records (deeper = more fall there), CHES unrelated to it."""
+    for seed in seeds:
+        for arm in ARMS:
+            rows = [{"probe": p, "rejected_logp_per_token": depth(p), "rejected_min_logp": 2 * depth(p),
+                     "chosen_logp_per_token": -1.0, "margin_per_token": -1.0 - depth(p),
+                     "ches": float((i * 5 + seed) % 3)} for i, p in enumerate(TRAIN)]  # fmt: skip
+            write_gz(root / "runs" / f"s{seed}" / f"{arm}.preflight.jsonl.gz", rows)
+    return root
 
 
-def test_spearman_by_hand():
-    assert validation.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert validation.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    # ranks x = (1,2,3), y = (1,3,2): 1 - 6·Σd²/(n(n²-1)) = 1 - 6·2/24 = 0.5
-    assert validation.spearman([1, 2, 3], [5, 9, 7]) == pytest.approx(0.5)
-    assert math.isnan(validation.spearman([1, 1, 1], [1, 2, 3]))
+def test_valley_depth_predicts_within_runs_and_a_flat_score_does_not(tmp_path):
+    root = with_preflight(write_study(tmp_path / "study"))
+    rows = {r["score"]: r for r in validation.table(root, n_boot=200)}
+    depth_row = rows["rejected_logp_per_token"]
+    # Within each (seed, arm) the fall is 0.1·(−depth) + a constant: ranks exactly reversed, ρ = −1.
+    assert depth_row["within_run"]["mean"] == pytest.approx(-1.0) and depth_row["predicts_within_run"]
+    assert depth_row["units"] == 3 * len(ARMS) * len(TRAIN)
+    assert rows["margin_per_token"]["within_run"]["mean"] == pytest.approx(1.0)  # the wrong sign for a predictor
+    assert not rows["margin_per_token"]["predicts_within_run"]
+    assert rows["chosen_logp_per_token"]["units"] == depth_row["units"]  # a constant score: ρ undefined
+    assert not rows["chosen_logp_per_token"]["predicts_within_run"]
 
 
-def test_bootstrap_interval_of_a_perfect_ranking_is_one():
-    low, high = validation.bootstrap_interval(list(range(20)), [2 * v for v in range(20)], replicates=200)
-    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
-
-
-def test_joined_files_and_bad_input(tmp_path):
-    pre, falls = tmp_path / "preflight.jsonl", tmp_path / "falls.jsonl"
-    pre.write_text("\n".join(json.dumps({"row": r, "ches": float(r)}) for r in range(3)) + "\n")
-    falls.write_text(
-        json.dumps({"row": 2, "offtarget_fall": 0.5}) + "\n" + json.dumps({"row": 0, "offtarget_fall": 0.1})
-    )
-    pairs = validation.joined(pre, falls)
-    assert [(r["row"], f) for r, f in pairs] == [(0, 0.1), (2, 0.5)]
-    falls.write_text(json.dumps({"row": 2}) + "\n")
-    with pytest.raises(AlignkitError, match=r"falls\.jsonl:1: field 'offtarget_fall': missing or not a number"):
-        validation.joined(pre, falls)
+def test_main_writes_table_and_refuses_a_study_without_preflight(tmp_path, capsys):
+    root = with_preflight(write_study(tmp_path / "study"))
+    assert validation.main(["--study", str(root), "--bootstrap", "100"]) == 0
+    saved = json.loads((root / "preflight_validation.json").read_text())
+    assert {r["score"] for r in saved} == set(validation.SCORES)
+    assert "| rejected_logp_per_token |" in (root / "preflight_validation.md").read_text()
+    bare = write_study(tmp_path / "bare")
+    assert validation.main(["--study", str(bare)]) == 2
+    assert "no pre-flight files" in capsys.readouterr().err
