@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.study.analysis import arm_mechanisms, load_runs, read_records
+from alignkit.study.analysis import arm_mechanisms
+from alignkit.study.records import load_runs, read_records
 from alignkit.study.stats import bootstrap_interval, mean_within_group_spearman, spearman
 
 SCORES = ("rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin_per_token", "ches")

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignkit.study.analysis import analyze, directional, gate, win_units
+from alignkit.study.analysis import analyze
+from alignkit.study.claims import directional, gate
+from alignkit.study.quality import win_units
 from alignkit.study.report import write_report
 from alignkit.study.stats import (
     Estimate,

@@ -33,35 +33,41 @@ intermediate evaluations named in the run JSON's `dpo.epoch_steps`, and `end`):
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from alignkit.errors import AlignkitError
-from alignkit.jsonl import decode_utf8, location
 from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.study.claims import decide_claims, finite
+from alignkit.study.quality import quality
+from alignkit.study.records import (
+    PRIMARY_LOSS,
+    Run,
+    Snapshot,
+    arm_grid,
+    checkpoints,
+    load_runs,
+    probe_splits,
+    snapshots,
+)
 from alignkit.study.stats import (
     LEVEL,
     N_BOOT,
-    Estimate,
     Key,
-    bootstrap_interval,
+    estimate,
     mean_of,
     mean_within_group_spearman,
+    merge,
     paired_difference,
     ratio_of_means,
     spearman,
 )
 
-PRIMARY_LOSS = "dpo"
 CHECK_MIN_NATS = 1.0  # nats/token: the gap M1 demands between the valleys and the lift M2 demands from extended SFT
 MIN_SEEDS = 3  # below this, intervals are over probes only: say so
-PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
 OUTCOME_METRICS = (
     "off_target_fall", "chosen_change", "rejected_fall", "concentration_alt", "concentration_top",
     "collateral_ratio", "off_target_eos_change", "greedy_start_rise", "greedy_rise",
@@ -71,98 +77,6 @@ WORDS = "words_logp_per_token"  # per-token log π without the EOS label: the pa
 # The model-derived families have no EOS-free value worth comparing (greedy changes text; argmax has logp only).
 FAMILY_FIELD = {"argmax": "logp_per_token", "greedy": "logp_per_token"}
 PAIR_FAMILIES = ("chosen", "rejected")  # looked at on training probes only: where the gradient acts
-
-Snapshot = dict[str, dict[str, dict]]  # probe id -> family -> record, at one evaluation
-
-
-@dataclass
-class Run:
-    """One finished (seed, arm): its JSON, its DPO probe records and its held-out generations."""
-
-    meta: dict
-    probes: list[dict] = field(default_factory=list)
-    generations: list[dict] = field(default_factory=list)
-
-    @property
-    def arm(self) -> str:
-        return self.meta["arm"]
-
-    @property
-    def seed(self) -> int:
-        return self.meta["seed"]
-
-    @property
-    def cell(self) -> tuple[str, str, str]:
-        return (self.meta["sft_mode"], self.meta["rejected"], self.meta.get("loss", PRIMARY_LOSS))
-
-
-# --- loading
-
-
-def read_records(path: Path) -> list[dict]:
-    """The objects of a JSON Lines file, gzipped (`.gz`) or not; blank lines skipped, a bad line raises naming it."""
-    data = path.read_bytes()
-    text = decode_utf8(gzip.decompress(data) if path.suffix == ".gz" else data, path)
-    rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError as err:
-                raise AlignkitError(f"{location(path, line)}: invalid JSON ({err.msg})") from None
-    return rows
-
-
-def load_runs(study_dir: str | Path) -> dict[tuple[int, str], Run]:
-    """Every finished run under `<study_dir>/runs/s*/`, keyed by (seed, arm); a run without its records files is kept
-    with empty records (the report then says what is missing)."""
-    runs = {}
-    for meta_path in sorted(Path(study_dir, "runs").glob("s*/*.json")):
-        meta = json.loads(meta_path.read_text())
-        if "." in meta_path.stem or not isinstance(meta, dict) or "sft_mode" not in meta:
-            continue  # not a run's own JSON (`<arm>.json` with the arm's fields)
-        run = Run(meta)
-        for name, attr in (("probe_records", "probes"), ("generations", "generations")):
-            path = meta_path.with_name(f"{run.arm}.{name}.jsonl.gz")
-            if path.is_file():
-                setattr(run, attr, read_records(path))
-        runs[(run.seed, run.arm)] = run
-    if not runs:
-        raise AlignkitError(f"{Path(study_dir, 'runs')} has no finished run (runs/s<seed>/<arm>.json)")
-    return runs
-
-
-def arm_grid(runs: dict[tuple[int, str], Run]) -> dict[tuple[str, str, str], str]:
-    """(sft_mode, rejected, loss) -> arm name, from the run JSONs."""
-    return {run.cell: run.arm for run in runs.values()}
-
-
-# --- probe records: evaluations, begin levels, mechanism per probe
-
-
-def snapshots(records: list[dict]) -> list[tuple[int, str, Snapshot]]:
-    """The DPO stage's evaluations in order, each as (step, event, probe -> family -> record)."""
-    grouped: dict[tuple[int, str], Snapshot] = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        grouped[(r["step"], r["event"])][r["probe"]][r["family"]] = r
-    order = {"begin": 0, "step": 1, "end": 2}
-    return sorted(((s, e, dict(snap)) for (s, e), snap in grouped.items()), key=lambda t: (t[0], order.get(t[1], 1)))
-
-
-def checkpoints(run: Run) -> dict[str, Snapshot]:
-    """`begin`, the intermediate `epoch<e>` evaluations (steps from the JSON's `dpo.epoch_steps`) and `end`."""
-    snaps = snapshots(run.probes)
-    out = {event: snap for _, event, snap in snaps if event in ("begin", "end")}
-    end_step = max((s for s, e, _ in snaps if e == "end"), default=math.inf)
-    for epoch, step in sorted(run.meta.get("dpo", {}).get("epoch_steps", {}).items(), key=lambda kv: int(kv[0])):
-        found = [snap for s, e, snap in snaps if s == step and e != "begin"]
-        if found and step < end_step:
-            out[f"epoch{epoch}"] = found[0]
-    return out
-
-
-def probe_splits(records: list[dict]) -> dict[str, str]:
-    return {r["probe"]: r["split"] for r in records}
 
 
 def level_units(run: Run, snap: Snapshot, family: str, name: str = WORDS, split: str = "train") -> dict[Key, float]:
@@ -190,15 +104,6 @@ def mechanism_units(run: Run, start: Snapshot, now: Snapshot) -> dict[str, dict[
     out["chosen_change"] = {k: -v for k, v in out["chosen_fall"].items()}
     out["collateral_ratio"] = {k: (v, out["rejected_fall"][k]) for k, v in out["off_target_fall"].items()}
     return out
-
-
-def merge(parts: list[dict[Key, object]]) -> dict[Key, object]:
-    """Union of unit dicts from different seeds (keys start with the seed, so they never collide)."""
-    return {k: v for part in parts for k, v in part.items()}
-
-
-def estimate(units: dict, statistic=mean_of, n_boot: int = N_BOOT) -> dict:
-    return bootstrap_interval(units, statistic, n=n_boot).to_dict()
 
 
 def arm_mechanisms(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -386,188 +291,6 @@ def dose_response(units: dict[Key, tuple[float, float]], n_boot: int) -> dict:
 
 
 # --- quality from generations
-
-
-def score_units(run: Run) -> dict[str, dict[Key, float]]:
-    """{checkpoint: {(seed, prompt): verifier score}}; null scores (uncheckable) become NaN, i.e. missing."""
-    out: dict[str, dict[Key, float]] = defaultdict(dict)
-    for g in run.generations:
-        out[g["checkpoint"]][(run.seed, g["prompt_id"])] = math.nan if g.get("score") is None else float(g["score"])
-    return dict(out)
-
-
-def win_units(x: dict[Key, float], base: dict[Key, float]) -> dict[Key, tuple[float, float, float]]:
-    """Per (seed, prompt) both scored: (outcome, win, decisive) with outcome 1 win / ½ tie / 0 loss, so that
-    ours = mean(outcome) and the paper's = Σ win / Σ decisive (ties dropped)."""
-    out = {}
-    for k in x.keys() & base.keys():
-        a, b = x[k], base[k]
-        if math.isfinite(a) and math.isfinite(b):
-            out[k] = (1.0 if a > b else 0.5 if a == b else 0.0, float(a > b), float(a != b))
-    return out
-
-
-def win_rate(units: dict[Key, tuple[float, float, float]], n_boot: int) -> dict:
-    """Both protocols with intervals over (seed, prompt), and the counts behind them."""
-    outcome = {k: v[0] for k, v in units.items()}
-    decisive = {k: (v[1], v[2]) for k, v in units.items()}
-    wins = sum(v[1] for v in units.values())
-    losses = sum(v[2] for v in units.values()) - wins
-    return {
-        "ours": estimate(outcome, n_boot=n_boot),
-        "paper": estimate(decisive, ratio_of_means, n_boot),
-        "wins": int(wins),
-        "ties": len(units) - int(wins + losses),
-        "losses": int(losses),
-    }
-
-
-def comparisons(grid: dict, loss: str) -> list[tuple[str, str]]:
-    """(arm, base) pairs: every arm against plain DPO (A_near), and B against A for each (y⁻ kind, loss)."""
-    baseline = grid.get(("chosen", "near", loss))
-    pairs = [(arm, baseline) for arm in sorted(grid.values()) if baseline and arm != baseline]
-    for (sft, rejected, arm_loss), arm in sorted(grid.items()):
-        base = grid.get(("chosen", rejected, arm_loss))
-        if sft == "extended" and base and (arm, base) not in pairs:
-            pairs.append((arm, base))
-    return pairs
-
-
-def quality(runs: dict[tuple[int, str], Run], grid: dict, loss: str, n_boot: int) -> dict:
-    scores: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in runs.values():
-        for cp, units in score_units(run).items():
-            scores[run.arm][cp].append(units)
-    pooled = {arm: {cp: merge(parts) for cp, parts in cps.items()} for arm, cps in scores.items()}
-    accuracy = {arm: {cp: estimate(u, n_boot=n_boot) for cp, u in sorted(cps.items())} for arm, cps in pooled.items()}
-    wins = {}
-    for arm, base in comparisons(grid, loss):
-        common = sorted(pooled.get(arm, {}).keys() & pooled.get(base, {}).keys())
-        rates = {cp: win_rate(win_units(pooled[arm][cp], pooled[base][cp]), n_boot) for cp in common}
-        if rates:
-            wins[f"{arm}_vs_{base}"] = rates
-    return {"accuracy": accuracy, "win_rates": wins, "paper_reference": PAPER_WIN_RATES}
-
-
-# --- claims
-
-
-def finite(x: float | None) -> bool:
-    """Whether a summary number is defined (NaN is written to summary.json as null)."""
-    return x is not None and math.isfinite(x)
-
-
-def directional(est: dict | None, sign: int, ref: float = 0.0) -> str:
-    """reproduced when the interval lies wholly on the predicted side of `ref`; untestable without an interval."""
-    if est is None or not (finite(est["lo"]) and finite(est["hi"])):
-        return "untestable here"
-    side = Estimate(est["mean"], est["lo"], est["hi"], 0, 0).excludes(ref)
-    return "reproduced" if side == sign else "not reproduced"
-
-
-def describe(est: dict | None, sign: int = 0, ref: float = 0.0, digits: int = 3) -> str:
-    """'mean [lo, hi]' and, when the interval contains `ref`, the bound it puts on an effect in direction `sign`."""
-    if est is None or not finite(est["mean"]):
-        return "n/a"
-    lo, hi = (f"{v:.{digits}g}" if finite(v) else "n/a" for v in (est["lo"], est["hi"]))
-    text = f"{est['mean']:.{digits}g} [{lo}, {hi}]"
-    if sign and finite(est["lo"]) and finite(est["hi"]) and est["lo"] <= ref <= est["hi"]:
-        bound = est["hi"] - ref if sign > 0 else ref - est["lo"]
-        text += f"; no effect larger than {bound:.{digits}g} in the predicted direction was found"
-    return text
-
-
-def gate(verdict: str, checks: dict, rests_on: list[str]) -> str:
-    """A claim resting on a failed manipulation check is invalid; on an untestable one, untestable."""
-    failed = [c for c in rests_on if checks.get(c, {}).get("status") == "failed"]
-    if failed:
-        return f"invalid (manipulation check {', '.join(failed)} failed)"
-    if any(checks.get(c, {}).get("status") != "passed" for c in rests_on):
-        return "untestable here"
-    return verdict
-
-
-def claim(cid: str, text: str, verdict: str, evidence: str, rests_on: list[str], checks: dict, note: str = "") -> dict:
-    return {
-        "id": cid,
-        "claim": text,
-        "verdict": gate(verdict, checks, rests_on),
-        "evidence": evidence,
-        "rests_on": rests_on,
-        "note": note,
-    }
-
-
-def decide_claims(summary: dict) -> list[dict]:
-    """C1–C7 with verdicts by explicit rules on the end-of-DPO estimates of the primary loss.
-
-    Directional claims are reproduced when the 95% interval excludes 0 on the predicted side, else not reproduced
-    (with the bound the interval puts on the effect). C1 and C7 have parts: all parts = reproduced, some = partly.
-    """
-    loss = summary["primary_loss"]
-    grid = {(v["sft_mode"], v["rejected"], v["loss"]): arm for arm, v in summary["arms"].items()}
-    checks = summary["manipulation"]["checks"]
-    a_far = grid.get(("chosen", "far", loss))
-    end = summary["outcomes"].get(a_far, {}).get("end", {})
-    con = summary["contrasts"].get(loss, {}).get("end", {})
-    out = []
-
-    parts = {m: (end.get(m), directional(end.get(m), +1)) for m in ("off_target_fall", "concentration_alt")}
-    rejected = directional(end.get("rejected_fall"), +1)
-    n_ok = sum(v == "reproduced" for _, v in parts.values())
-    c1 = "untestable here" if rejected == "untestable here" else "not reproduced"
-    if rejected == "reproduced" and n_ok:
-        c1 = "reproduced" if n_ok == 2 else "partly"
-    evidence = "; ".join(f"{m} {describe(e, +1)}" for m, (e, _) in parts.items())
-    text = f"Off-policy DPO squeezes ({a_far}: off-target mass falls, concentration rises, y⁻ falls)"
-    evidence += f"; rejected_fall {describe(end.get('rejected_fall'), +1)}"
-    out.append(claim("C1", text, c1, evidence, [], checks))
-
-    for cid, text, name, rests in (
-        ("C2", "Squeezing is stronger for a y⁻ deep in the valley (far − near under A, off-target fall)",
-         "far-near|A", ["M1"]),
-        ("C3", "Extended SFT reduces squeezing ((A − B) under far, off-target fall)", "A-B|far", ["M2"]),
-        ("C4", "The benefit of extended SFT is larger where the valley is deeper (interaction far − near)",
-         "interaction", ["M1", "M2"]),
-    ):  # fmt: skip
-        est = con.get(name, {}).get("off_target_fall")
-        out.append(claim(cid, text, directional(est, +1), describe(est, +1), rests, checks))
-
-    dose = summary["dose_response"]
-    pooled, within = directional(dose.get("pooled"), -1), directional(dose.get("within_arm_mean"), -1)
-    c5 = "reproduced" if within == "reproduced" else "partly" if pooled == "reproduced" else pooled
-    text = "Dose–response: deeper start valley → larger off-target fall (Spearman ρ < 0)"
-    evidence = f"pooled ρ {describe(dose.get('pooled'), -1)}; within-arm mean ρ "
-    evidence += describe(dose.get("within_arm_mean"), -1)
-    note = "reproduced needs the within-arm ρ below 0; the pooled ρ alone gives partly"
-    out.append(claim("C5", text, c5, evidence, [], checks, note))
-
-    chosen = end.get("chosen_change")
-    text = f"y⁺ also falls under off-policy DPO ({a_far}: chosen change < 0)"
-    out.append(claim("C6", text, directional(chosen, -1), describe(chosen, -1), [], checks))
-    out.append(c7(summary, grid, loss, checks))
-    return out
-
-
-def c7(summary: dict, grid: dict, loss: str, checks: dict) -> dict:
-    """Extended SFT improves held-out quality: B vs A (same y⁻) win rate, ours protocol, at the last checkpoint."""
-    rates, found, evidence = summary["quality"]["win_rates"], [], []
-    for rejected in ("far", "near"):
-        arm, base = grid.get(("extended", rejected, loss)), grid.get(("chosen", rejected, loss))
-        by_cp = rates.get(f"{arm}_vs_{base}", {})
-        last = max((cp for cp in by_cp if cp != "epoch0"), key=lambda c: int(c.removeprefix("epoch")), default=None)
-        if last:
-            est = by_cp[last]["ours"]
-            found.append(directional(est, +1, 0.5))
-            evidence.append(f"{arm} vs {base} ({last}) {describe(est, +1, 0.5)}")
-    n_ok = found.count("reproduced")
-    verdict = "untestable here" if not found or "untestable here" in found else "not reproduced"
-    if n_ok:
-        verdict = "reproduced" if n_ok == len(found) else "partly"
-    reference = ", ".join(f"{v:.2%} ({k})" for k, v in PAPER_WIN_RATES.items())
-    text = "Extended SFT improves quality (B vs A win rate > 50%, ties as half, verifier)"
-    note = f"paper: {reference} with a ChatGPT judge"
-    return claim("C7", text, verdict, "; ".join(evidence) or "n/a", [], checks, note)
 
 
 # --- everything

@@ -266,8 +266,7 @@ def recompute_section(summary: dict) -> list[str]:
         "`runs/s<seed>/<arm>.probe_records.jsonl.gz` and `runs/s<seed>/<arm>.generations.jsonl.gz` by",
         "",
         "```",
-        'python -c "from alignkit.study.analysis import analyze; from alignkit.study.report import write_report; '
-        f"d = '{summary.get('study_dir', '<study_dir>')}'; write_report(d, analyze(d))\"",
+        f"python recipes/squeezing_study.py --study_dir {summary.get('study_dir', '<study_dir>')} --analyze",
         "```",
     ]
 

@@ -154,3 +154,12 @@ def mean_within_group_spearman(values: np.ndarray) -> float:
     rhos = [spearman(values[values[:, 2] == g]) for g in np.unique(values[:, 2])]
     finite = [r for r in rhos if math.isfinite(r)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def merge(parts: list[dict[Key, object]]) -> dict[Key, object]:
+    """Union of unit dicts from different seeds (keys start with the seed, so they never collide)."""
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def estimate(units: dict, statistic=mean_of, n_boot: int = N_BOOT) -> dict:
+    return bootstrap_interval(units, statistic, n=n_boot).to_dict()

@@ -1,0 +1,76 @@
+"""Held-out quality: verifier accuracy per arm and checkpoint, and paired win rates under two protocols.
+
+Units are (seed, prompt). A win rate is reported as *ours* (ties count half: mean outcome) and as the paper's
+protocol (ties dropped: wins / decisive pairs). With a verifier both presentation orders give the same verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from alignkit.study.records import Run
+from alignkit.study.stats import Key, estimate, merge, ratio_of_means
+
+PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
+
+
+def score_units(run: Run) -> dict[str, dict[Key, float]]:
+    """{checkpoint: {(seed, prompt): verifier score}}; null scores (uncheckable) become NaN, i.e. missing."""
+    out: dict[str, dict[Key, float]] = defaultdict(dict)
+    for g in run.generations:
+        out[g["checkpoint"]][(run.seed, g["prompt_id"])] = math.nan if g.get("score") is None else float(g["score"])
+    return dict(out)
+
+
+def win_units(x: dict[Key, float], base: dict[Key, float]) -> dict[Key, tuple[float, float, float]]:
+    """Per (seed, prompt) both scored: (outcome, win, decisive) with outcome 1 win / ½ tie / 0 loss, so that
+    ours = mean(outcome) and the paper's = Σ win / Σ decisive (ties dropped)."""
+    out = {}
+    for k in x.keys() & base.keys():
+        a, b = x[k], base[k]
+        if math.isfinite(a) and math.isfinite(b):
+            out[k] = (1.0 if a > b else 0.5 if a == b else 0.0, float(a > b), float(a != b))
+    return out
+
+
+def win_rate(units: dict[Key, tuple[float, float, float]], n_boot: int) -> dict:
+    """Both protocols with intervals over (seed, prompt), and the counts behind them."""
+    outcome = {k: v[0] for k, v in units.items()}
+    decisive = {k: (v[1], v[2]) for k, v in units.items()}
+    wins = sum(v[1] for v in units.values())
+    losses = sum(v[2] for v in units.values()) - wins
+    return {
+        "ours": estimate(outcome, n_boot=n_boot),
+        "paper": estimate(decisive, ratio_of_means, n_boot),
+        "wins": int(wins),
+        "ties": len(units) - int(wins + losses),
+        "losses": int(losses),
+    }
+
+
+def comparisons(grid: dict, loss: str) -> list[tuple[str, str]]:
+    """(arm, base) pairs: every arm against plain DPO (A_near), and B against A for each (y⁻ kind, loss)."""
+    baseline = grid.get(("chosen", "near", loss))
+    pairs = [(arm, baseline) for arm in sorted(grid.values()) if baseline and arm != baseline]
+    for (sft, rejected, arm_loss), arm in sorted(grid.items()):
+        base = grid.get(("chosen", rejected, arm_loss))
+        if sft == "extended" and base and (arm, base) not in pairs:
+            pairs.append((arm, base))
+    return pairs
+
+
+def quality(runs: dict[tuple[int, str], Run], grid: dict, loss: str, n_boot: int) -> dict:
+    scores: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs.values():
+        for cp, units in score_units(run).items():
+            scores[run.arm][cp].append(units)
+    pooled = {arm: {cp: merge(parts) for cp, parts in cps.items()} for arm, cps in scores.items()}
+    accuracy = {arm: {cp: estimate(u, n_boot=n_boot) for cp, u in sorted(cps.items())} for arm, cps in pooled.items()}
+    wins = {}
+    for arm, base in comparisons(grid, loss):
+        common = sorted(pooled.get(arm, {}).keys() & pooled.get(base, {}).keys())
+        rates = {cp: win_rate(win_units(pooled[arm][cp], pooled[base][cp]), n_boot) for cp in common}
+        if rates:
+            wins[f"{arm}_vs_{base}"] = rates
+    return {"accuracy": accuracy, "win_rates": wins, "paper_reference": PAPER_WIN_RATES}

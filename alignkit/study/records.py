@@ -1,0 +1,109 @@
+"""A squeezing study's raw files, loaded: one `Run` per finished (seed, arm), and its DPO evaluations by name.
+
+`<study_dir>/runs/s<seed>/<arm>.json` says what ran; `<arm>.probe_records.jsonl.gz` holds one record per evaluation
+× probe × family of the DPO stage; `<arm>.generations.jsonl.gz` one verified held-out answer per checkpoint × prompt
+(alignkit/study/run.py writes them). An arm is read off its JSON's fields, never off its file name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+from alignkit.jsonl import decode_utf8, location
+
+PRIMARY_LOSS = "dpo"
+
+Snapshot = dict[str, dict[str, dict]]  # probe id -> family -> record, at one evaluation
+
+
+@dataclass
+class Run:
+    """One finished (seed, arm): its JSON, its DPO probe records and its held-out generations."""
+
+    meta: dict
+    probes: list[dict] = field(default_factory=list)
+    generations: list[dict] = field(default_factory=list)
+
+    @property
+    def arm(self) -> str:
+        return self.meta["arm"]
+
+    @property
+    def seed(self) -> int:
+        return self.meta["seed"]
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        return (self.meta["sft_mode"], self.meta["rejected"], self.meta.get("loss", PRIMARY_LOSS))
+
+
+# --- loading
+
+
+def read_records(path: Path) -> list[dict]:
+    """The objects of a JSON Lines file, gzipped (`.gz`) or not; blank lines skipped, a bad line raises naming it."""
+    data = path.read_bytes()
+    text = decode_utf8(gzip.decompress(data) if path.suffix == ".gz" else data, path)
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.strip():
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError as err:
+                raise AlignkitError(f"{location(path, line)}: invalid JSON ({err.msg})") from None
+    return rows
+
+
+def load_runs(study_dir: str | Path) -> dict[tuple[int, str], Run]:
+    """Every finished run under `<study_dir>/runs/s*/`, keyed by (seed, arm); a run without its records files is kept
+    with empty records (the report then says what is missing)."""
+    runs = {}
+    for meta_path in sorted(Path(study_dir, "runs").glob("s*/*.json")):
+        meta = json.loads(meta_path.read_text())
+        if "." in meta_path.stem or not isinstance(meta, dict) or "sft_mode" not in meta:
+            continue  # not a run's own JSON (`<arm>.json` with the arm's fields)
+        run = Run(meta)
+        for name, attr in (("probe_records", "probes"), ("generations", "generations")):
+            path = meta_path.with_name(f"{run.arm}.{name}.jsonl.gz")
+            if path.is_file():
+                setattr(run, attr, read_records(path))
+        runs[(run.seed, run.arm)] = run
+    if not runs:
+        raise AlignkitError(f"{Path(study_dir, 'runs')} has no finished run (runs/s<seed>/<arm>.json)")
+    return runs
+
+
+def arm_grid(runs: dict[tuple[int, str], Run]) -> dict[tuple[str, str, str], str]:
+    """(sft_mode, rejected, loss) -> arm name, from the run JSONs."""
+    return {run.cell: run.arm for run in runs.values()}
+
+
+def snapshots(records: list[dict]) -> list[tuple[int, str, Snapshot]]:
+    """The DPO stage's evaluations in order, each as (step, event, probe -> family -> record)."""
+    grouped: dict[tuple[int, str], Snapshot] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        grouped[(r["step"], r["event"])][r["probe"]][r["family"]] = r
+    order = {"begin": 0, "step": 1, "end": 2}
+    return sorted(((s, e, dict(snap)) for (s, e), snap in grouped.items()), key=lambda t: (t[0], order.get(t[1], 1)))
+
+
+def checkpoints(run: Run) -> dict[str, Snapshot]:
+    """`begin`, the intermediate `epoch<e>` evaluations (steps from the JSON's `dpo.epoch_steps`) and `end`."""
+    snaps = snapshots(run.probes)
+    out = {event: snap for _, event, snap in snaps if event in ("begin", "end")}
+    end_step = max((s for s, e, _ in snaps if e == "end"), default=math.inf)
+    for epoch, step in sorted(run.meta.get("dpo", {}).get("epoch_steps", {}).items(), key=lambda kv: int(kv[0])):
+        found = [snap for s, e, snap in snaps if s == step and e != "begin"]
+        if found and step < end_step:
+            out[f"epoch{epoch}"] = found[0]
+    return out
+
+
+def probe_splits(records: list[dict]) -> dict[str, str]:
+    return {r["probe"]: r["split"] for r in records}
