@@ -17,9 +17,11 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from trl import DPOConfig, SFTConfig, TrlParser
 
@@ -90,6 +92,18 @@ def _check_fraction(name: str, value: float, why: str = "") -> None:
     """`value` in [0, 1): a share of something, never all of it."""
     if not 0 <= value < 1:
         raise AlignkitError(f"config field '{name}' is {value}; it must be in [0, 1){why}")
+
+
+def check_vllm() -> None:
+    """Fail early, with what to do, when generation_backend=vllm cannot work here (at config time, and again by the
+    sampler itself when called without a recipe config)."""
+    if find_spec("vllm") is None:
+        raise AlignkitError(
+            "generation_backend 'vllm' needs vLLM: pip install vllm (CUDA only), or use generation_backend: "
+            "transformers"
+        )
+    if not torch.cuda.is_available():
+        raise AlignkitError("generation_backend 'vllm' needs a CUDA GPU and none is visible; use 'transformers'")
 
 
 @functools.cache
@@ -480,8 +494,6 @@ class PreferenceStageConfig:
                 f"onpolicy_rounds={self.onpolicy_rounds}; each round needs at least one step"
             )
         if self.generation_backend == "vllm":
-            from alignkit.onpolicy.sampling import check_vllm  # imports torch: only when vllm is asked for
-
             check_vllm()
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,13 @@ def test_config_file_that_is_not_utf8(tmp_path):
     path.write_bytes(b"output_dir: caf\xe9\n")
     with pytest.raises(AlignkitError, match=r"config file .*latin1\.yaml is not UTF-8 text"):
         parse_recipe_config(["--config", str(path)])
+
+
+def test_the_recipe_config_imports_no_higher_layer():
+    # The config is imported by every entry point: it must not load the on-policy stage or the judge's HTTP client.
+    code = (
+        "import sys, alignkit.config; "
+        "print(sorted(m for m in sys.modules if m.startswith(('alignkit.onpolicy', 'alignkit.judge', 'openai'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,27 +10,15 @@ import copy
 import gc
 import shutil
 from collections.abc import Sequence
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from alignkit.errors import AlignkitError
+from alignkit.config import check_vllm
 from alignkit.generation import generate
 from alignkit.sequences import Prompt, render_prompt
-
-
-def check_vllm() -> None:
-    """Fail early, with what to do, when generation_backend=vllm cannot work here."""
-    if find_spec("vllm") is None:
-        raise AlignkitError(
-            "generation_backend 'vllm' needs vLLM: pip install vllm (CUDA only), or use generation_backend: "
-            "transformers"
-        )
-    if not torch.cuda.is_available():
-        raise AlignkitError("generation_backend 'vllm' needs a CUDA GPU and none is visible; use 'transformers'")
 
 
 def sample_responses(
