@@ -25,6 +25,7 @@ import torch
 import yaml
 from trl import DPOConfig, SFTConfig, TrlParser
 
+from alignkit.endpoint import LOCAL, VERIFIER, JudgeEndpoint
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
 from alignkit.preflight.config import PreflightConfig
@@ -483,11 +484,8 @@ class PreferenceStageConfig:
         if self.ranker == "callable" and ":" not in self.ranker_path:
             raise AlignkitError(f"config field 'ranker_path' is {self.ranker_path!r}; ranker 'callable' needs "
                                 "'module:function' or 'path/to/file.py:function'")  # fmt: skip
-        if self.ranker == "judge" and not (self.ranker_path == "local" or self.ranker_path.startswith("http")):
-            raise AlignkitError(f"config field 'ranker_path' is {self.ranker_path!r}; ranker 'judge' needs 'local' or "
-                                "an OpenAI-compatible URL such as https://api.openai.com/v1")  # fmt: skip
-        if self.ranker == "judge" and self.ranker_path != "local" and not self.ranker_judge_model:
-            raise AlignkitError("ranker 'judge' with a remote endpoint needs ranker_judge_model (e.g. gpt-4o)")
+        if self.ranker == "judge":
+            self.ranker_endpoint.validate("ranker_judge_", url_field="ranker_path", kinds=(LOCAL,))
         if 0 < self.preference_max_steps < self.onpolicy_rounds:
             raise AlignkitError(
                 f"preference_max_steps={self.preference_max_steps} is fewer than "
@@ -495,6 +493,13 @@ class PreferenceStageConfig:
             )
         if self.generation_backend == "vllm":
             check_vllm()
+
+    @property
+    def ranker_endpoint(self) -> JudgeEndpoint | None:
+        """The judge that ranks on-policy samples (ranker 'judge'); None with any other ranker."""
+        if self.ranker != "judge" or not self.ranker_path:
+            return None
+        return JudgeEndpoint(self.ranker_path, self.ranker_judge_model, self.ranker_judge_api_key_env)
 
     @property
     def trl_loss_type(self) -> str:
@@ -582,11 +587,17 @@ class EvaluationConfig:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Response length generated for judging."})
 
     def __post_init__(self):
-        if self.eval_judge_base_url not in ("auto", "local", "verifier") and not self.eval_judge_model:
-            raise AlignkitError("config field 'eval_judge_model' is required when eval_judge_base_url is not 'local'")
+        self.judge_endpoint.validate("eval_judge_", kinds=("auto", LOCAL, VERIFIER))
         if self.eval_num_prompts is not None:
             _check_positive("eval_num_prompts", self.eval_num_prompts)
         _check_positive("eval_max_new_tokens", self.eval_max_new_tokens)
+
+    @property
+    def judge_endpoint(self) -> JudgeEndpoint:
+        """The win-rate judge as written; base_url 'auto' is resolved against the data by `evaluation.eval_judge`."""
+        return JudgeEndpoint(
+            self.eval_judge_base_url, self.eval_judge_model, self.eval_judge_api_key_env, self.eval_judge_verifier
+        )
 
 
 CONFIG_CLASSES = (

@@ -7,11 +7,13 @@ written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from pathlib import Path
 
 from alignkit.config import RecipeConfig
+from alignkit.endpoint import LOCAL, VERIFIER
 from alignkit.errors import AlignkitError
 from alignkit.judge import JudgeConfig, WinRateConfig, evaluate_win_rate
 from alignkit.judge.validate import validate_judge
@@ -23,16 +25,10 @@ logger = logging.getLogger(__name__)
 
 def eval_judge(cfg: RecipeConfig) -> JudgeConfig:
     """The judge the evaluation settings name; 'auto' is the verifier for the built-in data, else the local judge."""
-    e = cfg.evaluation
-    base_url = e.eval_judge_base_url
-    if base_url == "auto":
-        base_url = "verifier" if cfg.data.dataset_name == "builtin" else "local"
-    return JudgeConfig(
-        base_url=base_url,
-        model=e.eval_judge_model,
-        api_key_env=e.eval_judge_api_key_env,
-        verifier=e.eval_judge_verifier,
-    )
+    endpoint = cfg.evaluation.judge_endpoint
+    if endpoint.base_url == "auto":
+        endpoint = dataclasses.replace(endpoint, base_url=VERIFIER if cfg.data.dataset_name == "builtin" else LOCAL)
+    return JudgeConfig.from_endpoint(endpoint)
 
 
 def check_judge(cfg: RecipeConfig, test_rows: list[dict]) -> JudgeConfig:

@@ -1,4 +1,5 @@
-"""Configs: every shipped YAML loads, defaults match default.yaml, and bad keys/values give clear errors."""
+"""Configs: every shipped YAML loads, defaults match default.yaml, bad keys/values give clear errors, and every judge
+endpoint is checked and built one way."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 import yaml
 
 from alignkit.config import config_keys, parse_recipe_config
+from alignkit.endpoint import JudgeEndpoint
 from alignkit.errors import AlignkitError
+from alignkit.evaluation import eval_judge
+from alignkit.judge.config import JudgeConfig
+from alignkit.monitors.rephrase import Rephraser
+from alignkit.onpolicy.rankers import JudgeRanker, ranker_from_config
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 RECIPE_YAMLS = sorted((RECIPES / "configs").glob("*.yaml"))
@@ -170,6 +176,66 @@ def test_config_file_that_is_not_utf8(tmp_path):
     path.write_bytes(b"output_dir: caf\xe9\n")
     with pytest.raises(AlignkitError, match=r"config file .*latin1\.yaml is not UTF-8 text"):
         parse_recipe_config(["--config", str(path)])
+
+
+# The three judge endpoints of a recipe (the win-rate judge, the on-policy ranker, the rephraser): each section's
+# (arguments it needs first, the URL's field, the fields' prefix, its endpoint).
+ENDPOINT_SECTIONS = {
+    "evaluation": ([], "eval_judge_base_url", "eval_judge_", lambda cfg: cfg.evaluation.judge_endpoint),
+    "ranker": (
+        ["--sampling", "on_policy", "--ranker", "judge"], "ranker_path", "ranker_judge_",
+        lambda cfg: cfg.preference.ranker_endpoint,
+    ),
+    "rephraser": ([], "probe_rephrase_base_url", "probe_rephrase_", lambda cfg: cfg.monitor.rephrase_endpoint),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("section", ENDPOINT_SECTIONS)
+def test_every_judge_endpoint_is_checked_by_the_one_validator(section):
+    before, url_field, prefix, endpoint_of = ENDPOINT_SECTIONS[section]
+    url = "https://user:secret@judge.example/v1"
+    message = (
+        "{model} is required when {url} is a URL (https://judge.example/v1): the model name the endpoint serves, "
+        "e.g. gpt-4o"
+    )
+    with pytest.raises(AlignkitError) as missing_model:
+        parse_recipe_config([*before, f"--{url_field}", url])
+    assert str(missing_model.value) == message.format(model=f"config field '{prefix}model'", url=url_field)
+    with pytest.raises(AlignkitError) as runtime:  # the judge's own config: the same check under its own names
+        JudgeConfig(base_url=url)
+    assert str(runtime.value) == message.format(model="judge.model", url="judge.base_url")
+    with_model = [*before, f"--{url_field}", url, f"--{prefix}model", "m"]
+    key = rf"^config field '{prefix}api_key_env' must be the NAME of an environment variable"
+    with pytest.raises(AlignkitError, match=key):
+        parse_recipe_config([*with_model, f"--{prefix}api_key_env", "sk-1"])
+    with pytest.raises(AlignkitError, match=rf"^config field '{url_field}' is 'judge.example/v1'; it must be "):
+        parse_recipe_config([*before, f"--{url_field}", "judge.example/v1", f"--{prefix}model", "m"])
+    cfg = parse_recipe_config([*with_model, f"--{prefix}api_key_env", "JUDGE_KEY"])
+    assert endpoint_of(cfg) == JudgeEndpoint(url, "m", "JUDGE_KEY")
+
+
+def test_evaluation_ranker_and_rephraser_are_built_from_their_sections_endpoint(tmp_path, monkeypatch):
+    built = []
+    from_endpoint = JudgeConfig.from_endpoint.__func__
+
+    def recording(cls, endpoint, **options):
+        built.append(endpoint)
+        return from_endpoint(cls, endpoint, **options)
+
+    monkeypatch.setattr(JudgeConfig, "from_endpoint", classmethod(recording))
+    cfg = parse_recipe_config([
+        "--eval_judge_base_url", "https://judge.example/v1", "--eval_judge_model", "judge-m",
+        "--sampling", "on_policy", "--ranker", "judge", "--ranker_path", "local",
+        "--probe_rephrase_base_url", "http://127.0.0.1:1/v1", "--probe_rephrase_model", "rewrite-m",
+    ])  # fmt: skip
+    judge = eval_judge(cfg)
+    assert (judge.base_url, judge.model) == ("https://judge.example/v1", "judge-m")
+    ranker = ranker_from_config(cfg.preference, tmp_path)
+    assert isinstance(ranker, JudgeRanker) and ranker.judge.is_local
+    ranker.close()
+    assert built == [cfg.evaluation.judge_endpoint, cfg.preference.ranker_endpoint]
+    rephraser = Rephraser.from_config(cfg.monitor, tmp_path)  # no JudgeConfig: a plain client at the same endpoint
+    assert rephraser.model == "rewrite-m" and str(rephraser.client.base_url) == "http://127.0.0.1:1/v1/"
 
 
 def test_the_recipe_config_imports_no_higher_layer():

@@ -81,7 +81,7 @@ def test_judge_config_validation():
     assert JudgeConfig().is_local and JudgeConfig().model  # local judge gets the server's model alias
     with pytest.raises(AlignkitError, match="judge.model is required"):
         JudgeConfig(base_url="https://api.openai.com/v1")
-    with pytest.raises(AlignkitError, match="must be 'local', 'verifier' or start with http"):
+    with pytest.raises(AlignkitError, match="judge.base_url is 'api.openai.com'; it must be 'local', 'verifier' or"):
         JudgeConfig(base_url="api.openai.com", model="m")
     with pytest.raises(AlignkitError, match="NAME of an environment variable"):
         JudgeConfig(base_url="http://x/v1", model="m", api_key_env="sk-proj-abc123")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
+from alignkit.endpoint import LOCAL, VERIFIER, JudgeEndpoint, redact_url
 from alignkit.errors import AlignkitError
 
-LOCAL = "local"
-VERIFIER = "verifier"
 LOCAL_MODEL_ALIAS = "smollm2-135m-instruct-q4_1"
 MODES = ("auto", "text", "logprobs")
 
@@ -124,16 +122,12 @@ class JudgeConfig:
     )
 
     def __post_init__(self):
-        if not self.base_url:
-            raise AlignkitError("judge.base_url is empty: use 'local' or an OpenAI-compatible URL ending in /v1.")
+        # The same check as every recipe section's endpoint, with this dataclass's own names (judge.base_url, ...).
+        self.endpoint.validate("judge.", kinds=(LOCAL, VERIFIER), name_format="{}")
         if self.is_verifier:
             self.model = f"verifier:{self.verifier}"
             self.mode = "text"
             return
-        if not self.is_local and not self.base_url.startswith(("http://", "https://")):
-            raise AlignkitError(
-                f"judge.base_url={self.base_url!r} must be 'local', 'verifier' or start with http:// or https://."
-            )
         if self.mode not in MODES:
             raise AlignkitError(f"judge.mode={self.mode!r}: choose one of {', '.join(MODES)}.")
         if self.mode == "auto":
@@ -144,19 +138,12 @@ class JudgeConfig:
             raise AlignkitError(f"judge.logprob_margin must be >= 0, got {self.logprob_margin}.")
         if not 1 <= self.top_logprobs <= 20:
             raise AlignkitError(f"judge.top_logprobs must be in [1, 20], got {self.top_logprobs}.")
-        if not self.is_local and not self.model:
-            raise AlignkitError("judge.model is required with a remote judge (e.g. --judge-model gpt-4o).")
         if self.is_local and not self.model:
             self.model = LOCAL_MODEL_ALIAS
         if self.template == "auto" and self.mode == "logprobs":
             self.template = "pairwise_logprobs"
         elif self.template == "auto":
             self.template = "pairwise_small" if self.is_local else "pairwise"
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
-            # Catches the easy mistake of passing the key itself instead of the variable's name.
-            raise AlignkitError(
-                "judge.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key."
-            )
         for name in ("max_tokens", "concurrency", "local_n_ctx"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"judge.{name} must be at least 1, got {getattr(self, name)}.")
@@ -171,6 +158,21 @@ class JudgeConfig:
         for name in ("timeout_s", "backoff_initial_s", "backoff_max_s", "local_startup_timeout_s"):
             if getattr(self, name) <= 0:
                 raise AlignkitError(f"judge.{name} must be positive, got {getattr(self, name)}.")
+
+    @classmethod
+    def from_endpoint(cls, endpoint: JudgeEndpoint, **options) -> JudgeConfig:
+        """The judge at a recipe section's endpoint (already validated there); `options` are the other fields."""
+        return cls(
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key_env=endpoint.api_key_env,
+            verifier=endpoint.verifier,
+            **options,
+        )
+
+    @property
+    def endpoint(self) -> JudgeEndpoint:
+        return JudgeEndpoint(self.base_url, self.model, self.api_key_env, self.verifier)
 
     @property
     def is_local(self) -> bool:
@@ -205,15 +207,6 @@ class JudgeConfig:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password@ and without a query string, which is where keys sometimes travel."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass

@@ -13,8 +13,9 @@ import urllib.error
 import urllib.request
 
 from alignkit.data.verifier import load_verifier
+from alignkit.endpoint import redact_url
 from alignkit.errors import AlignkitError
-from alignkit.judge.config import JudgeConfig, redact_url
+from alignkit.judge.config import JudgeConfig
 from alignkit.judge.local_server import LocalJudgeServer
 
 

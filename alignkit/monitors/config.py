@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from alignkit.endpoint import JudgeEndpoint
 from alignkit.errors import AlignkitError
 
 # Response families, in the paper's terms. The order is the order of plots and tables.
@@ -204,8 +205,13 @@ class MonitorConfig:
             )
         if self.guard_sft_weight <= 0:
             raise AlignkitError(f"config field 'guard_sft_weight' is {self.guard_sft_weight}; it must be > 0")
-        if self.probe_rephrase_base_url and not self.probe_rephrase_model:
-            raise AlignkitError(
-                "config field 'probe_rephrase_model' is not set; it is required with 'probe_rephrase_base_url' "
-                f"({self.probe_rephrase_base_url})"
-            )
+        if self.rephrase_endpoint is not None:
+            # Only a URL: the rephraser starts no local server and has no verifier.
+            self.rephrase_endpoint.validate("probe_rephrase_", kinds=())
+
+    @property
+    def rephrase_endpoint(self) -> JudgeEndpoint | None:
+        """The endpoint that writes the rewrite families; None when `probe_rephrase_base_url` is unset."""
+        if not self.probe_rephrase_base_url:
+            return None
+        return JudgeEndpoint(self.probe_rephrase_base_url, self.probe_rephrase_model, self.probe_rephrase_api_key_env)

@@ -65,18 +65,24 @@ class Rephraser:
 
     @classmethod
     def from_config(cls, config, cache_dir: str | Path | None = None) -> Rephraser:
-        from openai import OpenAI
+        """The rephraser at `config.rephrase_endpoint` (a `MonitorConfig`'s `probe_rephrase_*` fields, validated
+        there), caching in `probe_rephrase_cache`, else `<cache_dir>/rephrase_cache.jsonl`, else DEFAULT_CACHE."""
+        from openai import OpenAI  # a run without a rewrite endpoint never builds the client
 
+        endpoint = config.rephrase_endpoint
+        if endpoint is None:
+            raise AlignkitError("no rewrite endpoint: set probe_rephrase_base_url and probe_rephrase_model")
         if config.probe_rephrase_cache:
             cache = Path(config.probe_rephrase_cache)
         elif cache_dir is not None:
             cache = Path(cache_dir) / "rephrase_cache.jsonl"
         else:
             cache = DEFAULT_CACHE
-        # Local servers (llama.cpp, vLLM) accept any key, so a missing variable is not an error.
-        api_key = os.environ.get(config.probe_rephrase_api_key_env) or "not-needed"
-        client = OpenAI(base_url=config.probe_rephrase_base_url, api_key=api_key, max_retries=2, timeout=120)
-        return cls(client, config.probe_rephrase_model, cache)
+        # Unlike the judge's key (JudgeConfig.api_key), a missing variable is not an error: probe_rephrase_api_key_env
+        # defaults to OPENAI_API_KEY, and local servers (llama.cpp, vLLM) accept any key.
+        api_key = os.environ.get(endpoint.api_key_env or "") or "not-needed"
+        client = OpenAI(base_url=endpoint.base_url, api_key=api_key, max_retries=2, timeout=120)
+        return cls(client, endpoint.model, cache)
 
     def _key(self, kind: str, prompt: Prompt, response: str) -> str:
         blob = json.dumps([self.model, kind, _prompt_text(prompt), response], ensure_ascii=False)

@@ -203,7 +203,7 @@ def ranker_from_config(p, stage_dir: Path, device: str | None = None) -> Ranker:
         return RewardModelRanker(p.ranker_path, batch_size=p.onpolicy_batch_size, device=device)
     from alignkit.judge.config import JudgeConfig  # alignkit.judge's __init__ loads the client (openai): judges only
 
-    judge = JudgeConfig(base_url=p.ranker_path, model=p.ranker_judge_model, api_key_env=p.ranker_judge_api_key_env)
+    judge = JudgeConfig.from_endpoint(p.ranker_endpoint)  # the endpoint was checked when the config was parsed
     return JudgeRanker(judge, p.ranker_judge_mode, stage_dir / "judge_cache.jsonl", stage_dir)
 
 
