@@ -33,6 +33,7 @@ from alignkit.study.stats import (
     mean_within_group_spearman,
     paired_difference,
     ranks,
+    ratio_difference,
     ratio_of_means,
     spearman,
 )
@@ -159,6 +160,23 @@ def test_ratio_of_means_is_not_the_mean_of_ratios():
     # (1, 1) and (3, 0.5): mean of ratios = (1 + 6)/2 = 3.5; ratio of means = 2 / 0.75 = 8/3.
     assert ratio_of_means(np.array([[1.0, 1.0], [3.0, 0.5]])) == pytest.approx(8 / 3)
     assert math.isnan(ratio_of_means(np.array([[1.0, 0.0]])))
+
+
+def test_ratio_difference_pairs_two_ratios_of_means():
+    # arm x: (1, 2), (3, 2) -> 4/4 = 1; arm y: (3, 4), (1, 4) -> 4/8 = 0.5; difference 0.5
+    assert ratio_difference(np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 4.0]])) == pytest.approx(0.5)
+
+
+def test_collateral_ratio_contrast_by_hand(study):
+    """Training probes only (y⁻ falls 2 in every arm): A_far falls 1.0..1.15 (mean 1.075), B_far 0.3..0.45
+    (0.375), so the ratios are 0.5375 and 0.1875 and (A − B)|far = 0.35; C8 rests on M2, which passes."""
+    _, summary = study
+    est = summary["contrasts"]["dpo"]["end"]["A-B|far"]["collateral_ratio"]
+    assert est["mean"] == pytest.approx(0.35) and est["n_units"] == 3 * len(TRAIN)
+    assert "interaction" not in summary["contrasts"]["dpo"]["end"] or (
+        "collateral_ratio" not in summary["contrasts"]["dpo"]["end"]["interaction"]
+    )
+    assert {c["id"]: c["verdict"] for c in summary["claims"]}["C8"] == "reproduced"
 
 
 def test_ranks_average_ties():

@@ -62,6 +62,7 @@ from alignkit.study.stats import (
     mean_within_group_spearman,
     merge,
     paired_difference,
+    ratio_difference,
     ratio_of_means,
     spearman,
 )
@@ -72,7 +73,7 @@ OUTCOME_METRICS = (
     "off_target_fall", "chosen_change", "rejected_fall", "concentration_alt", "concentration_top",
     "collateral_ratio", "off_target_eos_change", "greedy_start_rise", "greedy_rise",
 )  # fmt: skip
-CONTRAST_METRICS = ("off_target_fall", "chosen_change", "concentration_alt")
+CONTRAST_METRICS = ("off_target_fall", "chosen_change", "concentration_alt", "collateral_ratio")
 WORDS = "words_logp_per_token"  # per-token log π without the EOS label: the paper's quantity, length-free
 # The model-derived families have no EOS-free value worth comparing (greedy changes text; argmax has logp only).
 FAMILY_FIELD = {"argmax": "logp_per_token", "greedy": "logp_per_token"}
@@ -236,6 +237,12 @@ def contrast_units(mechanisms: dict, grid: dict, loss: str, checkpoint: str, met
         arm = grid.get((sft, rejected, loss))
         return mechanisms.get(arm, {}).get(checkpoint, {}).get(metric, {})
 
+    if metric == "collateral_ratio":  # (fall, y⁻ fall) per unit: a difference of two ratios of means, paired
+        return {name: u for name, u in {
+            "A-B|near": paired_ratios(units("chosen", "near"), units("extended", "near")),
+            "A-B|far": paired_ratios(units("chosen", "far"), units("extended", "far")),
+            "far-near|A": paired_ratios(units("chosen", "far"), units("chosen", "near")),
+        }.items() if u}  # fmt: skip
     near = paired_difference(units("chosen", "near"), units("extended", "near"))
     far = paired_difference(units("chosen", "far"), units("extended", "far"))
     out = {
@@ -247,6 +254,11 @@ def contrast_units(mechanisms: dict, grid: dict, loss: str, checkpoint: str, met
     return {name: u for name, u in out.items() if u}
 
 
+def paired_ratios(x: dict, y: dict) -> dict:
+    """{unit: (x's numerator, x's denominator, y's numerator, y's denominator)} on the units both arms have."""
+    return {k: (*x[k], *y[k]) for k in x.keys() & y.keys()}
+
+
 def contrasts(mechanisms: dict, grid: dict, n_boot: int) -> dict[str, dict[str, dict[str, dict[str, dict]]]]:
     """{loss: {checkpoint: {contrast: {metric: estimate}}}} over CONTRAST_METRICS."""
     out: dict = {}
@@ -256,7 +268,8 @@ def contrasts(mechanisms: dict, grid: dict, n_boot: int) -> dict[str, dict[str, 
             for metric in CONTRAST_METRICS:
                 for name, units in contrast_units(mechanisms, grid, loss, cp, metric).items():
                     by_name = out.setdefault(loss, {}).setdefault(cp, {}).setdefault(name, {})
-                    by_name[metric] = estimate(units, n_boot=n_boot)
+                    statistic = ratio_difference if metric == "collateral_ratio" else mean_of
+                    by_name[metric] = estimate(units, statistic, n_boot)
     return out
 
 

@@ -93,6 +93,11 @@ def decide_claims(summary: dict) -> list[dict]:
     ):  # fmt: skip
         est = con.get(name, {}).get("off_target_fall")
         out.append(claim(cid, text, directional(est, +1), describe(est, +1), rests, checks))
+    # The paper's mechanism, not only its symptom: per nat that DPO pushes y⁻ down, a y⁻ lifted out of the valley
+    # should drag the rest of the distribution down less. C3 alone could hold because y⁻ is pushed down less.
+    est = con.get("A-B|far", {}).get("collateral_ratio")
+    text = "Per nat of y⁻ decrease, extended SFT squeezes less ((A − B) under far of off-target fall / y⁻ fall)"
+    out.append(claim("C8", text, directional(est, +1), describe(est, +1), ["M2"], checks))
 
     dose = summary["dose_response"]
     pooled, within = directional(dose.get("pooled"), -1), directional(dose.get("within_arm_mean"), -1)

@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 ARM_COLORS = {"A_near": "tab:blue", "B_near": "tab:cyan", "A_far": "tab:red", "B_far": "tab:orange"}
-MECHANISM_PANELS = (  # (metric, label): the three outcomes the claims rest on
+MECHANISM_PANELS = (  # (metric, label): the outcomes the claims rest on
     ("off_target_fall", "off-target fall (nats/token)"),
     ("chosen_change", "y⁺ change (nats/token)"),
     ("concentration_alt", "concentration along y⁻ (Δ log-odds/token)"),
+    ("collateral_ratio", "off-target fall per nat of y⁻ fall"),
 )
 TRAJECTORY_FAMILIES = (
     "chosen", "rejected", "irrelevant_train", "irrelevant_test", "irrelevant_human", "shuffled", "non_human",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from alignkit.study.figures import FIGURES, arm_order, finite_number, fmt
 
+# collateral_ratio's contrasts are differences of ratios of means (no interaction: a ratio of ratios means little).
+CONTRAST_COLUMNS = ("off_target_fall", "chosen_change", "concentration_alt", "collateral_ratio")
 OUTCOME_COLUMNS = (
     "off_target_fall",
     "chosen_change",
@@ -215,12 +217,9 @@ def outcomes_section(summary: dict) -> list[str]:
         lines += ["", f"At `{cp}`:", ""] + table(["arm", *OUTCOME_COLUMNS], rows)
     for loss, by_cp in sorted(summary.get("contrasts", {}).items()):
         for cp, by_name in sorted(by_cp.items(), key=lambda kv: (kv[0] == "end", kv[0])):
-            rows = [
-                [name] + [fmt(ms.get(m)) for m in ("off_target_fall", "chosen_change", "concentration_alt")]
-                for name, ms in by_name.items()
-            ]
+            rows = [[name] + [fmt(ms.get(m)) for m in CONTRAST_COLUMNS] for name, ms in by_name.items()]
             lines += ["", f"Paired contrasts ({loss}, `{cp}`):", ""]
-            lines += table(["contrast", "off_target_fall", "chosen_change", "concentration_alt"], rows)
+            lines += table(["contrast", *CONTRAST_COLUMNS], rows)
     return lines
 
 

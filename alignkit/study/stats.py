@@ -79,6 +79,12 @@ def ratio_of_means(values: np.ndarray) -> float:
     return float(values[:, 0].mean() / den) if den != 0 else math.nan
 
 
+def ratio_difference(values: np.ndarray) -> float:
+    """mean(c0)/mean(c1) − mean(c2)/mean(c3): the paired difference of two ratios of means, each unit carrying both
+    arms' (numerator, denominator), so one resampling draws the same units for both ratios."""
+    return ratio_of_means(values[:, 0:2]) - ratio_of_means(values[:, 2:4])
+
+
 def bootstrap_interval(
     units: Units, statistic: Statistic = mean_of, n: int = N_BOOT, seed: int = 0, level: float = LEVEL
 ) -> Estimate:
