@@ -10,7 +10,7 @@ log π per token of the off-target families under that pair's prompt):
 - the mean of the within-arm ρ (each (seed, arm) ranked alone, then averaged), with its interval: the pooled ρ alone
   can be carried by the arms' differences (far y⁻ are deeper *and* squeeze more), the within-arm ρ cannot.
 
-A deeper valley is a lower log-prob, so a score that predicts has ρ < 0 for log-probs and margins, ρ > 0 for CHES.
+A deeper valley is a lower log-prob, so a score that predicts has ρ < 0 for log-probs, ρ > 0 for the margin and CHES.
 The fall on a pair's probe is caused by every pair's updates, not by that pair alone: what is tested is whether the
 pairs that pre-flight marks at risk are where the squeezing shows, which is what `preflight: act` relies on.
 
@@ -31,7 +31,10 @@ from alignkit.study.records import load_runs, read_records
 from alignkit.study.stats import bootstrap_interval, mean_within_group_spearman, spearman
 
 SCORES = ("rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin_per_token", "ches")
-EXPECTED_SIGN = {"ches": +1}  # every other score: lower = deeper = more fall, so ρ < 0 when it predicts
+# The sign of ρ for a score that predicts: log-probs are lower for a deeper valley (ρ < 0); the margin log π(y⁺) −
+# log π(y⁻) per token is larger when y⁻ sits deeper below y⁺ (ρ > 0); CHES is larger for more similar y⁺ and y⁻, which
+# Razin et al. find displaces likelihood (ρ > 0).
+EXPECTED_SIGN = {"margin_per_token": +1, "ches": +1}
 
 
 def units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:

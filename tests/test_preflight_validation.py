@@ -34,8 +34,10 @@ def test_valley_depth_predicts_within_runs_and_a_flat_score_does_not(tmp_path):
     # Within each (seed, arm) the fall is 0.1·(−depth) + a constant: ranks exactly reversed, ρ = −1.
     assert depth_row["within_run"]["mean"] == pytest.approx(-1.0) and depth_row["predicts_within_run"]
     assert depth_row["units"] == 3 * len(ARMS) * len(TRAIN)
-    assert rows["margin_per_token"]["within_run"]["mean"] == pytest.approx(1.0)  # the wrong sign for a predictor
-    assert not rows["margin_per_token"]["predicts_within_run"]
+    # y- deeper below y+ = larger margin = more fall: ρ = +1, the sign a predicting margin has.
+    assert rows["margin_per_token"]["within_run"]["mean"] == pytest.approx(1.0)
+    assert rows["margin_per_token"]["predicts_within_run"]
+    assert rows["rejected_min_logp"]["expected_sign"] == -1 and rows["ches"]["expected_sign"] == +1
     assert rows["chosen_logp_per_token"]["units"] == depth_row["units"]  # a constant score: ρ undefined
     assert not rows["chosen_logp_per_token"]["predicts_within_run"]
 
