@@ -33,7 +33,7 @@ MANIPULATION_NOTE = (
     "paired per (seed, probe). The claims that rest on a check are only read when it passed."
 )
 CLAIMS_RULES = (
-    "Verdicts by the rules in `alignkit.study.analysis.decide_claims`: a directional claim is reproduced when its 95% "
+    "Verdicts by the rules in `alignkit.study.claims.decide_claims`: a directional claim is reproduced when its 95% "
     "interval excludes 0 on the predicted side, not reproduced otherwise (with the largest effect the interval "
     "allows); a claim that rests on a failed manipulation check is invalid. Numbers are at the end of DPO."
 )
