@@ -27,14 +27,14 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, {root!r})
-import alignkit.monitors.callback as callback_module
+import alignkit.monitors.measure as measure_module
 from alignkit.data.builtin import load_builtin
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
 out = Path(sys.argv[1])
 scored = []  # probe ids this rank scored, per evaluation
-original = callback_module.evaluate_probes
+original = measure_module.evaluate_probes
 
 
 def counting(model, tokenizer, probes, *args, **kwargs):
@@ -42,7 +42,7 @@ def counting(model, tokenizer, probes, *args, **kwargs):
     return original(model, tokenizer, probes, *args, **kwargs)
 
 
-callback_module.evaluate_probes = counting
+measure_module.evaluate_probes = counting
 tokenizer = build_tiny_tokenizer()
 model = build_tiny_model(tokenizer)
 data = load_builtin()

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from alignkit.data.builtin import load_builtin
 from alignkit.errors import AlignkitError
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
-from alignkit.monitors.callback import GUARD_STATE, PROBE_RECORDS
+from alignkit.monitors.stage_files import GUARD_STATE, PROBE_RECORDS
 
 from .conftest import build_tiny_model
 from .test_monitors_callback import FAST_FAMILIES, _dpo, _pairs

@@ -7,10 +7,16 @@ monitor = SqueezingMonitor(probes, config, tokenizer, run_dir)
 callback = monitor.callback("preference", run_dir / "preference")  # a TrainerCallback; .attach(trainer)
 ...
 markdown = monitor.finish()
+
+Modules: `config` (the settings), `probes` (the probe set), `scoring` (metrics as pure functions), `evaluate` (batched
+scoring of probes), `monitor` (the run: records, figure, report), `callback` (one stage: schedule, alert, guard,
+resume), `measure` (one evaluation's numbers, across ranks), `stage_files` (a stage's JSONL files and guard state),
+`summary` (the report section), `guard` (the alert's words, `mitigate`), `plot`, `rephrase` (rewrite families by LLM).
 """
 
-from alignkit.monitors.callback import SqueezingCallback, SqueezingMonitor
+from alignkit.monitors.callback import SqueezingCallback
 from alignkit.monitors.config import ALL_FAMILIES, GUARD_ACTIONS, MonitorConfig
+from alignkit.monitors.monitor import SqueezingMonitor
 from alignkit.monitors.probes import Probe, ProbeSet, build_probe_set
 from alignkit.monitors.scoring import (
     family_metrics,

@@ -1,0 +1,135 @@
+"""The monitor's section of the run report: family tables per stage, the squeezing score, mechanism metrics, alerts.
+
+A pure function of what the monitor recorded (its evaluation records, alert/guard events and notes): no trainer, model
+or file is needed to write or test it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from alignkit.monitors.config import ALL_FAMILIES, MonitorConfig
+from alignkit.monitors.probes import SPLITS, ProbeSet
+from alignkit.monitors.scoring import CONCENTRATION_FAMILIES, FIXED_GREEDY, MECHANISM_METRICS, metric_key
+
+MECHANISM_UNITS = {
+    "off_target_fall": "nats/token",
+    "off_target_eos_change": "nats (EOS)",
+    "rejected_fall": "nats/token",
+    "chosen_fall": "nats/token",
+    "collateral_ratio": "nats per nat",
+    "concentration_alt": "log-odds/token",
+    "concentration_top": "log-odds/token",
+    "greedy_start_rise": "nats/token",
+    "greedy_rise": "nats/token",
+}
+
+
+def summary_markdown(
+    probe_set: ProbeSet,
+    config: MonitorConfig,
+    records: list[dict],
+    events: list[dict],
+    notes: list[str],
+    figure: str | None = None,
+) -> str:
+    """Start → end of every family and split, per stage; the alerts and what the guard did."""
+    lines = ["## Squeezing monitor", ""]
+    counts = " + ".join(f"{probe_set.count(s)} {s}" for s in SPLITS if probe_set.count(s))
+    lines.append(f"Probes: {counts} prompts; families: {', '.join(probe_set.families)}.")
+    lines += [f"- note: {n}" for n in notes]
+    if not records:
+        return "\n".join([*lines, "", "No evaluation was recorded."]) + "\n"
+    if figure:
+        lines += ["", f"![probe families through training]({figure})"]
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    first = records[0]
+    lines += [
+        "",
+        "Mean log π(y|x) over the probes (summed over response tokens); in brackets the change within that stage. "
+        "`argmax prob` and `entropy` are per-token means along the response.",
+        "",
+        "| family | split | run start | " + " | ".join(f"end of {s}" for s in stages) + " |",
+        "|---|---|---:|" + "---:|" * len(stages),
+    ]
+    rows = [(f, "logp", f) for f in ALL_FAMILIES if f in probe_set.families]
+    if "greedy" in probe_set.families:
+        rows.append((FIXED_GREEDY, "logp", f"{FIXED_GREEDY} (the stage's first decoding, fixed)"))
+    rows += [
+        (f, name, f"{f} {name.replace('_', ' ')}")
+        for f in CONCENTRATION_FAMILIES
+        for name in ("argmax_prob", "entropy")
+    ]
+    for family, name, label in rows:
+        for split in SPLITS:
+            key = metric_key(split, family, name)
+            if key not in first and not any(key in r for r in records):
+                continue
+            digits = 2 if name == "logp" else 3
+            cells = [_fmt(first.get(key), digits)]
+            for stage in stages:
+                stage_records = [r for r in records if r["stage"] == stage and key in r]
+                if not stage_records:
+                    cells.append("–")
+                    continue
+                start, end = stage_records[0][key], stage_records[-1][key]
+                cells.append(f"{_fmt(end, digits)} ({end - start:+.{digits}f})")
+            lines.append(f"| {label} | {split} | " + " | ".join(cells) + " |")
+    score_cells = []
+    for stage in stages:
+        scored = [r for r in records if r["stage"] == stage and "squeeze/score" in r]
+        if scored:
+            end = scored[-1]
+            score_cells.append(
+                f"{stage}: end {end['squeeze/score']:.3f} (greedy/argmax rise {end['squeeze/rise']:+.3f}, "
+                f"others' fall {end['squeeze/fall']:+.3f}), max {max(r['squeeze/score'] for r in scored):.3f}"
+            )
+    lines += ["", "Original squeezing score, min(rise, fall) in nats/token: " + "; ".join(score_cells) + "."]
+    lines += mechanism_table(config, records, stages)
+    lines += ["", "### Alerts and guard actions", ""]
+    if not events:
+        lines.append(f"No squeezing alert (guard action '{config.guard_action}').")
+    for event in events:
+        lines.append(f"- **{event['stage']}, step {event['step']}** — {event['message']} Guard: {event['action']}")
+    return "\n".join(lines) + "\n"
+
+
+def mechanism_table(config: MonitorConfig, records: list[dict], stages: list[str]) -> list[str]:
+    """Each mechanism metric at the end of each stage, with its 95% bootstrap interval over probes."""
+    if config.squeeze_metric == "score":
+        bound = "no interval: a min of two means over families"
+    elif config.squeeze_alert_on == "lower":
+        bound = "the lower end of its 95% interval"
+    else:
+        bound = "its mean over probes"
+    lines = [
+        "",
+        "### Mechanism metrics",
+        "",
+        f"Change since the stage's first evaluation, mean over probes [95% bootstrap interval over probes] "
+        f"(definitions: docs/monitors.md). The alert reads `{config.squeeze_metric}` ({bound}) against "
+        f"{config.squeeze_threshold:g}.",
+        "",
+        "| metric | unit | " + " | ".join(f"end of {s}" for s in stages) + " |",
+        "|---|---|" + "---|" * len(stages),
+    ]
+    for name in MECHANISM_METRICS:
+        cells = []
+        for stage in stages:
+            own = [r for r in records if r["stage"] == stage and f"mech/{name}" in r]
+            end = own[-1] if own else {}
+            mean, lo, hi = (end.get(f"mech/{name}{x}") for x in ("", "_lo", "_hi"))
+            cell = _fmt(mean, 3)
+            if _finite(lo) and _finite(hi):
+                cell += f" [{lo:.3f}, {hi:.3f}]"
+            cells.append(cell)
+        lines.append(f"| {name} | {MECHANISM_UNITS[name]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _finite(value) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
