@@ -13,7 +13,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification, TrainerCallback
 
-import alignkit.onpolicy.stage as stage_module
+import alignkit.onpolicy.collect as collect_module
 from alignkit.config import parse_recipe_config
 from alignkit.data.builtin import builtin_rows
 from alignkit.errors import AlignkitError
@@ -194,7 +194,7 @@ def run_stage(model_dir, out, tokenizer, spy=None, callbacks=(), **overrides) ->
     cfg = stage_cfg(model_dir, out, **overrides)
     with pytest.MonkeyPatch.context() as mp:
         if spy is not None:
-            mp.setattr(stage_module, "sample_responses", spy)
+            mp.setattr(collect_module, "sample_responses", spy)
         result = run_onpolicy_preference_stage(tokenizer, stage_rows(), cfg, out / "preference", [], callbacks)
     return cfg, result
 
@@ -202,7 +202,7 @@ def run_stage(model_dir, out, tokenizer, spy=None, callbacks=(), **overrides) ->
 @pytest.fixture(scope="module", params=["fixed", "updated"])
 def reference_run(request, tiny_model_dir, tiny_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"onpolicy-{request.param}")
-    spy, probe = SamplingSpy(stage_module.sample_responses), ReferenceProbe()
+    spy, probe = SamplingSpy(collect_module.sample_responses), ReferenceProbe()
     _, result = run_stage(tiny_model_dir, out, tiny_tokenizer, spy, [probe], onpolicy_reference=request.param)
     return {"mode": request.param, "out": out, "result": result, "spy": spy, "probe": probe}
 

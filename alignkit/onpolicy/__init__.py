@@ -4,8 +4,8 @@
     preference = run_onpolicy_preference_stage(tokenizer, data["train"], cfg, out / "preference", [sft], callbacks_for)
 
 Modules: `sampling` (k samples per prompt: transformers generate or vLLM), `rankers` (the built-in verifier, an LLM
-judge, a reward model, any `module:function`), `pairs` (best/worst selection, ties, the round files), `stage` (the
-rounds, the reference model, resume).
+judge, a reward model, any `module:function`), `pairs` (best/worst selection, ties, the round files), `collect` (a
+round's prompts, samples, ranking and training set), `stage` (the rounds, the reference model, resume).
 """
 
 from alignkit.onpolicy.pairs import build_pairs, choose_pair, training_pairs
