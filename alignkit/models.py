@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from alignkit.config import ModelConfig
 from alignkit.errors import AlignkitError
@@ -159,7 +159,7 @@ def load_tokenizer(cfg: ModelConfig, source: Path | str | None = None):
 def quantization_config(cfg: ModelConfig):
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
         return None
-    try:
+    try:  # bitsandbytes is an optional dependency, imported only when quantised loading is asked for
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise AlignkitError(
@@ -167,8 +167,6 @@ def quantization_config(cfg: ModelConfig):
         ) from None
     if not torch.cuda.is_available():
         raise AlignkitError("load_in_4bit/load_in_8bit need a CUDA GPU; none is visible")
-    from transformers import BitsAndBytesConfig
-
     if cfg.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -193,7 +191,7 @@ def load_model(cfg: ModelConfig, source: Path | str | None = None):
     source = source or local_folder(cfg)
     try:
         if (base := _adapter_base(source)) is not None:
-            from peft import PeftModel
+            from peft import PeftModel  # peft loads slowly; only an adapter folder needs it
 
             model = AutoModelForCausalLM.from_pretrained(local_folder(ModelConfig(model_name_or_path=base)), **kwargs)
             return PeftModel.from_pretrained(model, source).merge_and_unload()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_dataset
 
 from alignkit.config import DataConfig
 from alignkit.data.builtin import load_builtin
@@ -75,8 +75,6 @@ def normalize_rows(rows: list[tuple[int, dict]], fmt: str, source: str) -> Datas
 
 
 def _hub_split(cfg: DataConfig, split: str) -> tuple[list[tuple[int, dict]], str]:
-    from datasets import load_dataset
-
     source = f"dataset '{cfg.dataset_name}' split '{split}'"
     try:
         rows = load_dataset(cfg.dataset_name, cfg.dataset_config, split=split).to_list()

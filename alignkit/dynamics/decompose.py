@@ -12,6 +12,9 @@ and update position l) and G_l = ∂L/∂z_l (see `residuals`). Row y_m of A_m t
     per_token[m, l] = −η ⟨∇θ log π(y_m), ∇θ(z_l·G_l)⟩.
 
 `explicit=True` instead builds A, K and G as V×V / V tensors and multiplies them, for small vocabularies and tests.
+
+Over 400 lines on purpose: one model of one equation, whose efficient and explicit paths, inputs and measured change
+must be read side by side to check that they compute the same thing.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def _device(model) -> torch.device:
 
 def _is_peft(model) -> bool:
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # peft loads slowly; a plain model's analysis never needs it
     except ImportError:
         return False
     return isinstance(model, PeftModel)

@@ -47,9 +47,9 @@ def plot_probes(
         threshold: the alert threshold, drawn with the alerts on the panel of `alert_metric`, the metric the alert
             reads (`score` or a mechanism metric).
     """
-    import matplotlib
+    import matplotlib  # loads slowly: only a run that draws its figure pays for it
 
-    matplotlib.use("Agg")  # no display on training machines
+    matplotlib.use("Agg")  # no display on training machines; set before pyplot is first imported
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 4, figsize=(20, 12.5))

@@ -25,6 +25,7 @@ from alignkit.monitors.config import (
     REWRITE_FAMILIES,
     MonitorConfig,
 )
+from alignkit.monitors.rephrase import Rephraser
 from alignkit.sequences import Prompt, response_text
 
 FORMAT_TAG = "alignkit_probe_set"
@@ -174,8 +175,6 @@ def build_probe_set(
         notes.append("no held-out split: only training-split probes; `irrelevant_test` left out")
 
     if rephraser is None and config.probe_rephrase_base_url and any(f in wanted for f in REWRITE_FAMILIES):
-        from alignkit.monitors.rephrase import Rephraser
-
         rephraser = Rephraser.from_config(config, cache_dir)
 
     # Sentences for `irrelevant_human`, tagged with their row so a probe never gets its own prompt back.
