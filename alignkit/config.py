@@ -1,8 +1,8 @@
 """Recipe configuration: dataclasses whose fields are exactly the keys of the YAML recipes in `recipes/configs/`.
 
 Several dataclasses share one flat namespace (as in alignment-handbook), so a YAML file or a `--field value` on the
-command line can set any of them. Parsing is TRL's `TrlParser` (`--config file.yaml` + CLI overrides); on top of it we
-turn unknown keys and invalid values into `AlignkitError`s that name the file and the key.
+command line can set any of them. Parsing is `alignkit.cli` (TRL's `TrlParser`: `--config file.yaml` + CLI
+overrides), which turns unknown keys and invalid values into `AlignkitError`s that name the file and the key.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import difflib
 import enum
 import functools
 import json
-import re
 import sys
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from trl import DPOConfig, SFTConfig, TrlParser
+from trl import DPOConfig, SFTConfig
 
+from alignkit.cli import is_decimal, keys_of, parse_dataclasses, type_ok
 from alignkit.endpoint import LOCAL, VERIFIER, JudgeEndpoint
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
@@ -41,7 +41,6 @@ TRL_LOSS_TYPES = (
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLING_MODES = ("off_policy", "on_policy", "mixed")
 RANKERS = ("builtin_verifier", "judge", "reward_model", "callable")
-DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # Keys that once existed, with what to do instead; an old YAML gets this rather than "unknown key".
 REMOVED_KEYS = {
     name: "probes always come from the training split and the held-out split (train_split/test_split, or "
@@ -142,7 +141,7 @@ def check_trainer_args(name: str, value, trl_class: type, owned: dict[str, str],
         if (expected := _trl_value_error(item, hints[key])) is not None:
             raise AlignkitError(f"config field '{name}': '{key}' is {item!r}; expected {expected}")
         # YAML 1.1 reads 1e-2 as a string; TRL's dataclasses do not convert it
-        checked[key] = float(item) if _is_decimal(item) and float in _union_args(hints[key]) else item
+        checked[key] = float(item) if is_decimal(item) and float in _union_args(hints[key]) else item
     return checked
 
 
@@ -160,7 +159,7 @@ def _trl_value_error(value, hint) -> str | None:
         return None if value in choices else f"one of: {', '.join(map(str, choices))}"
     plain = [a for a in args if a not in enums]
     try:
-        return None if any(_type_ok(value, a) for a in plain) else str(hint).replace("typing.", "")
+        return None if any(type_ok(value, a) for a in plain) else str(hint).replace("typing.", "")
     except TypeError:  # an annotation isinstance cannot read (e.g. a parametrised Callable): TRL checks it itself
         return None
 
@@ -639,111 +638,10 @@ class RecipeConfig:
 
 
 def config_keys() -> set[str]:
-    return {f.name for cls in CONFIG_CLASSES for f in fields(cls)}
-
-
-def _field_types() -> dict[str, object]:
-    return {name: hint for cls in CONFIG_CLASSES for name, hint in typing.get_type_hints(cls).items()}
-
-
-def _type_ok(value, hint) -> bool:
-    """Whether a YAML value fits a field's annotation (YAML values skip argparse's conversion, so we check here)."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is typing.Any:
-        return True
-    if typing.get_origin(hint) is typing.Literal:
-        return value in typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint) or (typing.Any,)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if hint is dict or typing.get_origin(hint) is dict:
-        return isinstance(value, dict)
-    if hint is float:
-        return (isinstance(value, int | float) and not isinstance(value, bool)) or _is_decimal(value)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _is_decimal(value) -> bool:
-    """A string in decimal notation, e.g. '2e-4': YAML 1.1 (PyYAML) reads exponents without a dot as strings, and
-    argparse converts such a string default with the field's type, so a float field accepts it."""
-    return isinstance(value, str) and DECIMAL.fullmatch(value.strip()) is not None
-
-
-def _check_yaml_keys(path: str) -> dict:
-    """The YAML file's mapping, once every key is a known field and every value has the field's type."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (FileNotFoundError, IsADirectoryError):
-        raise AlignkitError(f"config file {path} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise AlignkitError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise AlignkitError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise AlignkitError(f"config file {path} must be a mapping of field: value")
-    known = config_keys() | {"env"}
-    hints = _field_types()
-    for key, value in data.items():
-        if key in REMOVED_KEYS:
-            raise AlignkitError(f"config file {path}: key '{key}' was removed: {REMOVED_KEYS[key]}; delete it")
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise AlignkitError(f"config file {path}: unknown key '{key}'{hint}")
-        if key == "env" and not isinstance(value, dict):
-            raise AlignkitError(f"config file {path}: key 'env' is {value!r}; expected a mapping of NAME: value")
-        if key != "env" and not _type_ok(value, hints[key]):
-            if isinstance(value, bool) and hints[key] is str:  # YAML 1.1 reads a bare off/on/no/yes as a boolean
-                raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; quote the word: {key}: \"off\"")
-            expected = str(hints[key]).replace("typing.", "")
-            raise AlignkitError(f"config file {path}: key '{key}' is {value!r}; expected {expected}")
-    return data
-
-
-def config_file_argument(args: list[str]) -> str | None:
-    """The value of `--config`, if given; `--config` with no file after it is an error, not an IndexError."""
-    if "--config" not in args:
-        return None
-    i = args.index("--config")
-    if i + 1 == len(args) or args[i + 1].startswith("--"):
-        raise AlignkitError("--config needs a YAML file after it, e.g. --config recipes/configs/default.yaml")
-    return args[i + 1]
-
-
-def _blame_file(err: AlignkitError, path: str, yaml_keys: set[str], cli_keys: set[str]) -> AlignkitError:
-    """`err` (an invalid value) prefixed with the YAML file when a key it names was set there, not on the command
-    line: the user then knows which file to open."""
-    named = {k for k in yaml_keys - cli_keys if re.search(rf"(?<!\w){re.escape(str(k))}(?!\w)", str(err))}
-    return AlignkitError(f"config file {path}: {err}") if named else err
+    return keys_of(CONFIG_CLASSES)
 
 
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
-    """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig`."""
+    """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig` (alignkit.cli)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    path = config_file_argument(args)
-    yaml_keys = set(_check_yaml_keys(path)) if path else set()
-    cli_keys = {a[2:].split("=")[0] for a in args if a.startswith("--")}
-    parser = TrlParser(CONFIG_CLASSES, allow_abbrev=False)
-    for action in parser._actions:  # argparse %-formats help text: a '95%' in a field's help would break --help
-        if action.help:
-            action.help = action.help.replace("%", "%%")
-    try:
-        *parts, _, unknown = parser.parse_args_and_config(
-            args, return_remaining_strings=True, separate_remaining_strings=True
-        )
-    except AlignkitError as err:  # a __post_init__ check
-        raise _blame_file(err, path, yaml_keys, cli_keys) if path else err from None
-    except ValueError as err:  # a value of the wrong type in the YAML reaches us as a bare ValueError
-        raise AlignkitError(f"invalid config: {err}") from None
-    if unknown:
-        flags = [a for a in unknown if a.startswith("--")]
-        first = flags[0] if flags else unknown[0]
-        close = difflib.get_close_matches(first.lstrip("-").replace("-", "_"), config_keys(), n=1)
-        hint = f" (did you mean '--{close[0]}'?)" if close else ""
-        raise AlignkitError(f"unknown command-line argument '{first}'{hint}")
-    return RecipeConfig(*parts)
+    return RecipeConfig(*parse_dataclasses(CONFIG_CLASSES, args, REMOVED_KEYS))

@@ -84,7 +84,7 @@ def test_yaml_value_errors_name_the_file(tmp_path):
     with pytest.raises(AlignkitError, match=r"sft_mode"):
         parse_recipe_config(["--config", str(path)])
     path.write_text("beta: high\n")
-    with pytest.raises(AlignkitError, match=r"bad\.yaml: key 'beta' is 'high'; expected <class 'float'>"):
+    with pytest.raises(AlignkitError, match=r"bad\.yaml: key 'beta' is 'high'; expected float"):
         parse_recipe_config(["--config", str(path)])
     path.write_text("lora_target_modules: q_proj\n")
     with pytest.raises(AlignkitError, match=r"key 'lora_target_modules' is 'q_proj'; expected list\[str\]"):
@@ -150,7 +150,7 @@ def test_scientific_notation_in_yaml_is_a_float(tmp_path):
     assert (cfg.sft.sft_learning_rate, cfg.preference.preference_learning_rate) == (2e-4, 5e-7)
     assert cfg.preference.beta == 0.1 and isinstance(cfg.preference.beta, float)
     path.write_text("sft_max_steps: 1e3\n")  # an integer field stays strict
-    with pytest.raises(AlignkitError, match=r"lr\.yaml: key 'sft_max_steps' is '1e3'; expected <class 'int'>"):
+    with pytest.raises(AlignkitError, match=r"lr\.yaml: key 'sft_max_steps' is '1e3'; expected int"):
         parse_recipe_config(["--config", str(path)])
     path.write_text("beta: 2e-4x\n")
     with pytest.raises(AlignkitError, match=r"lr\.yaml: key 'beta' is '2e-4x'"):

@@ -26,12 +26,13 @@ def load_study_recipe():
 
 def tiny_args(model_dir: Path, study_dir: Path) -> list[str]:
     values = {
-        "study_dir": str(study_dir), "model_name_or_path": str(model_dir), "seeds": "[0]", "num_train_pairs": 4,
+        "study_dir": str(study_dir), "model_name_or_path": str(model_dir), "seeds": [0], "num_train_pairs": 4,
         "num_heldout_probes": 2, "batch_size": 2, "sft_steps": 2, "sft_learning_rate": 1e-2, "dpo_epochs": 2,
-        "dpo_learning_rate": 1e-2, "eval_epochs": "[1, 2]", "eval_num_prompts": 3, "eval_max_new_tokens": 4,
+        "dpo_learning_rate": 1e-2, "eval_epochs": [1, 2], "eval_num_prompts": 3, "eval_max_new_tokens": 4,
         "probe_max_new_tokens": 4, "cpu_threads": 1, "bootstrap": 200, "lora_r": 4, "lora_alpha": 8,
     }  # fmt: skip
-    return [a for k, v in values.items() for a in (f"--{k}", str(v))]
+    # The recipe's command-line style (alignkit.cli): a list is its items after the flag.
+    return [a for k, v in values.items() for a in (f"--{k}", *map(str, v if isinstance(v, list) else [v]))]
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +121,26 @@ def test_rerun_skips_finished_runs_and_redoes_a_lost_one(study, caplog):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--arms", "[A_near, C_far]"], "'C_far'"),
-        (["--seeds", "[0, 0]"], "distinct seeds"),
+        (["--arms", "A_near", "C_far"], "'C_far'"),
+        (["--seeds", "0", "0"], "distinct seeds"),
         (["--num_train_pairs", "5", "--batch_size", "2"], "multiple of 'batch_size'"),
-        (["--eval_epochs", "[5]"], "eval_epochs"),
+        (["--eval_epochs", "5"], "eval_epochs"),
         (["--profile", "nope"], "unknown profile 'nope'"),
-        (["--sedes", "[1]"], "did you mean 'seeds'"),
+        (["--profile", "quick", "--config", "x.yaml"], "not both"),
+        (["--sedes", "1"], "did you mean '--seeds'"),
+        (["--profile", "quick", "--lora_r", "0"], "'lora_r' must be positive"),
     ],
 )
 def test_bad_study_settings_are_refused_by_name(argv, message):
     with pytest.raises(AlignkitError, match=message):
         parse_study_config(argv)
+
+
+def test_a_bad_key_in_a_study_yaml_names_the_file_and_key(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("seeds: [0, 1, 2]\nnum_train_pairs: sixteen\n")
+    with pytest.raises(AlignkitError, match=r"study\.yaml: key 'num_train_pairs' is 'sixteen'; expected int"):
+        parse_study_config(["--config", str(path)])
 
 
 def test_profiles_parse_and_quick_is_the_full_studys_first_seed():

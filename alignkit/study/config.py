@@ -1,20 +1,18 @@
 """The study's settings: one dataclass whose fields are the YAML keys of recipes/study_configs/*.yaml.
 
 A profile is nothing but a YAML file of these fields: `--profile quick` reads recipes/study_configs/quick.yaml, and
-`--field value` overrides any of them (values read as YAML: `--seeds '[0, 1]'`).
+`--field value` overrides any of them, as for the recipe (alignkit.cli; lists as `--seeds 0 1`).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from alignkit.config import DEFAULT_MODEL, config_file_argument
+from alignkit.cli import parse_dataclasses
+from alignkit.config import DEFAULT_MODEL
 from alignkit.errors import AlignkitError
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "study_configs"
@@ -129,77 +127,30 @@ class StudyConfig:
         return self.num_train_pairs // self.batch_size
 
 
-def study_help() -> str:
-    """`--help`: the usage line and every field with its default and help text."""
-    lines = [
-        "usage: python recipes/squeezing_study.py [--profile quick|full | --config study.yaml] [--field value ...]",
-        "",
-        f"profiles: {', '.join(sorted(p.stem for p in PROFILE_DIR.glob('*.yaml')))} (in {PROFILE_DIR})",
-        "",
-        "options:",
-    ]
-    for f in fields(StudyConfig):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        lines.append(f"  --{f.name} (default: {default!r})")
-        lines.append(f"      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
-def _pop_option(args: list[str], name: str) -> str | None:
-    if name not in args:
-        return None
-    i = args.index(name)
-    if i + 1 >= len(args):
-        raise AlignkitError(f"{name} needs a value")
-    value = args[i + 1]
-    del args[i : i + 2]
-    return value
-
-
-def _read_yaml(path: Path) -> dict:
+def profile_path(name: str) -> Path:
+    """recipes/study_configs/<name>.yaml, or an error listing the profiles there."""
+    path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
-        raise AlignkitError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise AlignkitError(f"config file {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(values, dict):
-        raise AlignkitError(f"config file {path} must be a mapping of field: value")
-    return values
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise AlignkitError(f"unknown profile '{name}': choose from {known}")
+    return path
 
 
 def parse_study_config(argv: Sequence[str]) -> StudyConfig:
-    """`--profile NAME` (recipes/study_configs/NAME.yaml) or `--config FILE`, then `--field value` overrides."""
+    """`--profile NAME` (= `--config recipes/study_configs/NAME.yaml`) or `--config FILE`, then `--field value`
+    overrides, parsed as the recipe's config is (alignkit.cli): lists as `--seeds 0 1 2`, `-h` for every field."""
     args = list(argv)
-    if "-h" in args or "--help" in args:
-        print(study_help())
-        raise SystemExit(0)
-    profile = _pop_option(args, "--profile")
-    config = config_file_argument(args)
-    if config is not None:
-        _pop_option(args, "--config")
-    if profile and config:
-        raise AlignkitError("give --profile or --config, not both")
-    values: dict = {}
-    if profile:
-        path = PROFILE_DIR / f"{profile}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-            raise AlignkitError(f"unknown profile '{profile}': choose from {known}")
-        values = _read_yaml(path)
-    elif config:
-        values = _read_yaml(Path(config))
-    if len(args) % 2 or any(not a.startswith("--") for a in args[::2]):
-        raise AlignkitError(f"expected --field value pairs, got {args}")
-    values.update({k[2:]: yaml.safe_load(v) for k, v in zip(args[::2], args[1::2])})
-    known = {f.name for f in fields(StudyConfig)}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            raise AlignkitError(f"unknown study field '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    try:
-        return StudyConfig(**values)
-    except TypeError as err:
-        raise AlignkitError(f"study config: {err}") from None
+    if "--profile" in args:
+        i = args.index("--profile")
+        if i + 1 == len(args) or args[i + 1].startswith("-"):
+            raise AlignkitError("--profile needs a name after it, e.g. --profile quick")
+        if "--config" in args:
+            raise AlignkitError("give --profile or --config, not both")
+        args[i : i + 2] = ["--config", str(profile_path(args[i + 1]))]
+    profiles = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+    description = (
+        f"The squeezing study. --profile {{{profiles}}} reads recipes/study_configs/<profile>.yaml; --analyze (the "
+        "recipe's flag) rewrites summary.json and study.md from the raw files without training."
+    )
+    (study,) = parse_dataclasses((StudyConfig,), args, description=description)
+    return study
