@@ -256,6 +256,34 @@ def test_report_escapes_untrusted_text_and_embeds_the_chart(tmp_path):
     assert results["wins"] == 1 and results["judge"]["model"] == "fake"
 
 
+@pytest.mark.parametrize("surfaced_as", [KeyboardInterrupt, RuntimeError, AlignkitError])
+def test_cli_exits_as_interrupted_whatever_error_the_stop_surfaces_as(monkeypatch, capsys, surfaced_as):
+    """SIGTERM's KeyboardInterrupt can reach us re-raised by the HTTP client's async cancel scopes as another error
+    (seen in CI: a RuntimeError from anyio); once a stop was asked for, the run exits 130 all the same."""
+    import alignkit.judge.cli as cli
+    import alignkit.judge.evaluate as evaluate
+
+    def stopped(*args, **kwargs):
+        cli._stop_requested.set()  # what the SIGTERM handler does before raising
+        raise surfaced_as("cancel scope")
+
+    monkeypatch.setattr(evaluate, "evaluate_win_rate", stopped)
+    assert cli.main(["--candidate", "a.jsonl", "--baseline", "b.jsonl", "--judge", "verifier"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_cli_error_without_a_stop_is_not_an_interrupt(monkeypatch):
+    import alignkit.judge.cli as cli
+    import alignkit.judge.evaluate as evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(evaluate, "evaluate_win_rate", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        cli.main(["--candidate", "a.jsonl", "--baseline", "b.jsonl", "--judge", "verifier"])
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="SIGTERM handling is tested on Linux")
 def test_cli_sigterm_exits_cleanly_and_resume_finishes(tmp_path):
     cand, base = make_outputs(tmp_path, n=20)

@@ -90,12 +90,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[dict, WinRateConfig, Judg
     return args, config, judge
 
 
+# Set by the SIGTERM handler. The KeyboardInterrupt it raises lands wherever Python is, and inside the HTTP client's
+# async cancel scopes (anyio) it can surface as another error (a RuntimeError about a cancel scope): once a stop was
+# asked for, whatever error ends the run is that stop, and the run exits as interrupted.
+_stop_requested = threading.Event()
+
+
 def _raise_interrupt(signum, frame):
     # SIGTERM (e.g. from a job scheduler) unwinds like Ctrl-C, so `with` blocks stop the local judge server.
+    _stop_requested.set()
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    _stop_requested.clear()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
@@ -103,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted() -> int:
+    print("interrupted: finished judgments are cached; rerun the same command to resume.", file=sys.stderr)
+    return 130
 
 
 def _run(argv: list[str] | None) -> int:
@@ -119,12 +132,15 @@ def _run(argv: list[str] | None) -> int:
             config=config,
             progress=not args["quiet"],
         )
-    except AlignkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if _stop_requested.is_set():
+            return _interrupted()
+        if isinstance(e, AlignkitError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
-        print("interrupted: finished judgments are cached; rerun the same command to resume.", file=sys.stderr)
-        return 130
+        return _interrupted()
     low, high = result.win_rate_ci
     print(
         f"{result.candidate} vs {result.baseline}: win rate {100 * result.win_rate:.1f}% "
