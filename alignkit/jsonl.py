@@ -19,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable
@@ -179,3 +181,20 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Record]) -> Pa
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON values, at any depth: NaN and ±inf become None (JSON has no NaN; Python's json would
+    write a non-standard token), tuples lists, keys strings, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value

@@ -47,6 +47,7 @@ from alignkit.config import (
 from alignkit.data import load_preference_data
 from alignkit.data.far import far_rejected
 from alignkit.generation import generate
+from alignkit.jsonl import json_safe
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from alignkit.monitors.config import ALERT_METRICS
@@ -189,20 +190,10 @@ def run_one(args, name: str, seed: int, data, tokenizer, out: Path) -> None:
     per_run.mkdir(parents=True, exist_ok=True)
     with gzip.open(per_run / f"{name}_s{seed}.probe_records.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(records_path.read_text())
-    (per_run / f"{name}_s{seed}.json").write_text(json.dumps(_finite(summary), indent=1))
+    (per_run / f"{name}_s{seed}.json").write_text(json.dumps(json_safe(summary), indent=1))
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     log.warning("done %s seed %d in %.0f s (%s)", name, seed, seconds, result.status)
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --- analysis: from the per-run files alone
@@ -337,7 +328,7 @@ def analyze(out: Path) -> None:
         lines.append(f"- `{m}`: " + "; ".join(f"≥{t:g}: det {d:.0%}, FA {f:.0%}" for t, d, f in rows))
     summary["sweep"] = sweep
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=1))
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
     plot(runs, order, out / "calibration.png", summary)
     print("\n".join(lines))
 

@@ -105,3 +105,14 @@ def test_write_atomic_replaces_the_whole_file(tmp_path):
     assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == [{"c": 3}]
     assert [p.name for p in path.parent.iterdir()] == ["set.jsonl"]  # no temporary file left behind
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_json_safe_turns_every_non_json_value_into_json():
+    import numpy as np
+
+    from alignkit.jsonl import json_safe
+
+    value = {1: (float("nan"), np.float32(0.5), np.int64(3), True, None), "x": [float("inf"), {"y": -float("inf")}]}
+    assert json_safe(value) == {"1": [None, 0.5, 3, True, None], "x": [None, {"y": None}]}
+    assert type(json_safe(np.int64(3))) is int and json_safe(True) is True
+    json.dumps(json_safe(value), allow_nan=False)  # strict JSON: would raise on a NaN left behind

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from alignkit.jsonl import read_jsonl_cache, write_jsonl_atomic
+from alignkit.jsonl import json_safe, read_jsonl_cache, write_jsonl_atomic
 from alignkit.monitors.probes import Probe
 
 GUARD_STATE = "squeezing_guard_state.json"  # saved in every checkpoint folder; read back on resume
@@ -25,7 +25,7 @@ RECORD_DIGITS = 5  # significant digits kept per number in the per-probe records
 def append_evaluation(path: Path, record: dict) -> None:
     """One evaluation's line in probes.jsonl (NaN/inf as null: JSON has no NaN)."""
     with path.open("a", encoding="utf-8") as f:  # reopened per evaluation: flushed even on a crash
-        f.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
+        f.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
 
 
 def append_probe_records(path: Path, record: dict, probes: list[Probe], values: list[dict[str, dict]]) -> None:
@@ -55,28 +55,13 @@ def records_up_to(path: Path, step: int, rewrite: bool) -> list[dict]:
 
 def save_guard_state(checkpoint: Path, state: dict) -> None:
     """The guard's state beside the checkpoint the trainer has just written."""
-    (checkpoint / GUARD_STATE).write_text(json.dumps(_json_safe_deep(state), ensure_ascii=False), encoding="utf-8")
+    (checkpoint / GUARD_STATE).write_text(json.dumps(json_safe(state), ensure_ascii=False), encoding="utf-8")
 
 
 def load_guard_state(checkpoint: Path) -> dict | None:
     """What `save_guard_state` wrote beside `checkpoint`; None when there is nothing."""
     path = checkpoint / GUARD_STATE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _json_safe(record: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
-def _json_safe_deep(value):
-    """NaN/inf -> None at any depth (JSON has no NaN; Python's json would write a non-standard token)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe_deep(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe_deep(v) for v in value]
-    return value
 
 
 def _round(value):

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignkit.jsonl import json_safe
 from alignkit.monitors.scoring import mechanism_per_probe
 from alignkit.study.claims import decide_claims, finite
 from alignkit.study.quality import quality
@@ -379,23 +380,9 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
 
 def analyze(study_dir: str | Path, n_boot: int = N_BOOT) -> dict:
     """Load every run under `study_dir`, compute the summary and write `<study_dir>/summary.json`."""
-    summary = to_json({"study_dir": str(study_dir), **summarize(load_runs(study_dir), n_boot)})
+    summary = json_safe({"study_dir": str(study_dir), **summarize(load_runs(study_dir), n_boot)})
     path = Path(study_dir, "summary.json")
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     tmp.replace(path)  # a reader sees the old summary or the new one, never half
     return summary
-
-
-def to_json(value):
-    """The summary as strict JSON values: NaN/inf become null, tuples lists, keys strings; returned as written, so
-    the caller's dict and the file hold the same numbers."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -47,7 +47,7 @@ from alignkit.data.far import far_rejected
 from alignkit.data.verifier import verify
 from alignkit.errors import AlignkitError
 from alignkit.generation import generate
-from alignkit.jsonl import write_jsonl_atomic
+from alignkit.jsonl import json_safe, write_jsonl_atomic
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from alignkit.preflight.passes import score_pairs
@@ -253,22 +253,11 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
     with gzip.open(out / f"{arm.name}.generations.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.records)
     with gzip.open(out / f"{arm.name}.preflight.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(_finite(r)) + "\n" for r in preflight)
+        f.writelines(json.dumps(json_safe(r)) + "\n" for r in preflight)
     # The JSON last: its presence marks the (seed, arm) finished for a rerun.
-    write_jsonl_atomic(out / f"{arm.name}.json", [_finite(summary)])
+    write_jsonl_atomic(out / f"{arm.name}.json", [json_safe(summary)])
     shutil.rmtree(arm_dir, ignore_errors=True)  # the DPO weights are not needed again; the SFT models are
     return summary
-
-
-def _finite(value):
-    """JSON-safe: NaN and ±inf become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def run_study(study: StudyConfig) -> list[dict]:
