@@ -24,12 +24,8 @@ from alignkit.study.run import run_study
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = list(sys.argv[1:] if argv is None else argv)
-    only_analyze = "--analyze" in args
-    if only_analyze:
-        args.remove("--analyze")
-    study = parse_study_config(args)
-    if not only_analyze:
+    study = parse_study_config(sys.argv[1:] if argv is None else argv)
+    if not study.analyze:
         run_study(study)
     summary = analyze(Path(study.study_dir), n_boot=study.bootstrap)
     report = write_report(Path(study.study_dir), summary)

@@ -118,6 +118,21 @@ def test_rerun_skips_finished_runs_and_redoes_a_lost_one(study, caplog):
     assert all(after[name] == before[name] for name in before if name != "B_far.json")
 
 
+def test_analyze_rewrites_the_report_from_the_files_and_trains_nothing(study, caplog):
+    study_dir, args = study
+    (study_dir / "study.md").unlink()
+    meta = study_dir / "runs" / "s0" / "B_far.json"
+    aside = meta.with_suffix(".aside")
+    meta.rename(aside)  # an unfinished run: a training rerun would redo it, --analyze must not
+    try:
+        caplog.set_level("WARNING", logger="alignkit")
+        assert load_study_recipe().main([*args, "--analyze"]) == study_dir / "study.md"
+        summary = json.loads((study_dir / "summary.json").read_text())
+        assert "[study] run" not in caplog.text and "B_far" not in summary["arms"]
+    finally:
+        aside.rename(meta)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

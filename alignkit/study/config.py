@@ -94,6 +94,10 @@ class StudyConfig:
     probe_max_new_tokens: int = field(default=24, metadata={"help": "Length of the greedy probe decodings."})
     cpu_threads: int = field(default=2, metadata={"help": "Torch CPU threads (the machine's cores)."})
     bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval in the report."})
+    analyze: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: rewrite summary.json and study.md from the raw files in study_dir/runs."},
+    )
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -148,9 +152,6 @@ def parse_study_config(argv: Sequence[str]) -> StudyConfig:
             raise AlignkitError("give --profile or --config, not both")
         args[i : i + 2] = ["--config", str(profile_path(args[i + 1]))]
     profiles = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-    description = (
-        f"The squeezing study. --profile {{{profiles}}} reads recipes/study_configs/<profile>.yaml; --analyze (the "
-        "recipe's flag) rewrites summary.json and study.md from the raw files without training."
-    )
+    description = f"The squeezing study. --profile {{{profiles}}} reads recipes/study_configs/<profile>.yaml."
     (study,) = parse_dataclasses((StudyConfig,), args, description=description)
     return study

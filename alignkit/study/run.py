@@ -181,12 +181,13 @@ class HeldoutAnswers(TrainerCallback):
 # --- one seed
 
 
-def sft_model(study: StudyConfig, arm: Arm, seed: int, pairs: list[dict], work: Path) -> tuple[object, StageResult]:
+def sft_model(
+    study: StudyConfig, arm: Arm, seed: int, pairs: list[dict], work: Path, tokenizer
+) -> tuple[object, StageResult]:
     """The arm's SFT model (trained once per seed and SFT key, then loaded from its folder)."""
     cfg = recipe_config(study, arm, seed, work / f"sft_{arm.sft_key}")
     stage_dir = Path(cfg.run.output_dir) / "sft"
     model = None if (stage_dir / "stage_complete.json").exists() else load_model(cfg.model)
-    tokenizer = load_tokenizer(cfg.model)
     result = run_sft_stage(model, tokenizer, Dataset.from_list(pairs), cfg, stage_dir)
     return load_stage_model(cfg, [result]), result
 
@@ -213,7 +214,7 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
     t0 = time.perf_counter()
     work = Path(study.study_dir) / "work" / f"s{seed}"
     pairs = data[arm.rejected]
-    policy, sft = sft_model(study, arm, seed, pairs, work)
+    policy, sft = sft_model(study, arm, seed, pairs, work, tokenizer)
     preflight = preflight_records(policy, tokenizer, pairs)
     arm_dir = work / arm.name
     if arm_dir.exists():
