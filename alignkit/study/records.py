@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.jsonl import decode_utf8, location
+from alignkit.jsonl import decode_utf8, json_safe, location
 
 PRIMARY_LOSS = "dpo"
 
@@ -58,6 +58,12 @@ def read_records(path: Path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise AlignkitError(f"{location(path, line)}: invalid JSON ({err.msg})") from None
     return rows
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """`records` as gzipped JSON Lines, strict JSON (NaN as null): what `read_records` reads back."""
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in records)
 
 
 def load_runs(study_dir: str | Path) -> dict[tuple[int, str], Run]:

@@ -20,7 +20,6 @@ finished SFT stage (its stage-complete marker); a DPO run cut short is run again
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import math
 import random
@@ -54,6 +53,7 @@ from alignkit.preflight.passes import score_pairs
 from alignkit.preflight.scores import pair_scores
 from alignkit.stages import StageResult, load_stage_model, run_preference_stage, run_sft_stage
 from alignkit.study.config import Arm, StudyConfig
+from alignkit.study.records import write_records
 
 logger = logging.getLogger("alignkit")
 # No rewrite families: the data's rejected_rephrase rewrites the near y⁻, which would be wrong beside a far one.
@@ -210,7 +210,7 @@ def preflight_records(policy, tokenizer, pairs: list[dict]) -> list[dict]:
 
 
 def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> dict:
-    """SFT (or its saved model) → DPO with probes and held-out answers; writes the arm's three files."""
+    """SFT (or its saved model) → DPO with probes and held-out answers; writes the arm's four files."""
     t0 = time.perf_counter()
     work = Path(study.study_dir) / "work" / f"s{seed}"
     pairs = data[arm.rejected]
@@ -251,10 +251,8 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
     out.mkdir(parents=True, exist_ok=True)
     with gzip.open(out / f"{arm.name}.probe_records.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write((stage_dir / "probe_records.jsonl").read_text())
-    with gzip.open(out / f"{arm.name}.generations.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.records)
-    with gzip.open(out / f"{arm.name}.preflight.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(json_safe(r)) + "\n" for r in preflight)
+    write_records(out / f"{arm.name}.generations.jsonl.gz", answers.records)
+    write_records(out / f"{arm.name}.preflight.jsonl.gz", preflight)
     # The JSON last: its presence marks the (seed, arm) finished for a rerun.
     write_jsonl_atomic(out / f"{arm.name}.json", [json_safe(summary)])
     shutil.rmtree(arm_dir, ignore_errors=True)  # the DPO weights are not needed again; the SFT models are
