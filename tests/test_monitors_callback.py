@@ -14,6 +14,7 @@ from alignkit.data.builtin import load_builtin
 from alignkit.errors import AlignkitError
 from alignkit.generation import generate
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+from alignkit.monitors.config import STEP_FAMILIES
 from alignkit.monitors.evaluate import evaluate_probes
 from alignkit.sequences import render_prompt, score_responses
 
@@ -101,10 +102,13 @@ def test_greedy_stats_are_the_decoded_tokens_log_probs(data, tiny_model, tiny_to
         assert row["argmax_logp"] == pytest.approx(logp[:keep].max(-1).values.sum().item(), abs=1e-4)
 
 
-def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("step_families", ["all", "default"])
+def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenizer, tmp_path, step_families):
+    light = step_families == "default"  # mid-stage evaluations score only STEP_FAMILIES; the ends score every family
     config = MonitorConfig(
-        probe_num_prompts=2, probe_every=2, probe_max_new_tokens=4, squeeze_threshold=-100.0, guard_action="mitigate"
-    )
+        probe_num_prompts=2, probe_every=2, probe_max_new_tokens=4, squeeze_threshold=-100.0, guard_action="mitigate",
+        **({} if light else {"probe_step_families": ["all"]}),
+    )  # fmt: skip
     probes = build_probe_set(data["train"], data["test"], config, seed=0)
     monitor = SqueezingMonitor(probes, config, tiny_tokenizer, tmp_path)
     callback = monitor.callback("preference", tmp_path / "preference")
@@ -130,10 +134,17 @@ def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenize
         ("end", 6, 6),
     ]
     for record in records:
+        mid = light and record["event"] == "step"
+        scored = [f for f in probes.families if f in STEP_FAMILIES] if mid else probes.families
+        assert "greedy" in probes.families and (mid == ("greedy" not in scored))
         for split in ("train", "test"):
             for family in probes.families:
                 for name in ("logp", "logp_per_token"):
-                    assert math.isfinite(record[f"probe/{split}/{family}/{name}"]), (split, family, name)
+                    key = f"probe/{split}/{family}/{name}"
+                    if family in scored:
+                        assert math.isfinite(record[key]), (split, family, name)
+                    else:
+                        assert key not in record, key
             for family in ("chosen", "rejected"):
                 assert 0 < record[f"probe/{split}/{family}/argmax_prob"] <= 1
                 assert record[f"probe/{split}/{family}/entropy"] > 0
@@ -154,7 +165,11 @@ def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenize
     assert len(keys) == len(set(keys))
     per_eval = {step: {(p, f) for s, p, f in keys if s == step} for step in (0, 2, 4, 6)}
     expected = {(p.probe_id, f) for p in probes.probes for f in [*p.responses, "argmax", "greedy", "greedy_start"]}
-    assert per_eval[0] == per_eval[2] == per_eval[4] == expected
+    assert per_eval[0] == expected
+    if light:
+        assert per_eval[2] == per_eval[4] == {(p, f) for p, f in expected if f in STEP_FAMILIES}
+    else:
+        assert per_eval[2] == per_eval[4] == expected
     assert per_eval[6] == expected | {(p.probe_id, "greedy_end") for p in probes.probes}
     chosen = next(r for r in lines if r["family"] == "chosen")
     assert chosen["eos_logp"] < 0 and chosen["words_logp_per_token"] == pytest.approx(

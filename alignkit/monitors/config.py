@@ -30,6 +30,9 @@ ALERT_BOUNDS = ("mean", "lower")
 # Responses no stage trains directly: not y+ or y- of any training row (irrelevant_train is another row's y+, and the
 # rewrites share y+'s or y-'s words and meaning, so direct training reaches them too).
 OFF_TARGET_FAMILIES = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
+# Mid-stage evaluations by default: what the alert reads (the off-target families) and the trained pair (argmax comes
+# free with chosen). No greedy decoding, the costliest family: a full evaluation stays at each stage's ends.
+STEP_FAMILIES = ("chosen", "rejected", *OFF_TARGET_FAMILIES, "argmax")
 
 
 def alert_unavailable(metric: str, families: Sequence[str]) -> str | None:
@@ -46,6 +49,17 @@ def alert_unavailable(metric: str, families: Sequence[str]) -> str | None:
     if metric == "greedy_start_rise" and "greedy" not in has:
         need.append("greedy")
     return f"squeeze_metric '{metric}' needs the probe families {' and '.join(need)}" if need else None
+
+
+def alert_families(metric: str) -> tuple[str, ...]:
+    """The families `metric` is computed from (any one of them suffices for the off-target metrics)."""
+    if metric in ("off_target_fall", "collateral_ratio"):
+        return OFF_TARGET_FAMILIES + (("rejected",) if metric == "collateral_ratio" else ())
+    if metric in ("concentration_alt", "concentration_top", "rejected_fall"):
+        return ("rejected",)
+    if metric == "greedy_start_rise":
+        return ("greedy",)
+    return ALL_FAMILIES  # score
 
 
 @dataclass
@@ -72,6 +86,16 @@ class MonitorConfig:
         metadata={
             "help": "Evaluate the probes every N optimizer steps (besides each stage's first and last step). 0 = "
             "automatic: evaluate as often as keeps probing within probe_time_budget of the stage's training time."
+        },
+    )
+    probe_step_families: list[str] = field(
+        default_factory=lambda: list(STEP_FAMILIES),
+        metadata={
+            "help": "Families scored at mid-stage evaluations (of those tracked in probe_families), plus whatever "
+            "squeeze_metric reads (every family for 'score'); each stage's first and last evaluation score every "
+            "tracked family. 'all' = every tracked family at every evaluation. The default (the trained pair, argmax "
+            "and the off-target families the alert reads) leaves out the greedy decoding and the rewrites, most of "
+            "an evaluation's cost."
         },
     )
     probe_time_budget: float = field(
@@ -173,6 +197,7 @@ class MonitorConfig:
         if "argmax" in self.probe_families and "chosen" not in self.probe_families:
             self.probe_families.append("chosen")  # the argmax family is read off the forward pass along y+
         self.probe_families = [f for f in ALL_FAMILIES if f in self.probe_families]  # canonical order, no repeats
+        self._check_step_families()
         positive = ("probe_num_prompts", "probe_max_new_tokens", "probe_batch_size", "probe_generate_batch_size")
         for name in (*positive, "probe_max_length"):
             if getattr(self, name) < 1:
@@ -208,6 +233,23 @@ class MonitorConfig:
         if self.rephrase_endpoint is not None:
             # Only a URL: the rephraser starts no local server and has no verifier.
             self.rephrase_endpoint.validate("probe_rephrase_", kinds=())
+
+    def _check_step_families(self) -> None:
+        """Normalise `probe_step_families` ('all' or a comma list as from the command line) and add what the alert
+        reads, so that it is measured at every evaluation."""
+        step = self.probe_step_families
+        if isinstance(step, str):
+            step = [f.strip() for f in step.split(",") if f.strip()]
+        unknown = [f for f in step if f not in (*ALL_FAMILIES, "all")]
+        if unknown:
+            raise AlignkitError(
+                f"config field 'probe_step_families' has unknown families {unknown}; known: all, "
+                f"{', '.join(ALL_FAMILIES)}"
+            )
+        needed = set(alert_families(self.squeeze_metric))
+        if "all" in step or not step or self.squeeze_metric == "score":  # the score averages every tracked family
+            needed = set(ALL_FAMILIES)
+        self.probe_step_families = [f for f in self.probe_families if f in step or f in needed]
 
     @property
     def rephrase_endpoint(self) -> JudgeEndpoint | None:

@@ -68,19 +68,21 @@ def measure(
     start_texts: list[str | None] | None,
     progress: str | None,
 ) -> Measurement:
-    """Score every probe now. `start_texts` (the stage's first greedy decodings, None at the stage's first
-    evaluation) are scored again as fixed text, and at the stage's end the new decodings are scored as fixed text too,
-    for the next stage to take over."""
+    """Score the probes now: every tracked family at a stage's ends, `config.probe_step_families` at mid-stage
+    (`event == "step"`) evaluations. `start_texts` (the stage's first greedy decodings, None at the stage's first
+    evaluation) are scored again as fixed text when `greedy` is scored, and at the stage's end the new decodings are
+    scored as fixed text too, for the next stage to take over."""
+    families = step_families(probe_set, config) if event == "step" else list(probe_set.families)
     fixed, greedy_as = None, None
-    if "greedy" in probe_set.families:
+    if "greedy" in families:
         if start_texts is None:
             greedy_as = FIXED_GREEDY
         else:
             fixed = [{FIXED_GREEDY: t} if t is not None else {} for t in start_texts]
             greedy_as = HANDOVER_GREEDY if event == "end" else None
-    merged = score_probes(model, tokenizer, probe_set, config, args, progress, fixed, greedy_as)
+    merged = score_probes(model, tokenizer, probe_set, config, args, progress, fixed, greedy_as, families)
     stats = [r["stats"] for r in merged]
-    texts = [r["greedy"] for r in merged]
+    texts = [r["greedy"] for r in merged]  # None throughout when this evaluation decoded nothing
     greedy_samples = {
         s: [r["greedy"] for p, r in zip(probe_set.probes, merged) if p.split == s and r["greedy"] is not None][
             :GREEDY_SAMPLES
@@ -111,8 +113,10 @@ def score_probes(
     progress: str | None,
     fixed: list[dict[str, str]] | None = None,
     greedy_as: str | None = None,
+    families: list[str] | None = None,
 ) -> list[dict]:
-    """Every probe scored once across the ranks; the merged results, in probe order, on every rank."""
+    """Every probe scored once across the ranks (`families`, default all the probe set's); the merged results, in
+    probe order, on every rank."""
     probes = probe_set.probes
     mine = shard(probes, args.process_index, args.world_size)
     with eval_mode(model):
@@ -120,7 +124,7 @@ def score_probes(
             model,
             tokenizer,
             [p for _, p in mine],
-            probe_set.families,
+            families if families is not None else probe_set.families,
             batch_size=config.probe_batch_size,
             max_length=config.probe_max_length,
             max_new_tokens=config.probe_max_new_tokens,
@@ -131,6 +135,11 @@ def score_probes(
         )
     part = [(i, {"stats": r.stats, "greedy": r.greedy}) for (i, _), r in zip(mine, results)]
     return merge_shards(gather(part, args.world_size), len(probes))  # all ranks get all, so all decide alike
+
+
+def step_families(probe_set: ProbeSet, config: MonitorConfig) -> list[str]:
+    """The families a mid-stage evaluation scores: those of `probe_step_families` that the probe set has."""
+    return [f for f in probe_set.families if f in config.probe_step_families]
 
 
 def check_handover(handover: Handover, model, tokenizer, probe_set: ProbeSet, config: MonitorConfig, args):

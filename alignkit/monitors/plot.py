@@ -57,10 +57,12 @@ def plot_probes(
     for ax, (panel_title, families, metric) in zip(axes.flat, PANELS):
         for n, family in enumerate(families):
             for split, style in SPLIT_STYLE.items():
-                values = [r.get(metric_key(split, family, metric), math.nan) for r in records]
-                if all(math.isnan(v) for v in values):
+                key = metric_key(split, family, metric)
+                # Mid-stage evaluations may score fewer families (probe_step_families): join the ones that have it.
+                points = [(s, _num(r[key])) for s, r in zip(steps, records) if key in r]
+                if not points or all(math.isnan(v) for _, v in points):
                     continue
-                ax.plot(steps, values, style, marker=".", color=f"C{n}", label=f"{family} ({split})")
+                ax.plot(*zip(*points), style, marker=".", color=f"C{n}", label=f"{family} ({split})")
         ax.set_title(panel_title if metric != "logp" else f"{panel_title}: log π(y|x)", fontsize=10)
         if ax.lines:
             ax.legend(fontsize=7, loc="best")
