@@ -40,9 +40,10 @@ def summary_markdown(
     lines += [f"- note: {n}" for n in notes]
     if not records:
         return "\n".join([*lines, "", "No evaluation was recorded."]) + "\n"
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    lines += ["", *verdict_lines(config, records, events, stages)]
     if figure:
         lines += ["", f"![probe families through training]({figure})"]
-    stages = list(dict.fromkeys(r["stage"] for r in records))
     first = records[0]
     lines += [
         "",
@@ -92,6 +93,34 @@ def summary_markdown(
     for event in events:
         lines.append(f"- **{event['stage']}, step {event['step']}** — {event['message']} Guard: {event['action']}")
     return "\n".join(lines) + "\n"
+
+
+def verdict_lines(config: MonitorConfig, records: list[dict], events: list[dict], stages: list[str]) -> list[str]:
+    """Per stage, one line that says whether squeezing happened: the alert's verdict, and the metric it reads at
+    the stage's last evaluation with its 95% interval over probes."""
+    metric = config.squeeze_metric
+    key = "squeeze/score" if metric == "score" else f"mech/{metric}"
+    unit = "nats/token" if metric == "score" else MECHANISM_UNITS[metric]
+    lines = []
+    for stage in stages:
+        own = [r for r in records if r["stage"] == stage and key in r]
+        if not own:
+            lines.append(f"- **{stage}**: `{metric}` was not measured (one evaluation only).")
+            continue
+        end = own[-1]
+        value = _fmt(end[key], 3)
+        if _finite(lo := end.get(f"{key}_lo")) and _finite(hi := end.get(f"{key}_hi")):
+            value += f" [{lo:.3f}, {hi:.3f}]"
+        alerts = [e for e in events if e["stage"] == stage]
+        if alerts:
+            verdict = f"**squeezing** (alert at step {alerts[0]['step']}, guard: {alerts[0]['action']})"
+        else:
+            verdict = "no squeezing alert"
+        lines.append(
+            f"- **{stage}**: {verdict}; `{metric}` at its end (step {end['step']}): {value} {unit}, alert threshold "
+            f"{config.squeeze_threshold:g}."
+        )
+    return ["Verdict (the alert reads the change since each stage began; 95% interval over probes):", "", *lines]
 
 
 def mechanism_table(config: MonitorConfig, records: list[dict], stages: list[str]) -> list[str]:
