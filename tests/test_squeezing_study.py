@@ -163,3 +163,98 @@ def test_profiles_parse_and_quick_is_the_full_studys_first_seed():
     assert quick.seeds == [full.seeds[0]] and len(full.seeds) >= 3
     differ = {k for k in vars(quick) if getattr(quick, k) != getattr(full, k)}
     assert differ == {"seeds", "study_dir"}
+
+
+# --- pre-flight act arms (issue 18): the recipe's own act paths inside the study
+
+
+@pytest.fixture(scope="module")
+def act_study(tiny_model_dir, tmp_path_factory) -> tuple[Path, float]:
+    """A_far first; then the act arms at a threshold between the deepest and the second-deepest y- of A_far under its
+    SFT model (which drop shares), so that drop drops one pair and keeps three."""
+    study_dir = tmp_path_factory.mktemp("act") / "study"
+    args = tiny_args(tiny_model_dir, study_dir)
+    load_study_recipe().main([*args, "--arms", "A_far"])
+    depths = sorted(
+        r["rejected_logp_per_token"] for r in records(study_dir / "runs" / "s0" / "A_far.preflight.jsonl.gz")
+    )
+    threshold = (depths[0] + depths[1]) / 2
+    arms = ["--arms", "A_far", "A_far_act_extend", "A_far_act_drop"]
+    load_study_recipe().main([*args, *arms, f"--preflight_threshold={threshold}", "--preflight_dynamics_pairs", "1"])
+    return study_dir, threshold
+
+
+def test_act_drop_scores_under_the_baselines_sft_model_and_trains_on_the_rest(act_study):
+    study_dir, threshold = act_study
+    runs = study_dir / "runs" / "s0"
+    base, drop = (json.loads((runs / f"{a}.json").read_text()) for a in ("A_far", "A_far_act_drop"))
+    baseline = {r["probe"]: r for r in records(runs / "A_far.preflight.jsonl.gz")}
+    acted = {r["probe"]: r for r in records(runs / "A_far_act_drop.act_preflight.jsonl.gz")}
+    # Same seed, same chosen-only SFT: the recipe's pre-flight sees the scores the baseline's DPO started from.
+    assert acted.keys() == baseline.keys()
+    for probe, r in acted.items():
+        assert r["rejected_logp_per_token"] == pytest.approx(baseline[probe]["rejected_logp_per_token"], abs=1e-5)
+    risky = sorted(p for p, r in baseline.items() if r["rejected_logp_per_token"] < threshold)
+    assert sorted(drop["act"]["at_risk_probes"]) == risky and drop["act"]["at_risk"] == 1
+    assert drop["act"]["scored_under"].startswith("the SFT model")
+    # DPO trained its steps on the 3 kept pairs (batches of 2 and 1): the same steps, fewer pair-gradients.
+    assert drop["dpo"]["pairs"] == 3 and base["dpo"]["pairs"] == 4
+    assert drop["dpo"]["steps"] == base["dpo"]["steps"] == 4
+    assert drop["act"]["dpo_pair_updates"] == 6 and drop["act"]["baseline_pair_updates"] == 8
+    assert sum(r["offtarget_delta"] is not None for r in acted.values()) == 1  # the one-step prediction sample
+    # Every training pair stays a probe, dropped or not: the units pair with the baseline's.
+    probes = {r["probe"] for r in records(runs / "A_far_act_drop.probe_records.jsonl.gz")}
+    assert probes == {r["probe"] for r in records(runs / "A_far.probe_records.jsonl.gz")}
+
+
+def test_act_extend_adds_the_risky_rejected_answers_to_sft(act_study):
+    study_dir, threshold = act_study
+    runs = study_dir / "runs" / "s0"
+    extend = json.loads((runs / "A_far_act_extend.json").read_text())
+    acted = records(runs / "A_far_act_extend.act_preflight.jsonl.gz")
+    risky = sorted(r["probe"] for r in acted if r["rejected_logp_per_token"] < threshold)
+    assert sorted(extend["act"]["at_risk_probes"]) == risky and "base model" in extend["act"]["scored_under"]
+    counts = {"chosen": 4} | ({"rejected (pre-flight)": len(risky)} if risky else {})
+    assert extend["sft"]["row_counts"] == counts
+    assert extend["dpo"]["pairs"] == 4  # extend_sft drops nothing
+    assert all(r["offtarget_delta"] is None for r in acted)  # no one-step prediction under the base model
+
+
+def test_act_arms_are_compared_with_their_baseline_not_mixed_into_the_factorial(act_study):
+    study_dir, _ = act_study
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert list(summary["arms"]) == ["A_far"]  # the act arms enter no claim, contrast or dose-response
+    assert {p[1] for p in summary["dose_response"]["points"]} == {"A_far"}
+    act = summary["act"]
+    assert set(act) == {"A_far_act_extend", "A_far_act_drop"}
+    drop = act["A_far_act_drop"]
+    assert drop["baseline"] == "A_far" and drop["per_seed"]["0"]["at_risk"] == 1
+    # The paired difference recomputed from the two arms' own per-probe falls.
+    x, y = summary["outcomes"]["A_far"]["end"]["off_target_fall"], drop["off_target_fall"]["end"]
+    assert y["baseline"]["mean"] == pytest.approx(x["mean"])
+    assert y["difference"]["all"]["mean"] == pytest.approx(y["act"]["mean"] - y["baseline"]["mean"])
+    assert y["difference"]["at_risk"]["n_units"] == 1 and y["difference"]["not_at_risk"]["n_units"] == 3
+    assert y["difference"]["heldout"]["n_units"] == 2
+    assert y["verdict"] in ("reduced", "increased", "no difference found")
+    acc = drop["accuracy"]["epoch2"]
+    assert acc["difference"]["mean"] == pytest.approx(acc["act"]["mean"] - acc["baseline"]["mean"])
+    assert "## Pre-flight act arms" in (study_dir / "study.md").read_text()
+    assert (study_dir / "fig_act.png").stat().st_size > 1000
+
+
+def test_pair_updates_counts_the_loaders_short_last_batch():
+    from alignkit.study.run import pair_updates
+
+    assert pair_updates(4, 4, 2) == 8  # two full epochs of 2 batches
+    assert pair_updates(16, 3, 4) == 48  # one short batch of 3 per step
+    assert pair_updates(5, 5, 2) == 9  # epoch 1: 2 + 2 + 1, epoch 2: 2 + 2
+
+
+def test_act_arm_names_parse():
+    from alignkit.study.config import parse_arm
+
+    extend, drop = parse_arm("A_far_act_extend"), parse_arm("A_far_act_drop_ipo")
+    assert (extend.act, extend.baseline, extend.sft_key) == ("extend_sft", "A_far", "chosen_act_extend_far")
+    assert (drop.act, drop.baseline, drop.sft_key, drop.loss) == ("drop", "A_far_ipo", "chosen", "ipo")
+    with pytest.raises(AlignkitError, match="_act_extend"):
+        parse_arm("A_far_act_keep")

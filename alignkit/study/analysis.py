@@ -29,6 +29,7 @@ intermediate evaluations named in the run JSON's `dpo.epoch_steps`, and `end`):
 - `quality`: {accuracy: {arm: {checkpoint: estimate}}, win_rates: {"<x>_vs_<base>": {checkpoint: {ours, paper:
   estimate, wins, ties, losses}}}, paper_reference: {checkpoint: win rate}}.
 - `claims`: [{id, claim, verdict, evidence, rests_on, note}], verdicts from the rules in `decide_claims`.
+- `act` (only with `_act_` arms, which enter nothing above): {act arm: alignkit.study.act.compare_arm(...)}.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
 from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.study.act import act_comparison
 from alignkit.study.claims import decide_claims, finite
 from alignkit.study.quality import quality
 from alignkit.study.records import (
@@ -346,7 +349,15 @@ def caveats(runs: dict[tuple[int, str], Run], grid: dict, loss: str) -> list[str
 
 
 def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
-    """Every number of the study from loaded runs (see the module docstring for the layout)."""
+    """Every number of the study from loaded runs (see the module docstring for the layout).
+
+    The factorial's numbers come from the arms without a pre-flight action; `_act_` arms are compared with their
+    baseline arm in `act` (alignkit/study/act.py) and enter nothing else.
+    """
+    every = runs
+    runs = {k: run for k, run in every.items() if not run.meta.get("act")}
+    if not runs:
+        raise AlignkitError("the study has only _act_ arms: run their baseline arm too (A_far beside A_far_act_drop)")
     grid = arm_grid(runs)
     losses = {cell[2] for cell in grid}
     loss = PRIMARY_LOSS if PRIMARY_LOSS in losses else sorted(losses)[0]
@@ -375,6 +386,8 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
         "quality": quality(runs, grid, loss, n_boot),
     }
     summary["claims"] = decide_claims(summary)
+    if len(every) > len(runs):
+        summary["act"] = act_comparison(every, arm_mechanisms(every), arm_levels(every), n_boot)
     return summary
 
 

@@ -17,8 +17,11 @@ from alignkit.errors import AlignkitError
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "study_configs"
 # An arm is SFT mode × y⁻ kind (× loss): A = chosen-only SFT, B = extended SFT; near = the data's own y⁻, far =
-# another task's y⁻ (alignkit.data.far); an optional `_ipo` suffix swaps the DPO loss for IPO.
-ARM_PATTERN = re.compile(r"^(?P<sft>[AB])_(?P<rejected>near|far)(?:_(?P<loss>ipo))?$")
+# another task's y⁻ (alignkit.data.far); an optional `_ipo` suffix swaps the DPO loss for IPO. An optional
+# `_act_extend` / `_act_drop` runs the recipe's pre-flight `act` with that preflight_action
+# (alignkit.preflight.recipe): the arm without it is its `report` baseline (docs/preflight.md, "Does act help").
+ARM_PATTERN = re.compile(r"^(?P<sft>[AB])_(?P<rejected>near|far)(?:_act_(?P<act>extend|drop))?(?:_(?P<loss>ipo))?$")
+ACTIONS = {"extend": "extend_sft", "drop": "drop"}  # arm suffix -> the recipe's preflight_action
 PRIMARY_ARMS = ["A_near", "B_near", "A_far", "B_far"]
 
 
@@ -28,11 +31,20 @@ class Arm:
     sft_mode: str  # "chosen" (A) or "extended" (B)
     rejected: str  # "near" or "far"
     loss: str  # "dpo" or "ipo"
+    act: str | None = None  # the recipe's preflight_action ("extend_sft" | "drop") with preflight: act; None: off
 
     @property
     def sft_key(self) -> str:
-        """Arms with the same key train the same SFT model (chosen-only SFT never sees y⁻: A_near and A_far share)."""
-        return "chosen" if self.sft_mode == "chosen" else f"extended_{self.rejected}"
+        """Arms with the same key train the same SFT model (chosen-only SFT never sees y⁻: A_near and A_far share;
+        extend_sft adds the y⁻ the pre-flight marks at risk, so its SFT model is its own)."""
+        if self.sft_mode == "chosen":
+            return f"chosen_act_extend_{self.rejected}" if self.act == "extend_sft" else "chosen"
+        return f"extended_{self.rejected}"
+
+    @property
+    def baseline(self) -> str:
+        """The arm this one is compared with: itself without the pre-flight action."""
+        return re.sub(r"_act_(extend|drop)", "", self.name)
 
 
 def parse_arm(name: str) -> Arm:
@@ -40,10 +52,12 @@ def parse_arm(name: str) -> Arm:
     if match is None:
         raise AlignkitError(
             f"study field 'arms' has '{name}'; an arm is A|B (chosen-only | extended SFT), _near|_far (the data's "
-            "y⁻ | another task's), optionally _ipo: e.g. A_near, B_far, B_far_ipo"
+            "y⁻ | another task's), optionally _act_extend|_act_drop (pre-flight act), optionally _ipo: e.g. A_near, "
+            "B_far, B_far_ipo, A_far_act_drop"
         )
     sft = "chosen" if match["sft"] == "A" else "extended"
-    return Arm(name, sft, match["rejected"], match["loss"] or "dpo")
+    act = ACTIONS[match["act"]] if match["act"] else None
+    return Arm(name, sft, match["rejected"], match["loss"] or "dpo", act)
 
 
 @dataclass
@@ -58,7 +72,10 @@ class StudyConfig:
     )
     arms: list[str] = field(
         default_factory=lambda: list(PRIMARY_ARMS),
-        metadata={"help": "Arms: A|B (chosen-only | extended SFT) × _near|_far (y⁻), optional _ipo (loss)."},
+        metadata={
+            "help": "Arms: A|B (chosen-only | extended SFT) × _near|_far (y⁻), optional _act_extend|_act_drop (the "
+            "recipe's pre-flight act with that action), optional _ipo (loss)."
+        },
     )
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
@@ -92,6 +109,17 @@ class StudyConfig:
     eval_num_prompts: int = field(default=32, metadata={"help": "Held-out prompts answered and verified."})
     eval_max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per held-out answer (greedy)."})
     probe_max_new_tokens: int = field(default=24, metadata={"help": "Length of the greedy probe decodings."})
+    preflight_threshold: float = field(
+        default=-2.5,
+        metadata={"help": "_act_ arms: the recipe's preflight_threshold (at risk: y⁻'s log-prob per token below it)."},
+    )
+    preflight_dynamics_pairs: int = field(
+        default=0,
+        metadata={
+            "help": "_act_drop arms: the recipe's preflight_dynamics_pairs, one-step predictions for a seeded sample "
+            "of pairs under the model DPO starts from (the arm without _act_ starts from the same SFT model)."
+        },
+    )
     cpu_threads: int = field(default=2, metadata={"help": "Torch CPU threads (the machine's cores)."})
     bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval in the report."})
     analyze: bool = field(
@@ -106,6 +134,11 @@ class StudyConfig:
             raise AlignkitError(f"study field 'arms' must list distinct arms, got {self.arms}")
         for name in self.arms:
             parse_arm(name)
+        if self.preflight_threshold >= 0 or self.preflight_dynamics_pairs < 0:
+            raise AlignkitError(
+                f"study fields 'preflight_threshold' ({self.preflight_threshold}) must be < 0 and "
+                f"'preflight_dynamics_pairs' ({self.preflight_dynamics_pairs}) >= 0"
+            )
         positive = ("num_train_pairs", "num_heldout_probes", "batch_size", "sft_steps", "dpo_epochs",
                     "eval_num_prompts", "eval_max_new_tokens", "probe_max_new_tokens", "cpu_threads",
                     "lora_r")  # fmt: skip

@@ -178,6 +178,34 @@ def plot_quality(summary: dict, path: Path) -> None:
     _save(fig, path, plt)
 
 
+def plot_act(summary: dict, path: Path) -> None:
+    """Pre-flight act arms (alignkit/study/act.py): off-target fall at the end and held-out accuracy at the last
+    checkpoint, each act arm beside its baseline. Nothing is drawn without act arms."""
+    act = summary.get("act") or {}
+    if not act:
+        return
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names: list[str] = []
+    for a in act.values():
+        names += [n for n in (a["baseline"],) if n not in names]
+    names += list(act)
+    colors = {n: ARM_COLORS.get(n, plt.get_cmap("tab10")(2 + i)) for i, n in enumerate(names)}
+    for arm, a in act.items():
+        fall = a["off_target_fall"].get("end", {})
+        last = max(a["accuracy"], key=lambda c: int(c.removeprefix("epoch")), default=None)
+        for name, key in ((a["baseline"], "baseline"), (arm, "act")):
+            x = names.index(name)
+            _errorbar(left, x, fall.get(key), colors[name])
+            _errorbar(right, x, a["accuracy"].get(last, {}).get(key) if last else None, colors[name])
+        right.set_title(f"Held-out verifier accuracy ({last})")
+    for ax in (left, right):
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.grid(alpha=0.3)
+    left.set_title("Off-target fall at the end of DPO (nats/token)")
+    _save(fig, path, plt)
+
+
 def _save(fig, path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -190,4 +218,5 @@ FIGURES = {
     "fig_mechanism.png": plot_mechanism,
     "fig_dose_response.png": plot_dose_response,
     "fig_quality.png": plot_quality,
+    "fig_act.png": plot_act,
 }

@@ -249,6 +249,45 @@ def quality_section(summary: dict) -> list[str]:
     return lines + ["", "![quality](fig_quality.png)"]
 
 
+ACT_NOTE = (
+    "Each `_act_` arm ran the recipe's `preflight: act` (alignkit.preflight.recipe) and is compared with the same "
+    "arm without it, which is what `preflight: report` gives (nothing changed). Differences are act − baseline, "
+    "paired per (seed, probe) or (seed, prompt), on the seeds both finished. A negative off-target difference means "
+    "act reduced the squeezing. *at risk* / *not at risk*: the training probes of the pairs the pre-flight marked / "
+    "did not mark; *held-out*: the held-out probes."
+)
+
+
+def act_section(summary: dict) -> list[str]:
+    """The pre-flight act arms against their baselines (alignkit/study/act.py); empty without act arms."""
+    if not summary.get("act"):
+        return []
+    lines = ["## Pre-flight act arms", "", ACT_NOTE]
+    for arm, a in summary["act"].items():
+        lines += ["", f"### {arm} vs {a['baseline']} (preflight_action {a['action']}; seeds {a['seeds']})", ""]
+        rows = [[seed, p["scored_under"], f"{p['at_risk']}/{p['scored']}", p["dpo_pairs"],
+                 f"{p['dpo_pair_updates']} ({p['baseline_pair_updates']})",
+                 f"{p['dpo_steps']} ({p['baseline_dpo_steps']})"] for seed, p in a["per_seed"].items()]  # fmt: skip
+        lines += table(["seed", "scored under", "at risk", "DPO pairs", "pair-gradients (baseline)",
+                        "DPO steps (baseline)"], rows)  # fmt: skip
+        lv = a["levels"]
+        lines += ["", "Levels at DPO begin, act − baseline (nats/token): "
+                  f"y⁻ at risk {fmt(lv['rejected']['at_risk'])}, not at risk {fmt(lv['rejected']['not_at_risk'])}; "
+                  f"y⁺ at risk {fmt(lv['chosen']['at_risk'])}, not at risk {fmt(lv['chosen']['not_at_risk'])}.",
+                  ""]  # fmt: skip
+        rows = [[cp, fmt(o["act"]), fmt(o["baseline"]), fmt(o["difference"]["all"]), fmt(o["difference"]["at_risk"]),
+                 fmt(o["difference"]["not_at_risk"]), fmt(o["difference"]["heldout"]), o["verdict"]]
+                for cp, o in a["off_target_fall"].items()]  # fmt: skip
+        lines += ["Off-target fall (nats/token since DPO begin):", ""]
+        lines += table(["checkpoint", arm, a["baseline"], "difference", "at risk", "not at risk", "held-out",
+                        "act's effect"], rows)  # fmt: skip
+        rows = [[cp, fmt(q["act"]), fmt(q["baseline"]), fmt(q["difference"]), fmt(q["win_rate"]["ours"])]
+                for cp, q in a["accuracy"].items()]  # fmt: skip
+        lines += ["", "Held-out verifier accuracy:", ""]
+        lines += table(["checkpoint", arm, a["baseline"], "difference", "win rate (ties ½)"], rows)
+    return lines + ["", "![act arms](fig_act.png)"]
+
+
 def recompute_section(summary: dict) -> list[str]:
     return [
         "## How to recompute",
@@ -269,7 +308,7 @@ def write_report(study_dir: str | Path, summary: dict) -> Path:
         plot(summary, study_dir / name)
     sections = (
         header_section, settings_section, manipulation_section, claims_section, claim_sections, outcomes_section,
-        quality_section, recompute_section,
+        quality_section, act_section, recompute_section,
     )  # fmt: skip
     lines: list[str] = []
     for section in sections:

@@ -9,12 +9,19 @@ Per seed s, on `num_train_pairs` training pairs drawn with s:
    start, after each of `eval_epochs`, and at the end; held-out answers are generated and verified at the start and
    after each of `eval_epochs` (`HeldoutAnswers`).
 
+An `_act_` arm (A_far_act_extend, A_far_act_drop) runs the recipe's pre-flight `act` through the recipe's own
+functions (alignkit.preflight.recipe): extend_sft scores the pairs under the base model before SFT and adds the y⁻ of
+those at risk to SFT's rows (its own SFT model); drop scores them under the SFT model and DPO trains its steps on the
+others. Everything else, probes included (every training pair, dropped or not), is as in the arm without `_act_`.
+
 Each finished (seed, arm) leaves four files in `<study_dir>/runs/s<seed>/` (alignkit/study/analysis.py reads them and
-nothing else): `<arm>.json` (settings, sizes, timing, the monitor's per-evaluation metrics),
-`<arm>.probe_records.jsonl.gz` (one record per evaluation × probe × family) and `<arm>.generations.jsonl.gz` (one
-verified held-out answer per checkpoint × prompt), `<arm>.preflight.jsonl.gz` (each training pair's pre-flight
-scores under the model DPO starts from). A rerun skips every (seed, arm) whose JSON exists and every
-finished SFT stage (its stage-complete marker); a DPO run cut short is run again from its SFT model.
+nothing else): `<arm>.json` (settings, sizes, timing, the monitor's per-evaluation metrics; for an `_act_` arm also
+what the pre-flight marked and changed), `<arm>.probe_records.jsonl.gz` (one record per evaluation × probe × family)
+and `<arm>.generations.jsonl.gz` (one verified held-out answer per checkpoint × prompt), `<arm>.preflight.jsonl.gz`
+(each training pair's pre-flight scores under the model DPO starts from); an `_act_` arm adds
+`<arm>.act_preflight.jsonl.gz`, the recipe's pre-flight records it acted on. A rerun skips every (seed, arm) whose
+JSON exists and every finished SFT stage (its stage-complete marker); a DPO run cut short is run again from its SFT
+model.
 """
 
 from __future__ import annotations
@@ -49,7 +56,10 @@ from alignkit.generation import generate
 from alignkit.jsonl import json_safe, write_jsonl_atomic
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
+from alignkit.preflight import recipe as preflight_recipe
+from alignkit.preflight.config import PreflightConfig
 from alignkit.preflight.passes import score_pairs
+from alignkit.preflight.run import PreflightResult
 from alignkit.preflight.scores import pair_scores
 from alignkit.stages import StageResult, load_stage_model, run_preference_stage, run_sft_stage
 from alignkit.study.config import Arm, StudyConfig
@@ -99,10 +109,12 @@ def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> 
             probe_families=list(FAMILIES),
             probe_num_prompts=study.num_train_pairs,  # every training pair is a probe
             probe_every=probe_every,
+            probe_step_families=["all"],  # the analysis reads every family at the intermediate epochs too
             probe_max_new_tokens=study.probe_max_new_tokens,
             probe_bootstrap=200,  # the study's intervals come from analysis.py; these are the monitor's own
         ),
         evaluation=EvaluationConfig(),
+        preflight=preflight_config(study, arm),
         run=RunConfig(
             output_dir=str(output_dir),
             seed=seed,
@@ -115,6 +127,16 @@ def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> 
             use_cpu=not torch.cuda.is_available(),
         ),
     )
+
+
+def preflight_config(study: StudyConfig, arm: Arm) -> PreflightConfig:
+    """Off, or for an `_act_` arm the recipe's `act` with the arm's action over all of its pairs. Only drop scores
+    under the model DPO starts from, so only drop gets the one-step predictions (issue 18's validation data)."""
+    if arm.act is None:
+        return PreflightConfig()
+    dynamics = study.preflight_dynamics_pairs if arm.act == "drop" else 0
+    return PreflightConfig(preflight="act", preflight_action=arm.act, preflight_threshold=study.preflight_threshold,
+                           preflight_pairs="all", preflight_dynamics_pairs=dynamics)  # fmt: skip
 
 
 # --- data
@@ -181,15 +203,25 @@ class HeldoutAnswers(TrainerCallback):
 # --- one seed
 
 
+def recipe_data(pairs: list[dict], data: dict) -> dict[str, Dataset]:
+    """The arm's pairs as the recipe's pre-flight functions take them: train, and held-out rows (the one-step
+    prediction's off-target answers)."""
+    return {"train": Dataset.from_list(pairs), "test": Dataset.from_list(data["heldout_probes"])}
+
+
 def sft_model(
-    study: StudyConfig, arm: Arm, seed: int, pairs: list[dict], work: Path, tokenizer
-) -> tuple[object, StageResult]:
-    """The arm's SFT model (trained once per seed and SFT key, then loaded from its folder)."""
+    study: StudyConfig, arm: Arm, seed: int, pairs: list[dict], work: Path, tokenizer, data: dict
+) -> tuple[object, StageResult, PreflightResult | None]:
+    """The arm's SFT model (trained once per seed and SFT key, then loaded from its folder), and for extend_sft the
+    recipe's pre-flight under the base model that chose the extra y⁻ (kept in the SFT folder, so a rerun reuses it)."""
     cfg = recipe_config(study, arm, seed, work / f"sft_{arm.sft_key}")
-    stage_dir = Path(cfg.run.output_dir) / "sft"
+    out = Path(cfg.run.output_dir)
+    checked = preflight_recipe.before_sft(cfg, tokenizer, recipe_data(pairs, data), out)
+    stage_dir = out / "sft"
     model = None if (stage_dir / "stage_complete.json").exists() else load_model(cfg.model)
-    result = run_sft_stage(model, tokenizer, Dataset.from_list(pairs), cfg, stage_dir)
-    return load_stage_model(cfg, [result]), result
+    extra = checked.risky_rows if checked else ()
+    result = run_sft_stage(model, tokenizer, Dataset.from_list(pairs), cfg, stage_dir, also_rejected=extra)
+    return load_stage_model(cfg, [result]), result, checked
 
 
 def exposure(result: StageResult, study: StudyConfig, mode: str) -> dict:
@@ -198,6 +230,28 @@ def exposure(result: StageResult, study: StudyConfig, mode: str) -> dict:
     seen = study.sft_steps * study.batch_size / rows if rows else 0.0
     return {"rows": rows, "row_counts": result.rows, "y_plus_exposure": seen,
             "y_minus_exposure": seen if mode == "extended" else 0.0}  # fmt: skip
+
+
+def pair_updates(steps: int, pairs: int, batch_size: int) -> int:
+    """How many pair-gradients `steps` optimizer steps apply to `pairs` pairs at `batch_size` (the trainer's loader
+    restarts each epoch, its last batch short): equal steps over fewer pairs (drop) are fewer updates."""
+    per_epoch = math.ceil(pairs / batch_size)
+    epochs, rest = divmod(steps, per_epoch)
+    return epochs * pairs + min(rest * batch_size, pairs)
+
+
+def act_summary(cfg, checked: PreflightResult, pairs: list[dict], trained: int, steps: int, batch: int) -> dict:
+    """What the pre-flight marked and what it changed: the manipulation an `_act_` arm is checked on."""
+    ids = {i: p["id"] for i, p in enumerate(pairs)}
+    return {
+        "action": cfg.preflight.preflight_action, "threshold": checked.threshold, "scored_under": checked.model,
+        "scored": len(checked.records), "at_risk": len(checked.risky_rows),
+        "at_risk_probes": [f"train/{ids[r]}" for r in checked.risky_rows],
+        "dpo_pairs": trained, "dpo_pair_updates": pair_updates(steps, trained, batch),
+        "baseline_pair_updates": pair_updates(steps, len(pairs), batch),
+        "preflight_seconds": round(checked.seconds, 1), "dynamics_seconds": round(checked.dynamics_seconds, 1),
+        "report": preflight_recipe.actions(cfg, checked),
+    }  # fmt: skip
 
 
 def preflight_records(policy, tokenizer, pairs: list[dict]) -> list[dict]:
@@ -214,19 +268,23 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
     t0 = time.perf_counter()
     work = Path(study.study_dir) / "work" / f"s{seed}"
     pairs = data[arm.rejected]
-    policy, sft = sft_model(study, arm, seed, pairs, work, tokenizer)
+    policy, sft, checked = sft_model(study, arm, seed, pairs, work, tokenizer, data)
     preflight = preflight_records(policy, tokenizer, pairs)
     arm_dir = work / arm.name
     if arm_dir.exists():
         shutil.rmtree(arm_dir)  # a DPO run that died half-way starts again from its SFT model
     cfg = recipe_config(study, arm, seed, arm_dir)
-    probes = build_probe_set(pairs, data["heldout_probes"], cfg.monitor, seed=seed)
+    # The recipe's own steps (recipes/extended_dpo.py): drop scores under the SFT model and keeps the pairs not at
+    # risk; without `act` both return what they were given.
+    checked = preflight_recipe.after_sft(cfg, tokenizer, recipe_data(pairs, data), arm_dir, sft, checked)
+    dpo_pairs = preflight_recipe.preference_pairs(cfg, Dataset.from_list(pairs), checked)
+    probes = build_probe_set(pairs, data["heldout_probes"], cfg.monitor, seed=seed)  # every pair, dropped or not
     monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, arm_dir)
     answers = HeldoutAnswers(data["eval"], study.eval_epochs, study.steps_per_epoch, tokenizer,
                              study.eval_max_new_tokens)  # fmt: skip
     stage_dir = arm_dir / "preference"
     callbacks = [monitor.callback("preference", stage_dir), answers]
-    result = run_preference_stage(policy, tokenizer, Dataset.from_list(pairs), cfg, stage_dir, callbacks)
+    result = run_preference_stage(policy, tokenizer, dpo_pairs, cfg, stage_dir, callbacks)
     spe = study.steps_per_epoch
     evaluations = [{k: v for k, v in r.items() if k != "greedy_samples"} for r in monitor.records]
     for e in evaluations:
@@ -247,12 +305,17 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
         "seconds": round(time.perf_counter() - t0, 1),
         "settings": asdict(study),
     }  # fmt: skip
+    if checked is not None:
+        summary["act"] = act_summary(cfg, checked, pairs, len(dpo_pairs), result.steps, study.batch_size)
     out = runs_dir(study, seed)
     out.mkdir(parents=True, exist_ok=True)
     with gzip.open(out / f"{arm.name}.probe_records.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write((stage_dir / "probe_records.jsonl").read_text())
     write_records(out / f"{arm.name}.generations.jsonl.gz", answers.records)
     write_records(out / f"{arm.name}.preflight.jsonl.gz", preflight)
+    if checked is not None:
+        acted = [{"probe": f"train/{r['id']}", **r} for r in checked.records]
+        write_records(out / f"{arm.name}.act_preflight.jsonl.gz", acted)
     # The JSON last: its presence marks the (seed, arm) finished for a rerun.
     write_jsonl_atomic(out / f"{arm.name}.json", [json_safe(summary)])
     shutil.rmtree(arm_dir, ignore_errors=True)  # the DPO weights are not needed again; the SFT models are
