@@ -216,7 +216,9 @@ def test_stop_guard_ends_the_stage_early_with_a_checkpoint(data, tiny_tokenizer,
 def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
-    config = MonitorConfig(probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate")
+    config = MonitorConfig(
+        probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate", probe_min_evaluations=2
+    )
     probes = build_probe_set(data["train"], data["test"], config, seed=0)
     monitor = SqueezingMonitor(probes, config, None, tmp_path)  # tokenizer from the trainer's processing_class
     model = build_tiny_model(tiny_tokenizer)
@@ -276,3 +278,18 @@ def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer,
     assert dpo2_begin["probe/train/chosen/logp"] != monitor.records[3]["probe/train/chosen/logp"]
     summary = monitor.finish()
     assert "end of sft" in summary and "end of dpo" in summary
+
+
+def test_automatic_schedule_spaces_the_minimum_evaluations(data, tiny_tokenizer, tmp_path):
+    # probe_every=0 with the default probe_min_evaluations=4: a 6-step stage is probed at 0, 2, 4 and 6, although the
+    # time budget alone would afford only the two ends (probing a tiny model costs more than its training steps).
+    config = MonitorConfig(probe_num_prompts=2, probe_families=FAST_FAMILIES)
+    monitor = SqueezingMonitor(build_probe_set(data["train"], data["test"], config, seed=0), config, tiny_tokenizer,
+                               tmp_path)  # fmt: skip
+    callback = monitor.callback("preference", tmp_path / "preference")
+    model = build_tiny_model(tiny_tokenizer)
+    trainer = _dpo(model, build_tiny_model(tiny_tokenizer), tiny_tokenizer, _pairs(data), tmp_path / "preference", 6,
+                   [callback])  # fmt: skip
+    callback.attach(trainer)
+    trainer.train()
+    assert [(r["event"], r["step"]) for r in monitor.records] == [("begin", 0), ("step", 2), ("step", 4), ("end", 6)]

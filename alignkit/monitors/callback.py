@@ -28,7 +28,7 @@ from alignkit.monitors.measure import (
     measure,
     taken_over,
 )
-from alignkit.monitors.scoring import auto_probe_due
+from alignkit.monitors.scoring import auto_probe_due, spaced_probe_due
 from alignkit.monitors.stage_files import (
     GUARD_STATE,
     PROBE_RECORDS,
@@ -130,7 +130,7 @@ class SqueezingCallback(TrainerCallback):
         if not self.config.probe_enabled:
             return control
         last = control.should_training_stop or state.global_step >= state.max_steps
-        if last or self._due(state.global_step, args):
+        if last or self._due(state.global_step, state.max_steps, args):
             self._evaluate("end" if last else "step", args, state, control, model)
         return control
 
@@ -222,9 +222,11 @@ class SqueezingCallback(TrainerCallback):
 
     # --- schedule
 
-    def _due(self, step: int, args) -> bool:
+    def _due(self, step: int, max_steps: int, args) -> bool:
         if self.config.probe_every > 0:
             return step % self.config.probe_every == 0
+        if spaced_probe_due(step, max_steps, self.config.probe_min_evaluations):
+            return True  # the same on every rank: no broadcast needed
         # Timing differs between ranks, and every rank must take part in each evaluation: the main process decides.
         train_seconds = time.perf_counter() - self._t_begin - self.probe_seconds
         due = auto_probe_due(

@@ -85,7 +85,16 @@ class MonitorConfig:
         default=0,
         metadata={
             "help": "Evaluate the probes every N optimizer steps (besides each stage's first and last step). 0 = "
-            "automatic: evaluate as often as keeps probing within probe_time_budget of the stage's training time."
+            "automatic: probe_min_evaluations evenly spaced evaluations per stage, and more as long as probing stays "
+            "within probe_time_budget of the stage's training time."
+        },
+    )
+    probe_min_evaluations: int = field(
+        default=4,
+        metadata={
+            "help": "With probe_every=0, at least this many evaluations per stage, its first and last included, "
+            "evenly spaced in steps (a 24-step stage: steps 0, 8, 16, 24); probe_time_budget may add more. 2 = the "
+            "ends only."
         },
     )
     probe_step_families: list[str] = field(
@@ -202,6 +211,11 @@ class MonitorConfig:
         for name in (*positive, "probe_max_length"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config field '{name}' is {getattr(self, name)}; it must be >= 1")
+        if self.probe_min_evaluations < 2:
+            raise AlignkitError(
+                f"config field 'probe_min_evaluations' is {self.probe_min_evaluations}; it must be >= 2 (a stage's "
+                "first and last evaluation always run)"
+            )
         if self.probe_every < 0:
             raise AlignkitError(
                 f"config field 'probe_every' is {self.probe_every}; use N > 0 steps, or 0 for the automatic schedule"

@@ -278,3 +278,16 @@ def auto_probe_due(budget: float, train_seconds: float, probe_seconds: float, la
     first and last evaluations at all.
     """
     return probe_seconds + 2 * last_probe_seconds <= budget * train_seconds
+
+
+def spaced_probe_due(step: int, max_steps: int, evaluations: int) -> bool:
+    """Whether `step` is one of a stage's `evaluations` evenly spaced ones (the first at 0 and the last at `max_steps`
+    run anyway): every ceil(max_steps / (evaluations − 1)) steps. False when the stage's length is unknown (0).
+
+    >>> [s for s in range(1, 25) if spaced_probe_due(s, 24, 4)]
+    [8, 16, 24]
+    """
+    if max_steps <= 0 or evaluations <= 2:
+        return False
+    every = math.ceil(max_steps / (evaluations - 1))
+    return step % every == 0
