@@ -43,6 +43,7 @@ import torch
 from _recipe import recipe_config, set_cpu_threads
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
+from trl.trainer import utils as trl_utils
 
 from alignkit.config import RecipeConfig
 from alignkit.data import load_preference_data
@@ -67,6 +68,18 @@ PARTS = (
     ("  checkpoint saves", "transformers/trainer.py", "_save_checkpoint"),
     ("saving the adapter (save_model)", "transformers/trainer.py", "save_model"),
 )
+
+
+def compact_lm_head_on_cpu() -> None:
+    """Make TRL's fused LM head project only the positions that have a label (the response tokens) on a CPU too.
+
+    TRL 1.16 does so where its Triton kernels run (CUDA, XPU); on any other device it projects every position, prompt
+    and padding included, so that tile shapes stay fixed for graph compilers (`add_fused_lm_head`: "On Triton devices,
+    only the valid positions are scored"). Its torch fallback takes the compact rows as they are. The labels, log-probs
+    and gradients are the same (tests/test_bench_recipe_vs_trl.py); only the work on unlabelled positions goes.
+    """
+    triton = trl_utils._use_triton  # read by `_fused_forward` for this one choice; the kernels keep their own
+    trl_utils._use_triton = lambda device: device.type == "cpu" or triton(device)
 
 
 def variant_settings(name: str, args) -> dict:
@@ -116,6 +129,8 @@ def run_variant(name: str, steps: int, out: Path, args) -> dict:
     cfg = ours_config(name, steps, out, args) if ours else recipe_config(output_dir=str(out))
     if ours:  # the recipe sets torch's threads; a plain TRL script leaves torch's default
         set_cpu_threads(cfg)
+        if args.ours_compact_lm_head:
+            compact_lm_head_on_cpu()
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model)
     data = load_preference_data(cfg.data, seed=cfg.run.seed)
@@ -137,7 +152,8 @@ def run_variant(name: str, steps: int, out: Path, args) -> dict:
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_pairs = steps * cfg.run.per_device_train_batch_size
-    return {"variant": name, "steps": steps, "settings": variant_settings(name, args),
+    settings = variant_settings(name, args) | ({"compact_lm_head": True} if ours and args.ours_compact_lm_head else {})
+    return {"variant": name, "steps": steps, "settings": settings,
             "threads": torch.get_num_threads(), "seconds": round(seconds, 1), "loop_seconds": round(loop, 1),
             "s_per_step": round(loop / steps, 2), "pairs_per_s": round(n_pairs / seconds, 3),
             "peak_rss_mb": round(peak_mb)}  # fmt: skip
@@ -167,6 +183,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--ours_trainer_args", type=json.loads, default=None,
                         help="preference_trainer_args of `ours` (JSON), e.g. a TRL option to try")  # fmt: skip
+    parser.add_argument("--ours_compact_lm_head", action="store_true",
+                        help="ours*: TRL's LM head on labelled positions only, also on a CPU")  # fmt: skip
     parser.add_argument("--profile", choices=VARIANTS, help="run this variant in-process under cProfile")
     parser.add_argument("--out", default="outputs/bench_recipe_vs_trl")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one child process
@@ -190,6 +208,8 @@ def main() -> None:
                "--out", str(out), "--variant", name]  # fmt: skip
         if args.ours_trainer_args:
             cmd += ["--ours_trainer_args", json.dumps(args.ours_trainer_args)]
+        if args.ours_compact_lm_head:
+            cmd += ["--ours_compact_lm_head"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
