@@ -12,6 +12,7 @@ one that ends the stage early says why on the trainer's state; the stage knows n
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -328,10 +329,64 @@ def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
     return [p.trl_loss_type], [1.0]
 
 
+# Reference log-probs computed before the stage (the pre-flight's pass, alignkit/preflight/reference.py): TRL's own
+# column names, plus a digest of the token ids they were computed on, checked against TRL's tokenization.
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "ref_digest")
+
+
+def reference_digest(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> str:
+    """A digest of a pair's token ids as TRL splits them (prompt, chosen completion, rejected completion)."""
+    text = ";".join(",".join(map(str, ids)) for ids in (prompt_ids, chosen_ids, rejected_ids))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class PrecomputedReferenceDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer that takes the training pairs' reference log-probs from the dataset when they were computed
+    on exactly the tokens it trains on, instead of running its own reference pass (`precompute_ref_log_probs`).
+
+    The columns (REFERENCE_COLUMNS) are used only when every row's `ref_digest` equals the digest of TRL's own
+    `prompt_ids`/`chosen_ids`/`rejected_ids`, no sequence is truncated by `max_length`, and the reference is the model
+    handed in (no `ref_model`, no `ld_alpha`); otherwise they are dropped, a log line says why, and TRL computes its
+    own. Whoever adds the columns vouches that they come from the model handed in (the recipe: the pre-flight after
+    SFT scores the preference stage's starting model).
+    """
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        if not set(REFERENCE_COLUMNS) <= set(dataset.column_names):
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        reason = self._reference_mismatch(dataset)
+        if reason is None:
+            logger.warning(
+                "[preference] reference log-probs of the %d %s pairs taken from the pre-flight's pass (same model, "
+                "same tokens): TRL's reference pass skipped", len(dataset), name,
+            )  # fmt: skip
+            return dataset.remove_columns("ref_digest")
+        logger.warning(
+            "[preference] the pre-flight's reference log-probs are not used (%s): TRL computes its own", reason
+        )
+        return super()._precompute_ref_logps(dataset.remove_columns(list(REFERENCE_COLUMNS)), name, batch_size)
+
+    def _reference_mismatch(self, dataset: Dataset) -> str | None:
+        """Why the dataset's reference log-probs cannot stand in for TRL's, or None when they can."""
+        if self.ref_model is not None or self.ld_alpha is not None:
+            return "the reference is a separate model" if self.ref_model is not None else "ld_alpha is set"
+        limit = self.args.max_length
+        for i, row in enumerate(dataset):
+            if row["ref_chosen_logps"] is None or row["ref_rejected_logps"] is None:
+                return f"pair {i} has none"
+            longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+            if limit is not None and longest > limit:
+                return f"pair {i} is truncated to max_length {limit}"
+            if row["ref_digest"] != reference_digest(row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]):
+                return f"pair {i}: TRL's tokens differ from the ones scored"
+        return None
+
+
 def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, max_steps: int, callbacks=(),
                 ref_model=None) -> DPOTrainer:  # fmt: skip
-    """TRL's DPOTrainer with the recipe's settings; without `ref_model` the reference is the model as handed in."""
-    trainer = DPOTrainer(
+    """TRL's DPOTrainer with the recipe's settings; without `ref_model` the reference is the model as handed in.
+    Reference log-probs in `pairs` (REFERENCE_COLUMNS) replace TRL's reference pass where they are valid."""
+    trainer = PrecomputedReferenceDPOTrainer(
         model=model,
         ref_model=ref_model,
         args=dpo_config(cfg, stage_dir, max_steps),
@@ -353,7 +408,7 @@ def run_preference_stage(
         return done
     p = cfg.preference
     pairs = dataset_on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
-    columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected")]
+    columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected", *REFERENCE_COLUMNS)]
     callbacks = callbacks_for_stage(callbacks, "preference", stage_dir)
     trainer = dpo_trainer(
         model, tokenizer, pairs.remove_columns(columns), cfg, stage_dir, p.preference_max_steps, callbacks

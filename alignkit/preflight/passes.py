@@ -2,7 +2,8 @@
 
 The passes that give the log-probs also give the hidden states, so CHES costs nothing beyond them. Encoding and
 log-probs are `alignkit.sequences`' (`encode_pair`, `token_logprobs`), so the numbers equal `score_responses`' (a
-test checks it).
+test checks it). Where TRL's tokens of a pair extend those (alignkit/preflight/reference.py), the pass scores TRL's
+and also returns their sums: the preference stage's reference log-probs when the model is its starting model.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.preflight.reference import PairTokens, pair_tokens
 from alignkit.preflight.scores import ches, mean_response_hidden
-from alignkit.sequences import EncodedPair, Prompt, Response, encode_pair, forward_shared_prompts, token_logprobs
+from alignkit.sequences import Prompt, Response, forward_shared_prompts, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ class PairPass:
     chosen_logps: list[float]  # per response token (EOS included)
     rejected_logps: list[float]
     ches: float  # length-normalised, `scores.ches`
+    ref_chosen_logps: float | None = None  # Σ log π over TRL's completion tokens of y+ (None: not TRL's tokens)
+    ref_rejected_logps: float | None = None
+    ref_digest: str | None = None  # `alignkit.stages.reference_digest` of the TRL ids they were summed over
 
 
 def _order(lengths: Sequence[int]) -> list[int]:
@@ -33,24 +38,29 @@ def _order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def _forward_pairs(model, batch: list[tuple[EncodedPair, EncodedPair]], pad: int, device):
+def _forward_pairs(model, batch: list[PairTokens], pad: int, device):
     """Log-probs and mean hidden states of a batch of pairs: each prompt once, then its two responses against it.
 
     The two passes are `alignkit.sequences.forward_shared_prompts` (the monitor's probe scoring shares them): rows
     0..B-1 are the chosen responses, rows B..2B-1 the rejected ones.
 
-    Returns (logps (2B, R) per response token, response_mask (2B, R), mean hidden states (2B, d)); row b and b + B
+    Returns (logps (2B, R) per scored response token, response_mask (2B, R), ours (2B, R): the mask of alignkit's
+    response tokens (the first `n_chosen` / `n_rejected`), mean hidden states over those (2B, d)); row b and b + B
     are pair b's y+ and y-.
     """
-    prompts = [chosen.input_ids[: chosen.prompt_len] for chosen, _ in batch]
-    if any(rejected.input_ids[: rejected.prompt_len] != prompt for (_, rejected), prompt in zip(batch, prompts)):
+    prompts = [t.chosen.input_ids[: t.chosen.prompt_len] for t in batch]
+    if any(t.rejected.input_ids[: t.rejected.prompt_len] != prompt for t, prompt in zip(batch, prompts)):
         raise RuntimeError("y+ and y- of a pair tokenized their prompt differently")
     n = len(batch)
-    responses = [p.input_ids[p.prompt_len :] for p in [c for c, _ in batch] + [r for _, r in batch]]
+    sequences = [t.chosen for t in batch] + [t.rejected for t in batch]
+    responses = [p.input_ids[p.prompt_len :] for p in sequences]
     out = forward_shared_prompts(model, prompts, responses, list(range(n)) * 2, pad, device, hidden_states=True)
     logps = token_logprobs(out.logits, out.response_ids).cpu()
     response_mask = out.response_mask.cpu()
-    return logps, response_mask, mean_response_hidden(out.hidden.cpu(), response_mask)
+    ours = torch.zeros_like(response_mask)
+    for row, k in enumerate([t.n_chosen for t in batch] + [t.n_rejected for t in batch]):
+        ours[row, :k] = True
+    return logps, response_mask, ours, mean_response_hidden(out.hidden.cpu(), ours)
 
 
 @torch.inference_mode()
@@ -71,20 +81,22 @@ def score_pairs(
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    encoded = [
-        (encode_pair(tokenizer, p, c, max_length), encode_pair(tokenizer, p, r, max_length))
-        for p, c, r in zip(prompts, chosen, rejected)
-    ]
-    order = _order([max(len(c.input_ids), len(r.input_ids)) for c, r in encoded])
+    encoded = [pair_tokens(tokenizer, p, c, r, max_length) for p, c, r in zip(prompts, chosen, rejected)]
+    order = _order([max(len(t.chosen.input_ids), len(t.rejected.input_ids)) for t in encoded])
     out: list[PairPass | None] = [None] * len(encoded)
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            logps, mask, means = _forward_pairs(model, [encoded[i] for i in rows], pad, device)
+            logps, mask, ours, means = _forward_pairs(model, [encoded[i] for i in rows], pad, device)
             n = len(rows)
             similarity = ches(means[:n], means[n:]).tolist()
             for b, i in enumerate(rows):
-                out[i] = PairPass(logps[b][mask[b]].tolist(), logps[b + n][mask[b + n]].tolist(), similarity[b])
+                scored = PairPass(logps[b][ours[b]].tolist(), logps[b + n][ours[b + n]].tolist(), similarity[b])
+                if encoded[i].digest is not None:  # TRL's tokens: their sums are the reference log-probs
+                    scored.ref_chosen_logps = float(logps[b][mask[b]].sum())
+                    scored.ref_rejected_logps = float(logps[b + n][mask[b + n]].sum())
+                    scored.ref_digest = encoded[i].digest
+                out[i] = scored
             logger.info("[preflight] scored %d/%d pairs", min(start + batch_size, len(order)), len(order))
     finally:
         model.train(was_training)

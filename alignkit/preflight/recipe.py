@@ -7,6 +7,7 @@ scores under the base model, and its section says so.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from accelerate import PartialState
@@ -14,8 +15,10 @@ from datasets import Dataset
 
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
-from alignkit.preflight.run import PreflightResult, run_preflight, section
+from alignkit.preflight.run import ROW, PreflightResult, run_preflight, section
 from alignkit.stages import StageResult
+
+logger = logging.getLogger(__name__)
 
 
 def check_preflight(cfg: RecipeConfig) -> None:
@@ -58,17 +61,34 @@ def after_sft(cfg: RecipeConfig, tokenizer, data, out: Path, sft: StageResult, e
     return _run(cfg, tokenizer, data, out, sft.weights)
 
 
+def shares_reference(cfg: RecipeConfig, result: PreflightResult | None) -> bool:
+    """Whether the pre-flight's sums can be the preference stage's reference log-probs: it scored the stage's
+    starting model (after SFT, i.e. not extend_sft's base-model scoring) and the stage precomputes them."""
+    return result is not None and not decides_before_sft(cfg) and cfg.preference.precompute_ref_log_probs
+
+
 def preference_pairs(cfg: RecipeConfig, train: Dataset, result: PreflightResult | None) -> Dataset:
-    """The preference stage's pairs: `train`, or with drop the scored pairs minus those at risk."""
-    if result is None or cfg.preflight.mode != "act" or cfg.preflight.preflight_action != "drop":
+    """The preference stage's pairs: `train`, or with drop the scored pairs minus those at risk. When the pre-flight
+    scored the stage's starting model (`shares_reference`), the pairs carry its reference log-probs so that TRL skips
+    its own reference pass: the scored pairs are then handed over, which are the ones the stage would pick from
+    `train` (`preflight_pairs: stage`: the same seeded subset; `all`: all of them)."""
+    if result is None:
         return train
-    kept = result.kept_pairs()
-    if len(kept) == 0:
-        raise AlignkitError(
-            f"preflight_action 'drop' would drop all {len(result.records)} scored pairs (every y- is below "
-            f"preflight_threshold {result.threshold:g}); lower the threshold or use preflight_action: extend_sft"
-        )
-    return kept
+    pairs = result.pairs
+    if cfg.preflight.mode == "act" and cfg.preflight.preflight_action == "drop":
+        pairs = result.kept_pairs(keep_row=True)
+        if len(pairs) == 0:
+            raise AlignkitError(
+                f"preflight_action 'drop' would drop all {len(result.records)} scored pairs (every y- is below "
+                f"preflight_threshold {result.threshold:g}); lower the threshold or use preflight_action: extend_sft"
+            )
+    elif not shares_reference(cfg, result):
+        return train
+    if not shares_reference(cfg, result):
+        return pairs.remove_columns(ROW)
+    pairs, how = result.with_reference(pairs)
+    logger.warning("[preflight] %s", how)
+    return pairs
 
 
 def actions(cfg: RecipeConfig, result: PreflightResult) -> list[str]:

@@ -26,7 +26,15 @@ from alignkit.preflight.passes import score_pairs
 from alignkit.preflight.plot import histogram
 from alignkit.preflight.scores import at_risk, pair_scores, rank
 from alignkit.preflight.table import preflight_markdown, report_section, verdict
-from alignkit.stages import STAGE_DONE, StageResult, load_stage_model, lora_config, pairs_for_steps, weights_dir
+from alignkit.stages import (
+    REFERENCE_COLUMNS,
+    STAGE_DONE,
+    StageResult,
+    load_stage_model,
+    lora_config,
+    pairs_for_steps,
+    weights_dir,
+)
 
 logger = logging.getLogger(__name__)
 DONE = "preflight_complete.json"
@@ -52,10 +60,26 @@ class PreflightResult:
     def risky_rows(self) -> list[int]:
         return sorted(r["row"] for r in self.records if r["at_risk"])
 
-    def kept_pairs(self) -> Dataset:
-        """The scored pairs without the ones at risk (what preflight_action=drop trains on)."""
+    def kept_pairs(self, keep_row: bool = False) -> Dataset:
+        """The scored pairs without the ones at risk (what preflight_action=drop trains on); `keep_row`: with the ROW
+        column, for `with_reference`."""
         risky = set(self.risky_rows)
-        return self.pairs.filter(lambda row: row[ROW] not in risky).remove_columns(ROW)
+        kept = self.pairs.filter(lambda row: row[ROW] not in risky)
+        return kept if keep_row else kept.remove_columns(ROW)
+
+    def with_reference(self, pairs: Dataset) -> tuple[Dataset, str]:
+        """`pairs` (scored pairs, with the ROW column, which is removed) with each one's reference log-probs as
+        columns (alignkit.stages.REFERENCE_COLUMNS), and a sentence saying so; without them, and why, when a pair has
+        none (its tokens differ from TRL's, or exceed max_length)."""
+        by_row = {r["row"]: r for r in self.records}
+        missing = [row for row in pairs[ROW] if by_row[row].get("ref_digest") is None]
+        plain = pairs.remove_columns(ROW)
+        if missing:
+            return plain, (f"{len(missing)} of {len(pairs)} pairs have no reference log-probs from the pre-flight "
+                           "(tokens differ from TRL's, or longer than max_length): TRL computes its own")  # fmt: skip
+        for name in REFERENCE_COLUMNS:
+            plain = plain.add_column(name, [by_row[row][name] for row in pairs[ROW]])
+        return plain, f"reference log-probs of the {len(pairs)} pairs handed to the preference stage"
 
     def files(self) -> list[str]:
         return [str(self.folder / name) for name in ("preflight.md", "preflight.jsonl", "preflight_hist.png")]
@@ -107,6 +131,9 @@ def _records(cfg: RecipeConfig, model, tokenizer, pairs: Dataset) -> list[dict]:
         record = {"row": row, "id": pair_id, "task": task}
         record |= pair_scores(scored.chosen_logps, scored.rejected_logps, scored.ches)
         record |= {"offtarget_delta": None, "offtarget_argmax_delta": None}
+        # TRL's reference log-probs of the pair if this model is the preference stage's start (alignkit.preflight.
+        # reference); None where its tokens differ from TRL's
+        record |= {k: getattr(scored, k) for k in REFERENCE_COLUMNS}
         records.append(record)
     return records
 
