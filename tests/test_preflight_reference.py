@@ -131,3 +131,19 @@ def test_recipe_report_run_shares_the_reference_after_sft(tiny_model_dir, tmp_pa
                      preflight_dynamics_pairs=0)  # fmt: skip
     run_recipe_in_process(args)
     assert "TRL's reference pass skipped" not in caplog.text
+
+
+def test_cost_bench_measures_side_by_side_through_the_recipes_path(tiny_model_dir, tmp_path):
+    from .test_bench_paths import bench
+
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--max_train_samples", "12", "--preference_max_steps", "2",
+            "--per_device_train_batch_size", "2", "--preflight_dynamics_pairs", "1", "--cpu_threads", "1",
+            "--use_cpu", "true", "--results", str(tmp_path / "res")]  # fmt: skip
+    r = bench("preflight_cost").main(argv)
+    assert r["reference_shared"] and r["pairs_scored"] == 4 and r["preference_steps"] == 2
+    assert r["preference_stage_seconds_alone"] == pytest.approx(
+        r["preference_stage_seconds_shared"] + r["trl_reference_pass_seconds"], abs=0.11
+    )
+    assert r["settings"]["preflight_dynamics_pairs"] == 1 and r["preflight_dynamics_seconds"] > 0
+    assert json.loads((tmp_path / "res" / "preflight_cost.json").read_text())["share_added"] == r["share_added"]
+    assert "pre-flight's added cost" in (tmp_path / "res" / "preflight_cost.md").read_text()
