@@ -14,7 +14,14 @@ A deeper valley is a lower log-prob, so a score that predicts has ρ < 0 for log
 The fall on a pair's probe is caused by every pair's updates, not by that pair alone: what is tested is whether the
 pairs that pre-flight marks at risk are where the squeezing shows, which is what `preflight: act` relies on.
 
+The one-step prediction (`offtarget_delta`, `offtarget_argmax_delta`; alignkit/preflight/onestep.py) costs a backward
+and a forward-mode pass per pair, so it exists for a sample only: the `_act_drop` arms' pre-flight
+(`<arm>.act_preflight.jsonl.gz`, `preflight_dynamics_pairs` per run) scored the SFT model that the arm without
+`_act_drop` started its DPO from, so its sampled pairs are that arm's pairs, with that arm's measured fall. On those
+pairs every score is compared, on the same units (`one_step` in the JSON, the second table).
+
     python bench/preflight_validation.py --study results/squeezing_study/full
+    python bench/preflight_validation.py --study results/preflight_act       # with the one-step sample
 """
 
 from __future__ import annotations
@@ -26,15 +33,19 @@ import sys
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import json_safe
 from alignkit.study.analysis import arm_mechanisms
+from alignkit.study.config import parse_arm
 from alignkit.study.records import load_runs, read_records
 from alignkit.study.stats import bootstrap_interval, mean_within_group_spearman, spearman
 
 SCORES = ("rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin_per_token", "ches")
+ONE_STEP = ("offtarget_delta", "offtarget_argmax_delta")
 # The sign of ρ for a score that predicts: log-probs are lower for a deeper valley (ρ < 0); the margin log π(y⁺) −
 # log π(y⁻) per token is larger when y⁻ sits deeper below y⁺ (ρ > 0); CHES is larger for more similar y⁺ and y⁻, which
-# Razin et al. find displaces likelihood (ρ > 0).
-EXPECTED_SIGN = {"margin_per_token": +1, "ches": +1}
+# Razin et al. find displaces likelihood (ρ > 0). The one-step change of an off-target answer is negative when the step
+# pushes it down (ρ < 0); the argmax's rises while the rest is squeezed (ρ > 0).
+EXPECTED_SIGN = {"margin_per_token": +1, "ches": +1, "offtarget_argmax_delta": +1}
 
 
 def units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
@@ -61,9 +72,31 @@ def units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
     return out
 
 
-def table(study: Path, n_boot: int) -> list[dict]:
+def onestep_units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
+    """{score: {(seed, arm, probe): (score, fall, run code)}} over the pairs with a one-step prediction, every score
+    (SCORES and ONE_STEP) on the same pairs; `arm` is the arm whose DPO started from the model they were scored on."""
+    runs = load_runs(study)
+    falls = arm_mechanisms(runs)
+    out: dict[str, dict] = {s: {} for s in (*SCORES, *ONE_STEP)}
+    for (seed, arm), run in sorted(runs.items()):
+        if (run.meta.get("act") or {}).get("action") != "drop":
+            continue  # only drop's pre-flight scored a DPO start (extend_sft scores the base model)
+        base = parse_arm(arm).baseline
+        fall = falls.get(base, {}).get("end", {}).get("off_target_fall", {})
+        for record in read_records(study / "runs" / f"s{seed}" / f"{arm}.act_preflight.jsonl.gz"):
+            y = fall.get((seed, record["probe"]))
+            if record.get("offtarget_delta") is None or y is None or not math.isfinite(y):
+                continue
+            for score in out:
+                out[score][(seed, base, record["probe"])] = (float(record[score]), float(y), seed)
+    return out
+
+
+def correlations(by_score: dict[str, dict], n_boot: int) -> list[dict]:
     rows = []
-    for score, by_unit in units(study).items():
+    for score, by_unit in by_score.items():
+        if not by_unit:
+            continue
         pooled = bootstrap_interval({k: v[:2] for k, v in by_unit.items()}, spearman, n=n_boot).to_dict()
         grouped = {(k[0], k[1], k[2]): (v[0], v[1], v[2] * 1000 + k[0]) for k, v in by_unit.items()}
         within = bootstrap_interval(grouped, mean_within_group_spearman, n=n_boot).to_dict()
@@ -74,22 +107,46 @@ def table(study: Path, n_boot: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], study: Path) -> str:
-    def cell(e: dict) -> str:
-        return f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
+def table(study: Path, n_boot: int) -> list[dict]:
+    return correlations(units(study), n_boot)
 
+
+def _cell(e: dict) -> str:
+    if e["mean"] is None or not math.isfinite(e["mean"]):
+        return "n/a"
+    lo, hi = (f"{v:+.2f}" if v is not None and math.isfinite(v) else "n/a" for v in (e["lo"], e["hi"]))
+    return f"{e['mean']:+.2f} [{lo}, {hi}]"
+
+
+def markdown(rows: list[dict], study: Path, sampled: list[dict] | None = None) -> str:
     lines = [
         f"Pre-flight scores vs the off-target fall on the same pair's probe ({study}; Spearman ρ, 95% bootstrap over "
         "units; within-run = each (seed, arm) ranked alone, then averaged).",
         "",
+        *_rows_table(rows),
+    ]
+    if sampled:
+        lines += [
+            "",
+            f"On the {sampled[0]['units']} pairs with a one-step prediction (the `_act_drop` arms' pre-flight, scored "
+            "under the SFT model their baseline arm's DPO started from; the baseline's measured fall; within-run = "
+            "per seed):",
+            "",
+            *_rows_table(sampled),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _rows_table(rows: list[dict]) -> list[str]:
+    lines = [
         "| score | predicts if | units | pooled ρ | within-run ρ | predicts within runs |",
         "|---|---|---:|---:|---:|---|",
     ]
     for r in rows:
         sign, verdict = ">" if r["expected_sign"] > 0 else "<", "yes" if r["predicts_within_run"] else "no"
-        lines.append(f"| {r['score']} | ρ {sign} 0 | {r['units']} | {cell(r['pooled'])} | {cell(r['within_run'])} | "
+        lines.append(f"| {r['score']} | ρ {sign} 0 | {r['units']} | {_cell(r['pooled'])} | {_cell(r['within_run'])} | "
                      f"{verdict} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rows = table(args.study, args.bootstrap)
+        sampled = correlations(onestep_units(args.study), args.bootstrap)
     except AlignkitError as err:
         print(f"preflight_validation: error: {err}", file=sys.stderr)
         return 2
     out = args.out or args.study
     out.mkdir(parents=True, exist_ok=True)
-    (out / "preflight_validation.json").write_text(json.dumps(rows, indent=1))
-    text = markdown(rows, args.study)
+    payload = rows if not sampled else {"all_pairs": rows, "one_step": sampled}
+    (out / "preflight_validation.json").write_text(json.dumps(json_safe(payload), indent=1))
+    text = markdown(rows, args.study, sampled)
     (out / "preflight_validation.md").write_text(text)
     print(text)
     return 0

@@ -51,3 +51,30 @@ def test_main_writes_table_and_refuses_a_study_without_preflight(tmp_path, capsy
     bare = write_study(tmp_path / "bare")
     assert validation.main(["--study", str(bare)]) == 2
     assert "no pre-flight files" in capsys.readouterr().err
+
+
+def test_one_step_sample_of_a_drop_arm_is_compared_on_its_baselines_pairs(tmp_path):
+    """A_far_act_drop's pre-flight scored A_far's start: its one-step predictions pair with A_far's measured fall."""
+    root = with_preflight(write_study(tmp_path / "study"))
+    for seed in (0, 1, 2):
+        folder = root / "runs" / f"s{seed}"
+        meta = json.loads((folder / "A_far.json").read_text()) | {
+            "arm": "A_far_act_drop", "act": {"action": "drop", "at_risk_probes": []}
+        }  # fmt: skip
+        (folder / "A_far_act_drop.json").write_text(json.dumps(meta))
+        for name in ("probe_records", "generations", "preflight"):
+            (folder / f"A_far_act_drop.{name}.jsonl.gz").write_bytes((folder / f"A_far.{name}.jsonl.gz").read_bytes())
+        # p0..p2 sampled; the predicted change is more negative where the valley is deeper (= more fall in A_far)
+        rows = [{"probe": p, "rejected_logp_per_token": depth(p), "rejected_min_logp": 2 * depth(p),
+                 "chosen_logp_per_token": -1.0, "margin_per_token": -1.0 - depth(p), "ches": 0.0,
+                 "offtarget_delta": 0.01 * depth(p) if i < 3 else None,
+                 "offtarget_argmax_delta": 0.0 if i < 3 else None} for i, p in enumerate(TRAIN)]  # fmt: skip
+        write_gz(folder / "A_far_act_drop.act_preflight.jsonl.gz", rows)
+    sampled = {r["score"]: r for r in validation.correlations(validation.onestep_units(root), 200)}
+    assert sampled["offtarget_delta"]["units"] == 9 and sampled["rejected_logp_per_token"]["units"] == 9
+    assert sampled["offtarget_delta"]["within_run"]["mean"] == pytest.approx(-1.0)  # deeper, more negative, more fall
+    assert sampled["offtarget_delta"]["predicts_within_run"]
+    assert validation.main(["--study", str(root), "--bootstrap", "100"]) == 0
+    saved = json.loads((root / "preflight_validation.json").read_text())
+    assert {r["score"] for r in saved["one_step"]} == {*validation.SCORES, *validation.ONE_STEP}
+    assert "one-step prediction" in (root / "preflight_validation.md").read_text()
