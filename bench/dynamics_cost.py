@@ -53,7 +53,7 @@ def run_one(config: str, tokens: int, all_cols: int, threads: int) -> dict:
     import torch
 
     from alignkit.dynamics import decompose
-    from alignkit.dynamics.cli import load_model_for_dynamics
+    from alignkit.dynamics.model import load_model_for_dynamics
     from alignkit.models import add_lora
 
     torch.set_num_threads(threads)

@@ -13,14 +13,15 @@ is `alignkit/judge/judge_quality_pairs.jsonl` (built by `alignkit.judge.quality.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignkit.cli import parse_dataclasses
 from alignkit.errors import AlignkitError
-from alignkit.judge.cli import add_fields
+from alignkit.judge.cli import JUDGE_ALIASES, JUDGE_PREFIX
 from alignkit.judge.config import MODES, JudgeConfig
 from alignkit.judge.quality import (
     SHIPPED_PAIRS,
@@ -32,44 +33,77 @@ from alignkit.judge.quality import (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="A judge's agreement with ground truth on a labelled set of pairs.")
-    parser.add_argument("--pairs", default=str(SHIPPED_PAIRS), help="Labelled pairs JSONL (default: the shipped set).")
-    parser.add_argument("--limit", type=int, help="Use only the first N pairs.")
-    parser.add_argument(
-        "--modes", default="text,logprobs", help="Comma-separated verdict modes to measure: text, logprobs."
+@dataclass
+class JudgeQualityRun:
+    """Which labelled pairs, which verdict modes, and where the results go; the judge is `JudgeConfig`'s fields."""
+
+    _argument_group_name = "labelled set and modes"
+
+    pairs: str = field(
+        default=str(SHIPPED_PAIRS), metadata={"help": "Labelled pairs JSONL (default: the shipped set)."}
     )
-    parser.add_argument(
-        "--margins",
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N pairs (None = all)."})
+    modes: str = field(
+        default="text,logprobs", metadata={"help": "Comma-separated verdict modes to measure: text, logprobs."}
+    )
+    margins: str = field(
         default="0,0.05,0.1,0.2,0.5,1",
-        help="logprobs mode: also print pair accuracy at these abstention margins (nats), from the same judgments.",
+        metadata={
+            "help": "logprobs mode: also print pair accuracy at these comma-separated abstention margins (nats), "
+            "from the same judgments."
+        },
     )
-    parser.add_argument("--output-dir", default="outputs/judge_quality", help="Caches, quality.md and quality.json.")
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    add_fields(parser.add_argument_group("judge"), JudgeConfig, prefix="judge_")
-    return parser
+    output_dir: str = field(default="outputs/judge_quality", metadata={"help": "Caches, quality.md and quality.json."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bars."})
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise AlignkitError(f"--limit must be >= 1 or None, got {self.limit}.")
+        bad = [m for m in self.mode_list if m not in MODES or m == "auto"]
+        if bad or not self.mode_list:
+            raise AlignkitError(f"--modes {self.modes!r}: choose from text, logprobs.")
+        try:
+            _ = self.margin_list  # a typo is an error before any judging, not after
+        except ValueError:
+            raise AlignkitError(f"--margins {self.margins!r}: comma-separated numbers, e.g. 0,0.1,0.5.") from None
+
+    @property
+    def mode_list(self) -> list[str]:
+        return [m.strip() for m in self.modes.split(",") if m.strip()]
+
+    @property
+    def margin_list(self) -> list[float]:
+        return [float(m) for m in self.margins.split(",") if m.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: Sequence[str], mode: str | None = None) -> tuple[JudgeQualityRun, JudgeConfig]:
+    """The run and the judge; with `mode`, the judge in that verdict mode (its defaults, e.g. the template, follow
+    the mode, which is why each mode's judge is parsed from the flags rather than copied from another's)."""
+    run, judge = parse_dataclasses(
+        (JudgeQualityRun, JudgeConfig),
+        [*argv, "--judge_mode", mode] if mode else argv,
+        description="A judge's agreement with ground truth on a labelled set of pairs.",
+        prefixes={JudgeConfig: JUDGE_PREFIX},
+        aliases=JUDGE_ALIASES,
+    )
+    return run, judge
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = vars(build_parser().parse_args(argv))
-        modes = [m.strip() for m in args["modes"].split(",") if m.strip()]
-        bad = [m for m in modes if m not in MODES or m == "auto"]
-        if bad or not modes:
-            raise AlignkitError(f"--modes {args['modes']!r}: choose from text, logprobs.")
-        pairs = read_labelled_pairs(args["pairs"])[: args["limit"]]
-        out = Path(args["output_dir"])
-        margins = [float(m) for m in args["margins"].split(",") if m.strip()]
+        run, _ = parse_args(argv)
+        pairs = read_labelled_pairs(run.pairs)[: run.limit]
+        out = Path(run.output_dir)
         rows, sweep = [], []
-        for mode in modes:
-            judge_args = {f.name: args["judge_" + f.name] for f in dataclasses.fields(JudgeConfig)}
-            judge = JudgeConfig(**{**judge_args, "mode": mode})
-            row, records = measure_judge(judge, pairs, out / mode, progress=not args["quiet"])
+        for mode in run.mode_list:
+            _, judge = parse_args(argv, mode)
+            row, records = measure_judge(judge, pairs, out / mode, progress=not run.quiet)
             rows.append(row)
             if mode == "logprobs":
-                sweep = margin_sweep(records, margins)
+                sweep = margin_sweep(records, run.margin_list)
             print(f"{mode}: {row['requests']} requests, {row['seconds']} s of judging", file=sys.stderr)
-    except ValueError as e:  # AlignkitError is one; also a --margins value that is not a number
+    except AlignkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

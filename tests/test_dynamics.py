@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from alignkit.dynamics import actual_change, decompose, distribution_change
-from alignkit.dynamics.cli import load_model_for_dynamics, main
+from alignkit.dynamics.cli import main
+from alignkit.dynamics.model import load_model_for_dynamics
 from alignkit.dynamics.residuals import loss_value, residual_coefficients
 from alignkit.errors import AlignkitError
 from alignkit.models import add_lora

@@ -152,11 +152,11 @@ def test_cli_missing_prompt_in_baseline_is_named(tmp_path, capsys):
 def test_cli_flags_and_yaml_config(tmp_path):
     config = tmp_path / "wr.yaml"
     config.write_text("candidate: c.jsonl\nbaseline: b.jsonl\nlimit: 5\njudge:\n  model: gpt-4o\n  concurrency: 3\n")
-    args, wr, judge = parse_args(["--config", str(config), "--judge", "https://api.openai.com/v1", "--limit", "7"])
-    assert args["candidate"] == "c.jsonl" and wr.limit == 7  # the flag overrides the file
+    run, wr, judge = parse_args(["--config", str(config), "--judge", "https://api.openai.com/v1", "--limit", "7"])
+    assert run.candidate == "c.jsonl" and wr.limit == 7  # the flag overrides the file
     assert judge.base_url == "https://api.openai.com/v1" and judge.model == "gpt-4o" and judge.concurrency == 3
     config.write_text("candidate: c\nbaseline: b\njudge:\n  modle: x\n")
-    with pytest.raises(AlignkitError, match=r"unknown keys \['judge_modle'\]"):
+    with pytest.raises(AlignkitError, match=r"wr\.yaml: unknown key 'judge_modle'"):
         parse_args(["--config", str(config)])
     _, _, judge = parse_args(["--candidate", "c", "--baseline", "b"])
     assert (

