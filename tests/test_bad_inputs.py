@@ -1,22 +1,20 @@
 """Issue 16: every bad input is refused through the recipe's one path: exit 2 and one `error:` line naming the file
-(and, where a row is at fault, the file's own line and the field); saved state files (probe set, rephrase cache) too.
+(and, where a row is at fault, the file's own line and the field); saved state files (probe set) too; the rephrase cache is
+tested with its client in test_rephrase.py.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
 from alignkit.monitors.probes import Probe, ProbeSet, build_probe_set
-from alignkit.monitors.rephrase import Rephraser
 
 from .test_recipe import ENV, RECIPE, ROOT
 
@@ -102,42 +100,3 @@ def test_saved_probe_set_round_trips_and_its_header_is_checked(tmp_path):
     path.write_text('{"alignkit_probe_set": 1, "families": "chosen"}\n')
     with pytest.raises(AlignkitError, match=r"probe_set\.jsonl:1: field 'families': expected list, got str"):
         ProbeSet.load(path)
-
-
-class _Upper:
-    """Stands in for `openai.OpenAI`: the rewrite is the answer upper-cased."""
-
-    def __init__(self):
-        self.calls = 0
-        self.chat = self.completions = self
-
-    def create(self, model, messages, **_):
-        self.calls += 1
-        answer = messages[0]["content"].rsplit("Answer:\n", 1)[1]
-        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=answer.upper()))])
-
-
-def test_rephrase_cache_with_a_torn_last_line(tmp_path, caplog):
-    cache = tmp_path / "rephrase_cache.jsonl"
-    first = Rephraser(_Upper(), "m", cache)
-    assert first.rewrite("rephrase", "Q?", "one") == "ONE"
-    assert first.rewrite("rephrase", "Q?", "two") == "TWO"
-    with cache.open("a") as f:
-        f.write('{"key": "abc", "kind": "rephrase", "te')  # killed mid-append
-    client = _Upper()
-    with caplog.at_level(logging.WARNING):
-        again = Rephraser(client, "m", cache)
-    assert "rephrase_cache.jsonl:3" in caplog.text and "torn last line" in caplog.text
-    assert again.rewrite("rephrase", "Q?", "one") == "ONE" and client.calls == 0  # served from the cache
-    assert again.rewrite("rephrase", "Q?", "three") == "THREE" and client.calls == 1
-    assert len(Rephraser(_Upper(), "m", cache).cache) == 3  # the new line did not join the torn one
-
-
-def test_rephrase_cache_damaged_before_its_end_is_an_error(tmp_path):
-    cache = tmp_path / "rephrase_cache.jsonl"
-    cache.write_text('{"key": "a", "text": "A"}\n{"key": "b"}\n{"key": "c", "text": "C"}\n')
-    with pytest.raises(AlignkitError, match=r"rephrase_cache\.jsonl:2: field 'text': missing or not text"):
-        Rephraser(_Upper(), "m", cache)
-    cache.write_text('{"key": "a", "text": "A"}\n{"key": "b", "te\n{"key": "c", "text": "C"}\n')
-    with pytest.raises(AlignkitError, match=r"rephrase_cache\.jsonl:2: invalid JSON .*delete that line"):
-        Rephraser(_Upper(), "m", cache)

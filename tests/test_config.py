@@ -234,8 +234,9 @@ def test_evaluation_ranker_and_rephraser_are_built_from_their_sections_endpoint(
     assert isinstance(ranker, JudgeRanker) and ranker.judge.is_local
     ranker.close()
     assert built == [cfg.evaluation.judge_endpoint, cfg.preference.ranker_endpoint]
-    rephraser = Rephraser.from_config(cfg.monitor, tmp_path)  # no JudgeConfig: a plain client at the same endpoint
-    assert rephraser.model == "rewrite-m" and str(rephraser.client.base_url) == "http://127.0.0.1:1/v1/"
+    rephraser = Rephraser.from_config(cfg.monitor, tmp_path)  # the judge's config and client at the section's endpoint
+    assert (built[2].base_url, built[2].model) == ("http://127.0.0.1:1/v1", "rewrite-m") and len(built) == 3
+    assert rephraser.model == "rewrite-m" and rephraser.runner.base_url == "http://127.0.0.1:1/v1"
 
 
 def test_the_recipe_config_imports_no_higher_layer():

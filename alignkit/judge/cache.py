@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def cache_key(
@@ -58,6 +61,11 @@ class JudgmentCache:
                     self._records[record["key"]] = record
                 except (ValueError, KeyError, TypeError):
                     self.skipped_lines += 1  # a line torn by a kill mid-write; its judgment is simply redone
+            if self.skipped_lines:
+                logger.warning(
+                    "%s: skipped %d unreadable line(s), e.g. a write cut short by a kill; their entries are redone",
+                    self.path, self.skipped_lines,
+                )  # fmt: skip
         self._fd: int | None = None
         self._lock = threading.Lock()  # put() may run on worker threads so that fsync does not stall the event loop
         self._queue_lock = threading.Lock()  # guards the lines waiting for the next write and the counters below

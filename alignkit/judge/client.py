@@ -12,6 +12,10 @@ that. Failures are sorted into three kinds:
   the same request would fail the same way;
 * fatal for the whole run (401, 403, 404: wrong key, wrong model, wrong URL): raised at once as an AlignkitError,
   because every other request would fail the same way.
+
+`ChatRunner` holds that machinery (scheduling, cache, budget, retries, the request itself) once; `JudgeRunner` asks
+for verdicts on comparisons and `TextRunner` for free text (the monitor's rewrites, `alignkit.monitors.rephrase`).
+The module is over 400 lines because the two runners are thin and the one retry policy should be read in one place.
 """
 
 from __future__ import annotations
@@ -106,35 +110,73 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
         return None
 
 
-class JudgeRunner:
-    """Judges comparisons against one endpoint with bounded concurrency, a budget and a persistent cache."""
+class _GaveUp(Exception):
+    """A request that cannot be answered in this run: status 'error' (it kept failing or was rejected) or 'pending'
+    (the request budget is spent)."""
 
-    def __init__(self, config: JudgeConfig, template: Template, cache: JudgmentCache):
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+class ChatRunner:
+    """Asks one endpoint many chat questions with bounded concurrency, a request budget, retries and a persistent
+    cache (an answer is on disk before it counts as done). What is asked, and how an answer is read, belong to the
+    subclasses: `JudgeRunner` (verdicts on comparisons) and `TextRunner` (free text, e.g. the monitor's rewrites).
+
+    Args:
+        config: the endpoint and how hard to try (`JudgeConfig`; its verdict fields matter to `JudgeRunner` only).
+        cache: where answers are kept across runs.
+        params: the sampling parameters that are part of every cache key.
+        name, settings: how errors name the endpoint and the settings to check ("judge", "--judge-base-url, ...").
+    """
+
+    progress_label = "request"
+
+    def __init__(
+        self,
+        config: JudgeConfig,
+        cache: JudgmentCache,
+        params: dict,
+        name: str = "judge",
+        settings: str = "--judge-base-url, --judge-model",
+    ):
         self.config = config
         self.base_url = config.base_url
-        self.template = template
         self.cache = cache
         self.stats = JudgeStats()
-        self._params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-        if config.mode == "logprobs":  # text-mode keys stay as they were, so existing caches keep serving
-            self._params |= {"mode": "logprobs", "top_logprobs": config.top_logprobs}
+        self._params = params
+        self.name = name
+        self.settings = settings
         self._rng = random.Random(0)
-        # Set when a judgment gave up because the endpoint could not be reached, cleared by any answer: while it is
-        # set, other judgments give up at their first connection failure instead of each waiting out its backoff,
-        # so a dead endpoint ends the run in one backoff cycle, not one per judgment.
+        # Set when a question gave up because the endpoint could not be reached, cleared by any answer: while it is
+        # set, other questions give up at their first connection failure instead of each waiting out its backoff,
+        # so a dead endpoint ends the run in one backoff cycle, not one per question.
         self._unreachable = False
 
-    def key(self, c: Comparison) -> str:
-        return cache_key(self.config.model, self.template.sha256, self._params, c.instruction, c.output_a, c.output_b)
+    # --- what the subclasses say
 
-    def uncached(self, comparisons: Sequence[Comparison]) -> int:
+    def key(self, item) -> str:
+        """The cache key of one question."""
+        raise NotImplementedError
+
+    def _cached(self, key: str, record: dict):
+        """The result for a cached record, or None when the record cannot serve (the question is asked again)."""
+        raise NotImplementedError
+
+    async def _ask(self, client: openai.AsyncOpenAI, key: str, item):
+        """Ask one question (through `_send`), cache its record and return its result."""
+        raise NotImplementedError
+
+    # --- the shared machinery
+
+    def uncached(self, items: Sequence) -> int:
         """How many distinct questions still need a request (0: no server needs to be started)."""
-        return len({k for k in map(self.key, comparisons) if k not in self.cache})
+        return len({k for k in map(self.key, items) if k not in self.cache})
 
-    def run(
-        self, comparisons: Sequence[Comparison], base_url: str | None = None, progress: bool = True
-    ) -> list[Judgment]:
-        """Judgments in the order of `comparisons` (synchronous wrapper; works inside a running event loop too).
+    def run(self, items: Sequence, base_url: str | None = None, progress: bool = True) -> list:
+        """Results in the order of `items` (synchronous wrapper; works inside a running event loop too).
 
         `base_url` overrides the config's, e.g. with the address of a local server started for this run.
         """
@@ -143,13 +185,13 @@ class JudgeRunner:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.arun(comparisons, progress))
+            return asyncio.run(self.arun(items, progress))
         # Called from a notebook or another async program: run our loop on a worker thread instead.
         box: dict = {}
 
         def target():
             try:
-                box["result"] = asyncio.run(self.arun(comparisons, progress))
+                box["result"] = asyncio.run(self.arun(items, progress))
             except BaseException as e:  # re-raised in the caller's thread
                 box["error"] = e
 
@@ -160,34 +202,32 @@ class JudgeRunner:
             raise box["error"]
         return box["result"]
 
-    async def arun(self, comparisons: Sequence[Comparison], progress: bool = True) -> list[Judgment]:
+    async def arun(self, items: Sequence, progress: bool = True) -> list:
         start = time.perf_counter()
-        keys = [self.key(c) for c in comparisons]
-        unique: dict[str, Comparison] = {}
-        for k, c in zip(keys, comparisons):
+        keys = [self.key(c) for c in items]
+        unique: dict = {}
+        for k, c in zip(keys, items):
             unique.setdefault(k, c)  # the same question asked twice is paid for once
-        results: dict[str, Judgment] = {}
+        results: dict = {}
         todo = []
         for k, c in unique.items():
             record = self.cache.get(k)
-            if record is not None:
+            result = None if record is None else self._cached(k, record)
+            if result is not None:
                 self.stats.cache_hits += 1
-                results[k] = Judgment(
-                    key=k,
-                    status=record["status"],
-                    verdict=record.get("verdict"),
-                    raw=record.get("raw"),
-                    reason=reason_of(record.get("raw")),
-                    cached=True,
-                    logit_a=record.get("logit_a"),
-                )
+                results[k] = result
             else:
                 todo.append((k, c))
         if not todo:
             self.stats.seconds += time.perf_counter() - start
             return [results[k] for k in keys]
         bar = tqdm(
-            total=len(unique), initial=len(results), desc="judge", unit="judgment", disable=not progress, leave=False
+            total=len(unique),
+            initial=len(results),
+            desc=self.progress_label,
+            unit=self.progress_label,
+            disable=not progress,
+            leave=False,
         )
         semaphore = asyncio.Semaphore(self.config.concurrency)
         async with openai.AsyncOpenAI(
@@ -197,9 +237,9 @@ class JudgeRunner:
             timeout=self.config.timeout_s,
         ) as client:
 
-            async def one(k: str, c: Comparison) -> None:
+            async def one(k: str, c) -> None:
                 async with semaphore:
-                    results[k] = await self._judge_one(client, k, c)
+                    results[k] = await self._ask(client, k, c)
                 bar.update(1)
                 bar.set_postfix(requests=self.stats.requests, cached=self.stats.cache_hits, refresh=False)
 
@@ -218,61 +258,36 @@ class JudgeRunner:
         self.stats.seconds += time.perf_counter() - start
         return [results[k] for k in keys]
 
-    async def _judge_one(self, client: openai.AsyncOpenAI, key: str, c: Comparison) -> Judgment:
-        messages = self.template.render(c.instruction, c.output_a, c.output_b)
-        transient_failures = 0
-        parse_failures = 0
-        raw = None
-        logit_a = None
+    async def _send(
+        self, client: openai.AsyncOpenAI, messages: list[dict], temperature: float, failures: int = 0
+    ) -> tuple[str, list | None, int]:
+        """One answer (its text and, in logprobs mode, its tokens' alternatives) and the transient failures so far:
+        those are retried with backoff, and `failures` carries the count over from earlier asks of the same question
+        (its retry allowance is per question, re-asks included). Raises _GaveUp when the question cannot be answered
+        in this run."""
         while True:
-            temperature = self.config.temperature if parse_failures == 0 else self.config.retry_temperature
             try:
                 raw, tokens = await self._request(client, messages, temperature)
                 self._unreachable = False
+                return raw, tokens, failures
             except _BudgetExhausted:
                 self.stats.budget_exhausted = True
-                return Judgment(key=key, status="pending", error="request budget spent")
+                raise _GaveUp("pending", "request budget spent") from None
             except _Rejected as e:
-                return Judgment(key=key, status="error", error=str(e))
+                raise _GaveUp("error", str(e)) from None
             except _Transient as e:
-                transient_failures += 1
+                failures += 1
                 if e.reason == "connection" and self._unreachable:
-                    return Judgment(key=key, status="error", error="connection: the endpoint is unreachable")
-                if transient_failures > self.config.max_retries:
+                    raise _GaveUp("error", "connection: the endpoint is unreachable") from None
+                if failures > self.config.max_retries:
                     self._unreachable = self._unreachable or e.reason == "connection"
-                    return Judgment(key=key, status="error", error=f"gave up after {transient_failures} tries: {e}")
+                    raise _GaveUp("error", f"gave up after {failures} tries: {e}") from None
                 self.stats.retries[e.reason] += 1
-                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (transient_failures - 1))
+                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
                 delay *= 0.5 + self._rng.random()  # jitter, so that throttled requests do not return in lockstep
                 if e.retry_after is not None:
                     delay = max(delay, min(e.retry_after, self.config.backoff_max_s))
                 await asyncio.sleep(delay)
-                continue
-            if self.config.mode == "logprobs":
-                logit_a = verdict_log_odds(tokens)
-                verdict = None if logit_a is None else "A" if logit_a > 0 else "B" if logit_a < 0 else "tie"
-            else:
-                verdict = parse_verdict(raw)
-            if verdict is not None:
-                record = {"status": "ok", "verdict": verdict, "raw": raw, "parse_failures": parse_failures}
-                if logit_a is not None:
-                    record["logit_a"] = logit_a
-                break
-            parse_failures += 1
-            self.stats.parse_failures += 1
-            if parse_failures > self.config.parse_retries:
-                record = {"status": "unparseable", "verdict": None, "raw": raw, "parse_failures": parse_failures}
-                break
-        record |= {"judge_model": self.config.model, "template_sha256": self.template.sha256, "time": time.time()}
-        await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done
-        return Judgment(
-            key=key,
-            status=record["status"],
-            verdict=record["verdict"],
-            raw=raw,
-            reason=reason_of(raw),
-            logit_a=record.get("logit_a"),
-        )
 
     async def _request(
         self, client: openai.AsyncOpenAI, messages: list[dict], temperature: float
@@ -307,8 +322,9 @@ class JudgeRunner:
                 raise _Transient(f"{e.status_code}", _retry_after(e)) from e
             if e.status_code in _FATAL_STATUS:
                 raise AlignkitError(
-                    f"The judge at {self.base_url} answered HTTP {e.status_code} for model {self.config.model!r} "
-                    f"(check --judge-base-url, --judge-model and the key in ${self.config.api_key_env}): {e.message}"
+                    f"The {self.name} at {self.base_url} answered HTTP {e.status_code} for model "
+                    f"{self.config.model!r} (check {self.settings} and the key in ${self.config.api_key_env}): "
+                    f"{e.message}"
                 ) from None
             # 400/422 (e.g. a prompt longer than the judge's context) would fail identically if repeated.
             raise _Rejected(f"HTTP {e.status_code}: {e.message}") from e
@@ -327,6 +343,106 @@ class JudgeRunner:
             self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
             self.stats.completion_tokens += usage.get("completion_tokens") or 0
         return content or "", tokens
+
+
+class JudgeRunner(ChatRunner):
+    """Judges comparisons against one endpoint with bounded concurrency, a budget and a persistent cache."""
+
+    progress_label = "judge"
+
+    def __init__(self, config: JudgeConfig, template: Template, cache: JudgmentCache):
+        params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        if config.mode == "logprobs":  # text-mode keys stay as they were, so existing caches keep serving
+            params |= {"mode": "logprobs", "top_logprobs": config.top_logprobs}
+        super().__init__(config, cache, params)
+        self.template = template
+
+    def key(self, c: Comparison) -> str:
+        return cache_key(self.config.model, self.template.sha256, self._params, c.instruction, c.output_a, c.output_b)
+
+    def _cached(self, key: str, record: dict) -> Judgment:
+        return Judgment(
+            key=key,
+            status=record["status"],
+            verdict=record.get("verdict"),
+            raw=record.get("raw"),
+            reason=reason_of(record.get("raw")),
+            cached=True,
+            logit_a=record.get("logit_a"),
+        )
+
+    async def _ask(self, client: openai.AsyncOpenAI, key: str, c: Comparison) -> Judgment:
+        messages = self.template.render(c.instruction, c.output_a, c.output_b)
+        transient_failures = 0
+        parse_failures = 0
+        raw = None
+        logit_a = None
+        while True:
+            temperature = self.config.temperature if parse_failures == 0 else self.config.retry_temperature
+            try:
+                raw, tokens, transient_failures = await self._send(client, messages, temperature, transient_failures)
+            except _GaveUp as e:
+                return Judgment(key=key, status=e.status, error=e.error)
+            if self.config.mode == "logprobs":
+                logit_a = verdict_log_odds(tokens)
+                verdict = None if logit_a is None else "A" if logit_a > 0 else "B" if logit_a < 0 else "tie"
+            else:
+                verdict = parse_verdict(raw)
+            if verdict is not None:
+                record = {"status": "ok", "verdict": verdict, "raw": raw, "parse_failures": parse_failures}
+                if logit_a is not None:
+                    record["logit_a"] = logit_a
+                break
+            parse_failures += 1
+            self.stats.parse_failures += 1
+            if parse_failures > self.config.parse_retries:
+                record = {"status": "unparseable", "verdict": None, "raw": raw, "parse_failures": parse_failures}
+                break
+        record |= {"judge_model": self.config.model, "template_sha256": self.template.sha256, "time": time.time()}
+        await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done
+        return Judgment(
+            key=key,
+            status=record["status"],
+            verdict=record["verdict"],
+            raw=raw,
+            reason=reason_of(raw),
+            logit_a=record.get("logit_a"),
+        )
+
+
+@dataclass
+class Question:
+    """A question answered in free text: its cache key, its chat messages, and fields recorded beside the answer."""
+
+    key: str
+    messages: list[dict]
+    record: dict = field(default_factory=dict)
+
+
+class TextRunner(ChatRunner):
+    """Free-text answers, no verdict: each `Question`'s reply is cached as `text` under the question's key (with its
+    `record` fields), and `run` returns `Judgment`s whose `raw` is that text (status 'ok', or 'error'/'pending')."""
+
+    def __init__(self, config: JudgeConfig, cache: JudgmentCache, name: str, settings: str):
+        super().__init__(
+            config, cache, {"temperature": config.temperature, "max_tokens": config.max_tokens}, name, settings
+        )
+
+    def key(self, q: Question) -> str:
+        return q.key
+
+    def _cached(self, key: str, record: dict) -> Judgment | None:
+        text = record.get("text")
+        return Judgment(key=key, status="ok", raw=text, cached=True) if isinstance(text, str) else None
+
+    async def _ask(self, client: openai.AsyncOpenAI, key: str, q: Question) -> Judgment:
+        try:
+            raw, _, _ = await self._send(client, q.messages, self.config.temperature)
+        except _GaveUp as e:
+            return Judgment(key=key, status=e.status, error=e.error)
+        record = {**q.record, "text": raw, "time": time.time()}
+        await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done
+        return Judgment(key=key, status="ok", raw=raw)
 
 
 def _token_logprobs(logprobs: dict | None) -> list[tuple[str, dict[str, float]]]:

@@ -1,8 +1,10 @@
 """Writing the rewrite families (`*_rephrase`, `*_reformat`) with an LLM behind any OpenAI-compatible endpoint.
 
-Used only when the preference data lacks those columns. Each rewrite is generated once (temperature 0) and cached in
-a JSONL file keyed by endpoint model, kind, prompt and response, so rebuilding a probe set, or building the same one
-for a second run, costs no calls.
+Used only when the preference data lacks those columns. Each rewrite is generated once (temperature 0) through the
+judge's client (`alignkit.judge.client.TextRunner`: concurrency, retries with backoff, every request counted) and kept
+in the judge's crash-safe cache (`alignkit.judge.cache.JudgmentCache`: a torn line is skipped and redone), keyed by
+endpoint model, kind, prompt and response, so rebuilding a probe set, or building the same one for a second run,
+costs no calls.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alignkit.errors import AlignkitError
-from alignkit.jsonl import append_jsonl, location, read_jsonl_cache
 from alignkit.sequences import Prompt
+
+if TYPE_CHECKING:
+    from alignkit.judge.config import JudgeConfig
 
 DEFAULT_CACHE = Path("~/.cache/alignkit/rephrase_cache.jsonl")
 
@@ -38,36 +45,32 @@ def _prompt_text(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
+SETTINGS = "probe_rephrase_base_url, probe_rephrase_model"  # what an endpoint error tells the user to check
+
+
 class Rephraser:
-    """Rewrites answers through `client.chat.completions.create`, with an on-disk cache.
+    """Rewrites answers through the judge's client, with the judge's on-disk cache.
 
     Args:
-        client: an `openai.OpenAI` (or anything with the same `chat.completions.create`).
-        model: the model name the endpoint serves.
-        cache_path: JSONL file of earlier rewrites; created on first write.
+        judge: the endpoint and how hard to try; `from_config` builds it from a `MonitorConfig` (temperature 0).
+        cache_path: the cache file (JSONL, one line per rewrite); created on first write.
     """
 
-    def __init__(self, client, model: str, cache_path: str | Path = DEFAULT_CACHE, max_tokens: int = 256):
-        self.client = client
-        self.model = model
-        self.max_tokens = max_tokens
-        self.cache_path = Path(cache_path).expanduser()
-        self.cache: dict[str, str] = {}
-        for line, record in read_jsonl_cache(self.cache_path):  # a torn last line (a kill mid-append) is skipped
-            for field in ("key", "text"):
-                if not isinstance(record.get(field), str):
-                    raise AlignkitError(
-                        f"{location(self.cache_path, line, field)}: missing or not text; is this a rephrase cache "
-                        "(config field 'probe_rephrase_cache')?"
-                    )
-            self.cache[record["key"]] = record["text"]
-        self.calls = 0  # endpoint calls made by this instance (cache misses)
+    def __init__(self, judge: JudgeConfig, cache_path: str | Path = DEFAULT_CACHE):
+        # alignkit.judge loads the openai client (about a second): only a run that writes rewrites pays for it, and
+        # importing alignkit.monitors (hence alignkit.config) stays free of it. No cycle: judge imports no monitors.
+        from alignkit.judge.cache import JudgmentCache
+        from alignkit.judge.client import TextRunner
+
+        self.model = judge.model
+        self.cache = JudgmentCache(Path(cache_path).expanduser())
+        self.runner = TextRunner(judge, self.cache, name="rewrite endpoint", settings=SETTINGS)
 
     @classmethod
-    def from_config(cls, config, cache_dir: str | Path | None = None) -> Rephraser:
+    def from_config(cls, config, cache_dir: str | Path | None = None, max_tokens: int = 256) -> Rephraser:
         """The rephraser at `config.rephrase_endpoint` (a `MonitorConfig`'s `probe_rephrase_*` fields, validated
         there), caching in `probe_rephrase_cache`, else `<cache_dir>/rephrase_cache.jsonl`, else DEFAULT_CACHE."""
-        from openai import OpenAI  # a run without a rewrite endpoint never builds the client
+        from alignkit.judge.config import JudgeConfig  # as in __init__: the judge package loads only for rewrites
 
         endpoint = config.rephrase_endpoint
         if endpoint is None:
@@ -78,11 +81,18 @@ class Rephraser:
             cache = Path(cache_dir) / "rephrase_cache.jsonl"
         else:
             cache = DEFAULT_CACHE
-        # Unlike the judge's key (JudgeConfig.api_key), a missing variable is not an error: probe_rephrase_api_key_env
-        # defaults to OPENAI_API_KEY, and local servers (llama.cpp, vLLM) accept any key.
-        api_key = os.environ.get(endpoint.api_key_env or "") or "not-needed"
-        client = OpenAI(base_url=endpoint.base_url, api_key=api_key, max_retries=2, timeout=120)
-        return cls(client, endpoint.model, cache)
+        # Unlike the judge's key, an unset variable is not an error: probe_rephrase_api_key_env defaults to
+        # OPENAI_API_KEY, and local servers (llama.cpp, vLLM) accept any key; None sends a dummy one.
+        key_env = endpoint.api_key_env if os.environ.get(endpoint.api_key_env or "") else None
+        judge = JudgeConfig.from_endpoint(
+            replace(endpoint, api_key_env=key_env), temperature=0.0, max_tokens=max_tokens
+        )
+        return cls(judge, cache)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests this rephraser has sent (cache hits send none)."""
+        return self.runner.stats.requests
 
     def _key(self, kind: str, prompt: Prompt, response: str) -> str:
         blob = json.dumps([self.model, kind, _prompt_text(prompt), response], ensure_ascii=False)
@@ -90,26 +100,28 @@ class Rephraser:
 
     def rewrite(self, kind: str, prompt: Prompt, response: str) -> str | None:
         """The `kind` ('rephrase' or 'reformat') rewrite of `response` (an answer to `prompt`); None if empty."""
-        if kind not in INSTRUCTIONS:
-            raise ValueError(f"unknown rewrite kind {kind!r}; expected one of {sorted(INSTRUCTIONS)}")
-        key = self._key(kind, prompt, response)
-        if key in self.cache:
-            return self.cache[key] or None
-        message = f"{INSTRUCTIONS[kind]}\n\nQuestion:\n{_prompt_text(prompt)}\n\nAnswer:\n{response}"
+        return self.rewrite_all([(kind, prompt, response)])[0]
+
+    def rewrite_all(self, requests: Sequence[tuple[str, Prompt, str]]) -> list[str | None]:
+        """Rewrites of many (kind, prompt, response) at once, asked concurrently; each distinct one is asked once and
+        a cached one not at all."""
+        from alignkit.judge.client import Question  # as in __init__: the judge package loads only for rewrites
+
+        questions = []
+        for kind, prompt, response in requests:
+            if kind not in INSTRUCTIONS:
+                raise ValueError(f"unknown rewrite kind {kind!r}; expected one of {sorted(INSTRUCTIONS)}")
+            message = f"{INSTRUCTIONS[kind]}\n\nQuestion:\n{_prompt_text(prompt)}\n\nAnswer:\n{response}"
+            key = self._key(kind, prompt, response)
+            questions.append(Question(key, [{"role": "user", "content": message}], {"kind": kind}))
         try:
-            completion = self.client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "user", "content": message}],
-                temperature=0.0,
-                max_tokens=self.max_tokens,
-            )
-        except Exception as err:  # the openai client raises many types; the user needs the endpoint named
+            answers = self.runner.run(questions, progress=False)
+        finally:
+            self.cache.close()  # reopened by the next write; nothing stays open between probe sets
+        if failed := next((a for a in answers if a.status != "ok"), None):
             raise AlignkitError(
-                f"the rewrite endpoint failed for model {self.model!r} ({type(err).__name__}: {err}); check "
-                "probe_rephrase_base_url / probe_rephrase_model, or leave them unset to skip the rewrite families"
-            ) from err
-        self.calls += 1
-        text = (completion.choices[0].message.content or "").strip()
-        self.cache[key] = text
-        append_jsonl(self.cache_path, {"key": key, "kind": kind, "text": text})  # per call: progress survives a kill
-        return text or None  # an empty rewrite would be scored as the EOS alone: that probe goes without it
+                f"the rewrite endpoint failed for model {self.model!r} ({failed.error}); check {SETTINGS}, or leave "
+                "them unset to skip the rewrite families"
+            )
+        # an empty rewrite would be scored as the EOS alone: that probe goes without it
+        return [a.raw.strip() or None for a in answers]
