@@ -27,16 +27,18 @@ def test_prefixed_flags_dashes_and_the_judge_alias():
     assert judge.temperature == 0.0  # the judge's own temperature: a prefix keeps the two apart
 
 
-def test_a_section_and_its_flat_key_together_are_refused(tmp_path):
+@pytest.mark.parametrize(
+    "judge, pattern",
+    [
+        ("judge_model: x\njudge:\n  model: y\n", r"e\.yaml: 'judge: model' and 'judge_model' are the same key"),
+        ("judge: local\n", r"e\.yaml: key 'judge' is 'local'; expected a mapping"),
+        ("judge:\n  concurrency: many\n", r"e\.yaml: key 'judge_concurrency' is 'many'; expected int"),
+    ],
+)
+def test_a_bad_judge_section_names_the_file_and_key(tmp_path, judge, pattern):
     path = tmp_path / "e.yaml"
-    path.write_text("candidate: c\nbaseline: b\njudge_model: x\njudge:\n  model: y\n")
-    with pytest.raises(AlignkitError, match=r"e\.yaml: 'judge: model' and 'judge_model' are the same key"):
-        win_rate_args(["--config", str(path)])
-    path.write_text("candidate: c\nbaseline: b\njudge: local\n")
-    with pytest.raises(AlignkitError, match=r"e\.yaml: key 'judge' is 'local'; expected a mapping"):
-        win_rate_args(["--config", str(path)])
-    path.write_text("candidate: c\nbaseline: b\njudge:\n  concurrency: many\n")
-    with pytest.raises(AlignkitError, match=r"e\.yaml: key 'judge_concurrency' is 'many'; expected int"):
+    path.write_text("candidate: c\nbaseline: b\n" + judge)
+    with pytest.raises(AlignkitError, match=pattern):
         win_rate_args(["--config", str(path)])
 
 
