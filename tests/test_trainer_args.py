@@ -22,12 +22,14 @@ def _yaml(tmp_path, text: str) -> list[str]:
 def test_defaults_are_todays_settings(tmp_path):
     cfg = parse_recipe_config(["--use_cpu", "true"])
     sft, dpo = sft_config(cfg, tmp_path / "sft"), dpo_config(cfg, tmp_path / "preference", 24)
+    # Cosine for SFT; the default preference_trainer_args set DPO's rate constant (the paper's steady pushes).
+    assert (sft.lr_scheduler_type, dpo.lr_scheduler_type) == (SchedulerType.COSINE, SchedulerType.CONSTANT)
     for args in (sft, dpo):
-        assert args.lr_scheduler_type == SchedulerType.COSINE and not args.save_only_model and not args.disable_tqdm
+        assert not args.save_only_model and not args.disable_tqdm
         assert (args.bf16, args.fp16, args.use_cpu) == (False, False, True)  # never TRL's bf16 default on a CPU
         assert (args.weight_decay, args.max_grad_norm, args.report_to) == (0.0, 1.0, [])
-    assert (sft.learning_rate, sft.max_steps, sft.completion_only_loss, sft.packing) == (2e-4, 32, True, False)
-    assert (dpo.learning_rate, dpo.max_steps, dpo.beta, dpo.loss_type) == (1e-4, 24, 0.1, ["sigmoid"])
+    assert (sft.learning_rate, sft.max_steps, sft.completion_only_loss, sft.packing) == (2e-4, 24, True, False)
+    assert (dpo.learning_rate, dpo.max_steps, dpo.beta, dpo.loss_type) == (4e-4, 24, 0.1, ["sigmoid"])
     assert dpo.truncation_mode == "keep_start"
 
 
