@@ -83,7 +83,7 @@ def compare_arm(arm: str, runs: dict[tuple[int, str], Run], mechanisms: dict, le
         for family in ("rejected", "chosen")
     }
     out["off_target_fall"] = {}
-    for cp in sorted(mechanisms.get(arm, {}).keys() & mechanisms.get(base, {}).keys()):
+    for cp in sorted(mechanisms.get(arm, {}).keys() & mechanisms.get(base, {}).keys(), key=lambda c: (c == "end", c)):
         x = _subset(mechanisms[arm][cp].get("off_target_fall", {}), in_seeds)
         y = _subset(mechanisms[base][cp].get("off_target_fall", {}), in_seeds)
         diff = _split(paired_difference(x, y), at_risk, train, n_boot)

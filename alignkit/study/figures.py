@@ -190,7 +190,8 @@ def plot_act(summary: dict, path: Path) -> None:
     for a in act.values():
         names += [n for n in (a["baseline"],) if n not in names]
     names += list(act)
-    colors = {n: ARM_COLORS.get(n, plt.get_cmap("tab10")(2 + i)) for i, n in enumerate(names)}
+    extra = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])  # none of the primary arms'
+    colors = {n: ARM_COLORS.get(n) or next(extra, "tab:gray") for n in names}
     for arm, a in act.items():
         fall = a["off_target_fall"].get("end", {})
         last = max(a["accuracy"], key=lambda c: int(c.removeprefix("epoch")), default=None)
@@ -201,6 +202,7 @@ def plot_act(summary: dict, path: Path) -> None:
         right.set_title(f"Held-out verifier accuracy ({last})")
     for ax in (left, right):
         ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(-0.5, len(names) - 0.5)
         ax.grid(alpha=0.3)
     left.set_title("Off-target fall at the end of DPO (nats/token)")
     _save(fig, path, plt)
