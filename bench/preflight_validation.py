@@ -22,6 +22,8 @@ pairs every score is compared, on the same units (`one_step` in the JSON, the se
 
     python bench/preflight_validation.py --study results/squeezing_study/full
     python bench/preflight_validation.py --study results/preflight_act       # with the one-step sample
+    python bench/preflight_validation.py --study results/squeezing_study/full --onestep results/preflight_onestep \
+        --out results/preflight_onestep         # every pair of A_near and A_far (bench/preflight_onestep.py)
 """
 
 from __future__ import annotations
@@ -72,23 +74,35 @@ def units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
     return out
 
 
-def onestep_units(study: Path) -> dict[str, dict[tuple, tuple[float, float, int]]]:
+def onestep_units(study: Path, onestep: Path | None = None) -> dict[str, dict[tuple, tuple[float, float, int]]]:
     """{score: {(seed, arm, probe): (score, fall, run code)}} over the pairs with a one-step prediction, every score
-    (SCORES and ONE_STEP) on the same pairs; `arm` is the arm whose DPO started from the model they were scored on."""
+    (SCORES and ONE_STEP) on the same pairs; `arm` is the arm whose DPO started from the model they were scored on.
+
+    The predictions come from `onestep/s<seed>/<arm>.onestep.jsonl.gz` (bench/preflight_onestep.py) when given, else
+    from the study's `_act_drop` arms. The run code groups (seed, arm) for the within-run ρ.
+    """
     runs = load_runs(study)
     falls = arm_mechanisms(runs)
-    out: dict[str, dict] = {s: {} for s in (*SCORES, *ONE_STEP)}
+    sources = []  # (seed, arm whose fall it is, records file)
     for (seed, arm), run in sorted(runs.items()):
-        if (run.meta.get("act") or {}).get("action") != "drop":
-            continue  # only drop's pre-flight scored a DPO start (extend_sft scores the base model)
-        base = parse_arm(arm).baseline
-        fall = falls.get(base, {}).get("end", {}).get("off_target_fall", {})
-        for record in read_records(study / "runs" / f"s{seed}" / f"{arm}.act_preflight.jsonl.gz"):
+        if onestep is not None:
+            path = onestep / f"s{seed}" / f"{arm}.onestep.jsonl.gz"
+            if path.is_file():
+                sources.append((seed, arm, path))
+        elif (run.meta.get("act") or {}).get("action") == "drop":  # extend_sft's pre-flight scored the base model
+            sources.append(
+                (seed, parse_arm(arm).baseline, study / "runs" / f"s{seed}" / f"{arm}.act_preflight.jsonl.gz")
+            )
+    arms = sorted({arm for _, arm, _ in sources})
+    out: dict[str, dict] = {s: {} for s in (*SCORES, *ONE_STEP)}
+    for seed, arm, path in sources:
+        fall = falls.get(arm, {}).get("end", {}).get("off_target_fall", {})
+        for record in read_records(path):
             y = fall.get((seed, record["probe"]))
             if record.get("offtarget_delta") is None or y is None or not math.isfinite(y):
                 continue
             for score in out:
-                out[score][(seed, base, record["probe"])] = (float(record[score]), float(y), seed)
+                out[score][(seed, arm, record["probe"])] = (float(record[score]), float(y), arms.index(arm))
     return out
 
 
@@ -118,7 +132,7 @@ def _cell(e: dict) -> str:
     return f"{e['mean']:+.2f} [{lo}, {hi}]"
 
 
-def markdown(rows: list[dict], study: Path, sampled: list[dict] | None = None) -> str:
+def markdown(rows: list[dict], study: Path, sampled: list[dict] | None = None, source: str = "") -> str:
     lines = [
         f"Pre-flight scores vs the off-target fall on the same pair's probe ({study}; Spearman ρ, 95% bootstrap over "
         "units; within-run = each (seed, arm) ranked alone, then averaged).",
@@ -128,9 +142,8 @@ def markdown(rows: list[dict], study: Path, sampled: list[dict] | None = None) -
     if sampled:
         lines += [
             "",
-            f"On the {sampled[0]['units']} pairs with a one-step prediction (the `_act_drop` arms' pre-flight, scored "
-            "under the SFT model their baseline arm's DPO started from; the baseline's measured fall; within-run = "
-            "per seed):",
+            f"On the {sampled[0]['units']} pairs with a one-step prediction, every score on the same pairs ({source}; "
+            "scored under the SFT model the arm's DPO started from, against that arm's measured fall):",
             "",
             *_rows_table(sampled),
         ]
@@ -154,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", type=Path, default=Path("results/squeezing_study/full"))
     p.add_argument("--out", type=Path, help="folder for preflight_validation.{json,md} (default: --study)")
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--onestep", type=Path, help="bench/preflight_onestep.py's output (default: the _act_drop arms')")
     args = p.parse_args(argv)
     try:
         rows = table(args.study, args.bootstrap)
-        sampled = correlations(onestep_units(args.study), args.bootstrap)
+        sampled = correlations(onestep_units(args.study, args.onestep), args.bootstrap)
     except AlignkitError as err:
         print(f"preflight_validation: error: {err}", file=sys.stderr)
         return 2
@@ -165,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     payload = rows if not sampled else {"all_pairs": rows, "one_step": sampled}
     (out / "preflight_validation.json").write_text(json.dumps(json_safe(payload), indent=1))
-    text = markdown(rows, args.study, sampled)
+    source = f"predictions in {args.onestep}" if args.onestep else "the `_act_drop` arms' pre-flight"
+    text = markdown(rows, args.study, sampled, source)
     (out / "preflight_validation.md").write_text(text)
     print(text)
     return 0

@@ -78,3 +78,25 @@ def test_one_step_sample_of_a_drop_arm_is_compared_on_its_baselines_pairs(tmp_pa
     saved = json.loads((root / "preflight_validation.json").read_text())
     assert {r["score"] for r in saved["one_step"]} == {*validation.SCORES, *validation.ONE_STEP}
     assert "one-step prediction" in (root / "preflight_validation.md").read_text()
+
+
+def test_onestep_bench_predicts_every_pair_under_the_shared_sft_model(tiny_model_dir, tmp_path):
+    from tests.test_bench_paths import bench
+    from tests.test_squeezing_study import load_study_recipe, records, tiny_args
+
+    study_dir = tmp_path / "study"
+    load_study_recipe().main([*tiny_args(tiny_model_dir, study_dir), "--arms", "A_near", "A_far"])
+    out = tmp_path / "onestep"
+    assert bench("preflight_onestep").main(["--study", str(study_dir), "--out", str(out), "--seeds", "0"]) == 0
+    for arm in ("A_near", "A_far"):
+        predicted = records(out / "s0" / f"{arm}.onestep.jsonl.gz")
+        assert len(predicted) == 4 and all(r["offtarget_delta"] is not None for r in predicted)
+        # The same SFT model as the study's run: the pre-flight's depth equals the one the study recorded.
+        saved = {r["probe"]: r for r in records(study_dir / "runs" / "s0" / f"{arm}.preflight.jsonl.gz")}
+        for r in predicted:
+            depth_then = saved[r["probe"]]["rejected_logp_per_token"]
+            assert r["rejected_logp_per_token"] == pytest.approx(depth_then, abs=1e-5)
+    units = validation.onestep_units(study_dir, out)
+    assert len(units["offtarget_delta"]) == 8 and {k[1] for k in units["offtarget_delta"]} == {"A_near", "A_far"}
+    assert validation.main(["--study", str(study_dir), "--onestep", str(out), "--out", str(out)]) == 0
+    assert f"predictions in {out}" in (out / "preflight_validation.md").read_text()
