@@ -8,7 +8,6 @@ separately is what TRL does too, and keeps the response tokens identical whateve
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -211,13 +210,24 @@ def response_token_stats(
     # Only response positions go through the vocabulary-wide softmax: prompts and padding are most of a batch's
     # tokens, and a (tokens x vocab) float32 tensor is the memory peak of probing.
     rows = response_mask.nonzero(as_tuple=True)[0]
-    logp = torch.log_softmax(logits[:, :-1][response_mask].float(), dim=-1)
-    token_logp = logp.gather(-1, input_ids[:, 1:][response_mask].unsqueeze(-1)).squeeze(-1)
-    labels = input_ids[:, 1:][response_mask]
-    max_logp = logp.max(dim=-1).values
-    entropy = torch.special.entr(logp.exp()).sum(dim=-1)  # entr(0) = 0, where p·log p would give nan
+    scored = logits[:, :-1][response_mask].float()  # (N, vocab): one row per scored label
+    labels = input_ids[:, 1:][response_mask]  # (N,)
+    # Each full-vocabulary pass costs about as much as the rest together on a CPU, so every statistic is read off
+    # four of them (top-2, exp, sum, dot) instead of a materialized log-softmax and its copies:
+    # log π(v) = x_v − lse with lse = m + log Σ exp(x − m), m = max x; H = lse − Σ π(v) x_v = log s − Σ e·(x − m) / s
+    # with e = exp(x − m), s = Σ e (centred, so a peaked row does not subtract two large numbers).
+    top = scored.topk(2, dim=-1)  # (N, 2): the argmax, and the runner-up for y* when the label is the argmax
+    peak = top.values[:, 0]
+    # In place: `scored` is already a copy. Clamped so that a -inf logit (a banned token) adds 0·(finite) to the dot.
+    centred = scored.sub_(peak[:, None]).clamp_(min=torch.finfo(scored.dtype).min)
+    e = centred.exp()
+    total = e.sum(dim=-1)
+    log_total = total.log()  # lse − m; every log π below is (x − m) − (lse − m), as precise as a log-softmax
+    token_logp = centred.gather(-1, labels[:, None]).squeeze(-1) - log_total
+    max_logp = -log_total
+    entropy = (log_total - torch.linalg.vecdot(e, centred) / total).clamp(min=0.0)
     # y*: the most likely token other than the one in the text (the paper's squeezing moves mass onto it).
-    alt_logp = logp.scatter(-1, labels.unsqueeze(-1), -math.inf).max(dim=-1).values
+    alt_logp = torch.where(top.indices[:, 0] == labels, top.values[:, 1] - peak, 0.0) - log_total
     is_eos = labels == eos_token_id if eos_token_id is not None else torch.zeros_like(labels, dtype=torch.bool)
 
     def per_row(values: torch.Tensor) -> torch.Tensor:
