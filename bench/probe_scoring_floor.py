@@ -92,6 +92,7 @@ class ForwardCounter:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side (after one warm-up each)")
+    parser.add_argument("--batch_size", type=int, default=None, help="both sides' batch (default: probe_batch_size)")
     parser.add_argument("--with_greedy", action="store_true", help="also time the greedy decodings once, apart")
     parser.add_argument("--profile", action="store_true", help="then one run of each under torch.profiler: top ops")
     parser.add_argument("--no_lora", action="store_true", help="score the bare model instead of one with an adapter")
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     wall, cpu = time.perf_counter(), cpu_seconds()
-    cfg = recipe_config(output_dir=args.out)
+    cfg = recipe_config(output_dir=args.out, **({"probe_batch_size": args.batch_size} if args.batch_size else {}))
     threads = set_cpu_threads(cfg)
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.data, seed=cfg.run.seed)

@@ -48,7 +48,7 @@ from trl.trainer import utils as trl_utils
 from alignkit.config import RecipeConfig
 from alignkit.data import load_preference_data
 from alignkit.models import load_model, load_tokenizer
-from alignkit.stages import pairs_for_steps, run_preference_stage
+from alignkit.stages import dpo_config, pairs_for_steps, run_preference_stage
 
 VARIANTS = ("trl_same", "ours_same", "trl_defaults", "trl_fp32", "ours")
 
@@ -87,7 +87,10 @@ def variant_settings(name: str, args) -> dict:
     if name == "ours_same":
         return {"precompute_ref_log_probs": False}
     if name == "ours":
-        return {"preference_trainer_args": args.ours_trainer_args} if args.ours_trainer_args else {}
+        if not args.ours_trainer_args:
+            return {}
+        # on top of the recipe's own pass-through (default.yaml may set some)
+        return {"preference_trainer_args": recipe_config().preference.preference_trainer_args | args.ours_trainer_args}
     if name == "trl_same":
         return {"gradient_checkpointing": False, "bf16": False}
     if name == "trl_fp32":
@@ -102,23 +105,21 @@ def ours_config(name: str, steps: int, out: Path, args) -> RecipeConfig:
                          **settings)  # fmt: skip
 
 
+# What a `trl*` variant copies from the recipe's own DPOConfig: the training itself, not how it runs.
+TRAINING = ("max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps", "lr_scheduler_type", "beta",
+            "loss_type", "max_length", "seed")  # fmt: skip
+
+
 def trl_config(name: str, cfg: RecipeConfig, steps: int, out: Path, args) -> DPOConfig:
-    """A `trl*` variant's DPOConfig as a TRL user writes it: the training the recipe does (batch, rate, schedule,
-    beta, max_length), TRL's defaults for how it runs, and the variant's changes (`variant_settings`)."""
-    p, r = cfg.preference, cfg.run
+    """A `trl*` variant's DPOConfig as a TRL user writes it: the training the recipe does (`TRAINING`, read off the
+    recipe's DPOConfig), TRL's defaults for how it runs, and the variant's changes (`variant_settings`)."""
+    recipe = dpo_config(cfg, out / "stage", steps)
     return DPOConfig(
         output_dir=str(out / "stage"),
-        max_steps=steps,
-        per_device_train_batch_size=r.per_device_train_batch_size,
-        learning_rate=p.preference_learning_rate,
-        warmup_steps=r.warmup_ratio,
-        lr_scheduler_type="cosine",
-        beta=p.beta,
-        max_length=cfg.data.max_length,
         logging_steps=1000,
         report_to=[],
-        seed=r.seed,
         use_cpu=not torch.cuda.is_available(),  # without it DPOConfig refuses to build on a CPU (bf16 default)
+        **{k: getattr(recipe, k) for k in TRAINING},
         **variant_settings(name, args),
     )
 
@@ -153,7 +154,10 @@ def run_variant(name: str, steps: int, out: Path, args) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_pairs = steps * cfg.run.per_device_train_batch_size
     settings = variant_settings(name, args) | ({"compact_lm_head": True} if ours and args.ours_compact_lm_head else {})
-    return {"variant": name, "steps": steps, "settings": settings,
+    recorded = ("per_device_train_batch_size", "max_length", "lora_r", "precompute_ref_log_probs",
+                "gradient_checkpointing", "preference_trainer_args", "save_steps", "torch_dtype")  # fmt: skip
+    recipe = {k: cfg.to_dict()[k] for k in recorded} if ours else None  # the recipe's settings this run measured
+    return {"variant": name, "steps": steps, "settings": settings, "recipe": recipe,
             "threads": torch.get_num_threads(), "seconds": round(seconds, 1), "loop_seconds": round(loop, 1),
             "s_per_step": round(loop / steps, 2), "pairs_per_s": round(n_pairs / seconds, 3),
             "peak_rss_mb": round(peak_mb)}  # fmt: skip
