@@ -3,6 +3,11 @@
 Several dataclasses share one flat namespace (as in alignment-handbook), so a YAML file or a `--field value` on the
 command line can set any of them. Parsing is `alignkit.cli` (TRL's `TrlParser`: `--config file.yaml` + CLI
 overrides), which turns unknown keys and invalid values into `AlignkitError`s that name the file and the key.
+
+Why one module of ~650 lines: it is the recipe's whole namespace, six sections of fields whose help texts are the
+documentation `--help` prints (as TRL's `dpo_config.py` is for DPO), plus the checks that tie fields of different
+sections together. Splitting it by length would scatter one YAML namespace over files; the monitor's and the
+pre-flight's sections already live beside their code (`monitors/config.py`, `preflight/config.py`).
 """
 
 from __future__ import annotations
