@@ -258,3 +258,16 @@ def test_act_arm_names_parse():
     assert (drop.act, drop.baseline, drop.sft_key, drop.loss) == ("drop", "A_far_ipo", "chosen", "ipo")
     with pytest.raises(AlignkitError, match="_act_extend"):
         parse_arm("A_far_act_keep")
+
+
+def test_seed_data_draws_the_committed_runs_pairs():
+    """The study's pairs come from the whole training split, whatever the recipe's demo default (max_train_samples)
+    is: seed 0 of the full profile draws the pairs of the committed act study's A_far run."""
+    from alignkit.study.run import seed_data
+
+    study = parse_study_config(["--profile", "full"])
+    picked = {f"train/{r['id']}" for r in seed_data(study, 0)["far"]}
+    committed = {
+        r["probe"] for r in records(ROOT / "results" / "preflight_act" / "runs" / "s0" / "A_far.preflight.jsonl.gz")
+    }
+    assert picked == committed and len(picked) == study.num_train_pairs

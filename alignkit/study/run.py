@@ -93,7 +93,7 @@ def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> 
             lora_alpha=study.lora_alpha,
             lora_target_modules=list(study.lora_target_modules),
         ),
-        data=DataConfig(),
+        data=DataConfig(max_train_samples=None),  # the study hands its own pairs to the stages (seed_data)
         sft=SFTStageConfig(
             sft_mode=arm.sft_mode, sft_learning_rate=study.sft_learning_rate, sft_max_steps=study.sft_steps
         ),  # fmt: skip
@@ -145,7 +145,9 @@ def preflight_config(study: StudyConfig, arm: Arm) -> PreflightConfig:
 def seed_data(study: StudyConfig, seed: int) -> dict[str, list[dict]]:
     """The seed's training pairs with near and with far y⁻ (the same prompts and y⁺), held-out probe rows and the
     held-out prompts answered at each checkpoint (the same for every seed, so answers pair across seeds)."""
-    data = load_preference_data(DataConfig())
+    # The whole training split: the recipe's DataConfig default (max_train_samples) is its CPU demo's cut, which
+    # would change the pairs every seed draws and break the comparison with committed runs.
+    data = load_preference_data(DataConfig(max_train_samples=None))
     train = [dict(r) for r in data["train"]]
     far = far_rejected(train)  # over the whole split: each y⁻ comes from the full pool of other tasks
     picked = sorted(random.Random(seed).sample(range(len(train)), study.num_train_pairs))
