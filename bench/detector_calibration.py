@@ -75,9 +75,12 @@ def recipe_config(args, kind: str, lr: float, seed: int, run_dir: Path) -> Recip
     """The recipe's config for one run: defaults everywhere except the run's size, rate, seed and monitor."""
     return RecipeConfig(
         model=ModelConfig(),
-        data=DataConfig(),
+        data=DataConfig(max_train_samples=None),  # the calibration's runs: every pair, as when it was measured
         sft=SFTStageConfig(sft_mode="chosen", sft_learning_rate=lr, sft_max_steps=args.steps),
-        preference=PreferenceStageConfig(preference_learning_rate=lr, preference_max_steps=args.steps),
+        # {}: TRL's cosine schedule, as the committed runs trained (the recipe's default is constant since issue 17)
+        preference=PreferenceStageConfig(
+            preference_learning_rate=lr, preference_max_steps=args.steps, preference_trainer_args={}
+        ),
         monitor=MonitorConfig(
             probe_families=list(FAMILIES),
             probe_num_prompts=args.probes,
@@ -388,7 +391,7 @@ def main() -> None:
     if not args.analyze:
         torch.set_num_threads(args.threads)
         tokenizer = load_tokenizer(ModelConfig())
-        data = load_preference_data(DataConfig())
+        data = load_preference_data(DataConfig(max_train_samples=None))
         # Seeds outer: a partial bench still has every condition at its first seeds.
         for seed in args.seeds:
             for name in args.conditions:
