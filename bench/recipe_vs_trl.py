@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from _recipe import recipe_config, set_cpu_threads
+from _recipe import cpu_seconds, recipe_config, set_cpu_threads
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 from trl.trainer import utils as trl_utils
@@ -135,7 +135,7 @@ def run_variant(name: str, steps: int, out: Path, args) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model)
     data = load_preference_data(cfg.data, seed=cfg.run.seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if ours:
         loop = run_preference_stage(model, tokenizer, data["train"], cfg, out / "stage").seconds
     else:
@@ -160,7 +160,9 @@ def run_variant(name: str, steps: int, out: Path, args) -> dict:
     return {"variant": name, "steps": steps, "settings": settings, "recipe": recipe,
             "threads": torch.get_num_threads(), "seconds": round(seconds, 1), "loop_seconds": round(loop, 1),
             "s_per_step": round(loop / steps, 2), "pairs_per_s": round(n_pairs / seconds, 3),
-            "peak_rss_mb": round(peak_mb)}  # fmt: skip
+            "peak_rss_mb": round(peak_mb),
+            # cores this process kept busy: near its thread count when it ran alone, lower when it shared the CPU
+            "cpu_busy": round((cpu_seconds() - cpu) / seconds, 2)}  # fmt: skip
 
 
 def profile_variant(name: str, steps: int, out: Path, args) -> None:
