@@ -7,6 +7,10 @@ reference costs no second copy of the weights.
 
 Callbacks are handed to a stage by contract (alignkit/callbacks.py): one with `attach(trainer)` gets the trainer, and
 one that ends the stage early says why on the trainer's state; the stage knows no callback's class.
+
+Just over 400 lines because the stage engine (skip, resume, train, save, finish) and the one DPOTrainer subclass the
+preference stage trains with (taking the pre-flight's reference log-probs) are read together: the subclass's
+fallbacks are the engine's.
 """
 
 from __future__ import annotations
