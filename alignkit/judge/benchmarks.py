@@ -47,7 +47,7 @@ def run_lm_eval(
     With `output_dir`, also writes `lm_eval_results.json` and a `lm_eval_results.md` table there.
     """
     try:
-        import lm_eval
+        import lm_eval  # optional extra: a clear error below when it is missing
         from lm_eval.tasks import TaskManager
     except ModuleNotFoundError:
         raise AlignkitError(

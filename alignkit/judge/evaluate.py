@@ -28,6 +28,7 @@ from alignkit.judge.inputs import (
 from alignkit.judge.local_server import run_judge
 from alignkit.judge.metrics import combine_log_odds, combine_orders, summarize, verdict_shares
 from alignkit.judge.parse import load_template
+from alignkit.judge.report import write_report
 
 if TYPE_CHECKING:
     from alignkit.sequences import Prompt
@@ -266,7 +267,6 @@ def evaluate_win_rate(
     )
     write_jsonl_atomic(out / "judgments.jsonl", (asdict(p) for p in pairs))
     (out / "results.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
-    from alignkit.judge.report import write_report
 
     write_report(result, out, max_examples=config.max_examples)
     return result

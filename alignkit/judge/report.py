@@ -59,7 +59,7 @@ def judge_warning(result) -> str | None:
 
 
 def plot(result, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # loads slowly: only a report that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -63,7 +63,7 @@ def _sample_vllm(model, tokenizer, prompts, num_samples, max_new_tokens, tempera
     hence the modest memory share.
     """
     check_vllm()
-    from vllm import LLM, SamplingParams
+    from vllm import LLM, SamplingParams  # optional GPU dependency: imported only when this backend is chosen
 
     state = PartialState()
     texts: list[list[str]] = []

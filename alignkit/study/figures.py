@@ -37,7 +37,7 @@ def arm_order(summary: dict) -> list[str]:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # loads slowly: only drawing pays for it
 
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
