@@ -136,14 +136,17 @@ def test_sft_modes(tiny_model_dir, tmp_path, mode, rows, steps):
 
 def test_interrupted_run_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
+    # save_total_limit high: on a fast machine the 40 tiny steps take under a second, and with the default limit of 2
+    # checkpoint-8 was deleted (at step 16) before the 0.2 s poll below saw it, so the run ended unkilled.
     cmd = [sys.executable, str(RECIPE), *tiny_args(tiny_model_dir, out, preference_max_steps=40, save_steps=4,
-                                                   preference_learning_rate=1e-4, probe_every=1000)]  # fmt: skip
+                                                   save_total_limit=100, preference_learning_rate=1e-4,
+                                                   probe_every=1000)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + 300
     while not (out / "preference" / "checkpoint-8").exists():  # by then checkpoint-4 is complete
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.time() < deadline
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # mid-stage, without any chance to clean up
     proc.wait()
     assert not (out / "preference" / "stage_complete.json").exists()
