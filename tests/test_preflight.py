@@ -185,14 +185,3 @@ def test_yaml_bare_off_is_explained(tmp_path):
 def test_recipe_settings_the_preflight_cannot_honour(args, message):
     with pytest.raises(AlignkitError, match=message):
         check_preflight(parse_recipe_config(args))
-
-
-def test_the_recipe_config_imports_only_the_preflights_config():
-    # alignkit/config.py imports PreflightConfig from alignkit/preflight/config.py (issue 15's upward arrow): the
-    # package's __init__ must stay empty, or that import would load run/stages/models, which import alignkit.config.
-    code = (
-        "import sys, alignkit.config; "
-        "print(sorted(m for m in sys.modules if m.startswith(('alignkit.preflight', 'alignkit.stages'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['alignkit.preflight', 'alignkit.preflight.config']"
