@@ -18,7 +18,6 @@ and per round of arm B, the verifier's mean score of the samples and how many pr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -36,15 +35,9 @@ from alignkit.generation import generate
 from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors.scoring import squeezing_score
 from alignkit.onpolicy import verify
+from alignkit.recipe import run_recipe
 
 ROOT = Path(__file__).parents[1]
-
-
-def recipe_main():
-    spec = importlib.util.spec_from_file_location("extended_dpo", ROOT / "recipes" / "extended_dpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def flags(values: dict) -> list[str]:
@@ -127,7 +120,7 @@ def main() -> None:
         "onpolicy_max_new_tokens": a.max_new_tokens, "onpolicy_prompts_per_round": a.prompts_per_round,
         "onpolicy_reference": "fixed", "ranker": "builtin_verifier",
     }  # fmt: skip
-    main_fn = recipe_main()
+    main_fn = run_recipe
     times = {}
 
     start = time.perf_counter()

@@ -55,7 +55,7 @@ def run_recipe_in_process(argv: list[str]) -> Path:
     spec = importlib.util.spec_from_file_location("extended_dpo", RECIPE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(parse_recipe_config(argv))
+    return module.run_recipe(parse_recipe_config(argv))
 
 
 def lora_b_norm(adapter_dir: Path) -> float:
