@@ -257,14 +257,18 @@ class DataConfig:
         metadata={"help": "Local held-out file; without it a local dataset's held-out rows are split off."},
     )
     test_fraction: float = field(
-        default=0.1, metadata={"help": "Fraction held out when a local dataset has no test_file."}
+        default=0.0,
+        metadata={
+            "help": "Fraction of a local dataset held out (for held-out probes and the win rate) when it has no "
+            "test_file; 0 = none: every pair trains, and the monitor uses training-split probes only."
+        },
     )
     max_train_samples: int | None = field(
-        default=32,
+        default=None,
         metadata={
-            "help": "Use only the first N training pairs; null = all. The default 32 is the CPU demo's: 24 DPO steps "
-            "of 4 pairs go over them three times, the paper's regime of repeated pushes on the same y-, so the "
-            "default run shows DPO learning within 10 minutes. Set null (or a larger N) for real training."
+            "help": "Use only the first N training pairs; null = all. A cut is logged and reported with both "
+            "numbers. The CPU demo (recipes/configs/demo.yaml) uses 32, so its 24 DPO steps go over them three "
+            "times: the paper's regime of repeated pushes on the same y-."
         },
     )
     max_length: int = field(
@@ -278,8 +282,8 @@ class DataConfig:
     def __post_init__(self):
         _check_choice("dataset_format", self.dataset_format, ("auto", "preference", "hh", "ultrafeedback"))
         _check_positive("max_length", self.max_length)
-        if not 0 < self.test_fraction < 1:
-            raise AlignkitError(f"config field 'test_fraction' is {self.test_fraction}; it must be in (0, 1)")
+        if not 0 <= self.test_fraction < 1:
+            raise AlignkitError(f"config field 'test_fraction' is {self.test_fraction}; it must be in [0, 1)")
         if self.max_train_samples is not None:
             _check_positive("max_train_samples", self.max_train_samples)
 
@@ -295,7 +299,7 @@ class SFTStageConfig:
     )
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the SFT stage."})
     sft_num_train_epochs: float = field(default=1.0, metadata={"help": "SFT epochs (ignored when sft_max_steps > 0)."})
-    sft_max_steps: int = field(default=24, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
+    sft_max_steps: int = field(default=-1, metadata={"help": "SFT optimizer steps; -1 to train sft_num_train_epochs."})
     sft_trainer_args: dict[str, Any] | str | None = field(
         default_factory=dict,
         metadata={
@@ -332,13 +336,17 @@ class PreferenceStageConfig:
         metadata={"help": "Weight of an SFT (NLL on y+) term added to the preference loss; 0 turns it off."},
     )
     preference_learning_rate: float = field(
-        default=4e-4, metadata={"help": "Peak learning rate of the preference stage."}
+        default=5e-6,
+        metadata={
+            "help": "Peak learning rate of the preference stage. The default suits LoRA DPO (alignment-handbook); "
+            "full fine-tuning wants ~5e-7 to 1e-6; the CPU demo uses 4e-4 to learn within 24 steps."
+        },
     )
     preference_num_train_epochs: float = field(
         default=1.0, metadata={"help": "Preference epochs (ignored when preference_max_steps > 0)."}
     )
     preference_max_steps: int = field(
-        default=24, metadata={"help": "Preference optimizer steps; -1 to train preference_num_train_epochs."}
+        default=-1, metadata={"help": "Preference optimizer steps; -1 to train preference_num_train_epochs."}
     )
     precompute_ref_log_probs: bool = field(
         default=True,
@@ -434,12 +442,13 @@ class PreferenceStageConfig:
         metadata={"help": "ranker=judge: NAME of the environment variable holding the API key (None: no key)."},
     )
     preference_trainer_args: dict[str, Any] | str | None = field(
-        default_factory=lambda: {"lr_scheduler_type": "constant"},
+        default_factory=dict,
         metadata={
             "help": "More trl.DPOConfig options for the preference stage (every on-policy round): a mapping in YAML, "
             "JSON on the command line, e.g. {lr_scheduler_type: constant_with_warmup, weight_decay: 0.01, "
-            "max_grad_norm: 0.5, optim: adafactor, report_to: [wandb]}. The default sets a constant learning rate "
-            "(the paper's steady pushes); {} gives a cosine schedule and TRL's defaults; report_to here overrides the "
+            "max_grad_norm: 0.5, optim: adafactor, report_to: [wandb]}. The default {} gives a cosine schedule and "
+            "TRL's defaults (the CPU demo sets a constant rate: the paper's steady pushes); report_to here overrides "
+            "the "
             "run's report_to for this stage. Unknown options, and "
             "options alignkit sets from its own fields (learning rate, steps, batch size, precision, loss, beta, "
             "...), are errors."
@@ -532,9 +541,9 @@ class RunConfig:
     )
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of each stage's steps spent warming up."})
     logging_steps: int = field(
-        default=4, metadata={"help": "Log training metrics every N steps (4: the default stages' last step is logged)"}
+        default=10, metadata={"help": "Log training metrics every N steps (the CPU demo logs every 4: its last step)"}
     )
-    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (what a rerun resumes from)."})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps (what a rerun resumes from)."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep at most N checkpoints per stage."})
     report_to: list[str] = field(
         default_factory=lambda: ["none"], metadata={"help": "Trainer loggers: 'tensorboard', 'wandb', ... or 'none'."}

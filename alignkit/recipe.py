@@ -47,11 +47,11 @@ def run_recipe(cfg: RecipeConfig) -> Path:
 
     # --- setup
     tokenizer = load_tokenizer(cfg.model)
-    data = load_preference_data(cfg.data, seed=cfg.run.seed)
     batch = cfg.run.per_device_train_batch_size * cfg.run.gradient_accumulation_steps * state.num_processes
     notes = [f"effective batch {batch} = {cfg.run.per_device_train_batch_size} per device x "
              f"{cfg.run.gradient_accumulation_steps} accumulation x {state.num_processes} process(es)"]  # fmt: skip
     logger.warning(notes[0])
+    data = load_preference_data(cfg.data, seed=cfg.run.seed, notes=notes)  # a cut of the data goes into the report
     if cfg.evaluation.eval_win_rate:  # a judge that cannot work fails now, in seconds, not after training
         check_judge(cfg, list(data["test"]) if "test" in data else [])
     if truncated := check_lengths(data["train"], tokenizer, cfg.data.max_length, cfg.data.dataset_name):

@@ -1,7 +1,8 @@
 """The recipe's own argument path, for benchmarks that train.
 
-A bench builds a `RecipeConfig` here, at the recipe's defaults with the fields it varies set by name (the flat names of
-recipes/configs/default.yaml and of the recipe's command line), and hands it to `alignkit.stages.run_sft_stage` /
+A bench builds a `RecipeConfig` here, at the CPU demo's settings (recipes/configs/demo.yaml, the settings the
+benches' committed figures were measured with) with the fields it varies set by name (the flat names of the YAML files
+and of the recipe's command line), and hands it to `alignkit.stages.run_sft_stage` /
 `run_preference_stage`, which build TRL's configs with `sft_config` / `dpo_config`. So a bench trains exactly what
 `recipes/extended_dpo.py` trains with the same fields: LoRA, schedule, lengths, and float32 on a CPU (TRL's own
 default is bf16 autocast even there, which an earlier hand-built bench config inherited).
@@ -12,17 +13,22 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import torch
+import yaml
 
 from alignkit.config import CONFIG_CLASSES, RecipeConfig, config_keys
 
+DEMO_YAML = Path(__file__).parents[1] / "recipes" / "configs" / "demo.yaml"
+
 
 def recipe_config(**overrides) -> RecipeConfig:
-    """The recipe's config at its defaults, with `overrides` (flat field names, e.g. `preference_max_steps=12`)."""
+    """The CPU demo's config (demo.yaml), with `overrides` (flat field names, e.g. `preference_max_steps=12`)."""
     if unknown := sorted(overrides.keys() - config_keys()):
         raise ValueError(f"not fields of the recipe's config: {unknown}")
-    parts = [cls(**{f.name: overrides[f.name] for f in fields(cls) if f.name in overrides}) for cls in CONFIG_CLASSES]
+    values = {**yaml.safe_load(DEMO_YAML.read_text()), **overrides}
+    parts = [cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values}) for cls in CONFIG_CLASSES]
     return RecipeConfig(*parts)
 
 

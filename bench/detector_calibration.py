@@ -77,7 +77,7 @@ def recipe_config(args, kind: str, lr: float, seed: int, run_dir: Path) -> Recip
         model=ModelConfig(),
         data=DataConfig(max_train_samples=None),  # the calibration's runs: every pair, as when it was measured
         sft=SFTStageConfig(sft_mode="chosen", sft_learning_rate=lr, sft_max_steps=args.steps),
-        # {}: TRL's cosine schedule, as the committed runs trained (the recipe's default is constant since issue 17)
+        # {}: a cosine schedule, as the committed runs trained
         preference=PreferenceStageConfig(
             preference_learning_rate=lr, preference_max_steps=args.steps, preference_trainer_args={}
         ),

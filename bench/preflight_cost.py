@@ -1,6 +1,6 @@
 """Pre-flight time on the default data vs the preference stage's time (issue 18; target: pre-flight ≤ 10%).
 
-Everything goes through the recipe's own code path: a `RecipeConfig` parsed from recipes/configs/default.yaml, the
+Everything goes through the recipe's own code path: a `RecipeConfig` parsed from recipes/configs/demo.yaml, the
 recipe's pre-flight steps (`alignkit.preflight.recipe`: `after_sft`, `preference_pairs`) and
 `alignkit.stages.run_preference_stage` with the settings the recipe gives it. The squeezing monitor is off, so the
 stage is timed without its probe evaluations: the share is an upper bound of the pre-flight's share in a default run
@@ -60,7 +60,7 @@ def build_seconds(cfg, tokenizer, pairs, folder: Path) -> float:
 def measure(argv: list[str]) -> dict:
     out = Path(tempfile.mkdtemp(prefix="preflight_cost_"))
     cfg = parse_recipe_config(
-        ["--config", str(ROOT / "recipes" / "configs" / "default.yaml"), "--output_dir", str(out),
+        ["--config", str(ROOT / "recipes" / "configs" / "demo.yaml"), "--output_dir", str(out),
          "--probe_enabled", "false", "--save_steps", "1000", "--sft_mode", "none", "--preflight", "report", *argv]
     )  # fmt: skip
     preflight.check_preflight(cfg)
@@ -88,7 +88,7 @@ def measure(argv: list[str]) -> dict:
     m, p = cfg.model, cfg.preference
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": "recipes/configs/default.yaml",
+        "config": "recipes/configs/demo.yaml",
         "overrides": ["--probe_enabled false", "--save_steps 1000", "--sft_mode none", "--preflight report", *argv],
         "settings": {
             "model": m.model_name_or_path, "use_lora": m.use_lora, "lora_r": m.lora_r,

@@ -16,6 +16,7 @@ from alignkit.models import resolve_dtype
 from alignkit.stages import dpo_config, sft_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+DEMO_YAML = BENCH.parent / "recipes" / "configs" / "demo.yaml"
 
 
 def bench(name: str):
@@ -31,8 +32,8 @@ def cpu_only(monkeypatch):
 
 
 def changed_fields(cfg) -> set[str]:
-    """The fields where `cfg` differs from the recipe's defaults as its command line parses them."""
-    default = parse_recipe_config([]).to_dict()
+    """The fields where `cfg` differs from the CPU demo's config (recipes/configs/demo.yaml, as parsed)."""
+    default = parse_recipe_config(["--config", str(DEMO_YAML)]).to_dict()
     return {k for k, v in cfg.to_dict().items() if default[k] != v}
 
 

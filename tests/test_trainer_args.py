@@ -4,6 +4,7 @@ trainer's config; unknown options and options alignkit sets from its own fields 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from transformers.trainer_utils import SchedulerType
@@ -12,6 +13,8 @@ from alignkit.config import parse_recipe_config
 from alignkit.errors import AlignkitError
 from alignkit.stages import dpo_config, sft_config
 
+CONFIGS = Path(__file__).parents[1] / "recipes" / "configs"
+
 
 def _yaml(tmp_path, text: str) -> list[str]:
     path = tmp_path / "run.yaml"
@@ -19,18 +22,34 @@ def _yaml(tmp_path, text: str) -> list[str]:
     return ["--config", str(path), "--use_cpu", "true"]
 
 
-def test_defaults_are_todays_settings(tmp_path):
+def test_defaults_are_a_real_runs_settings(tmp_path):
     cfg = parse_recipe_config(["--use_cpu", "true"])
-    sft, dpo = sft_config(cfg, tmp_path / "sft"), dpo_config(cfg, tmp_path / "preference", 24)
-    # Cosine for SFT; the default preference_trainer_args set DPO's rate constant (the paper's steady pushes).
-    assert (sft.lr_scheduler_type, dpo.lr_scheduler_type) == (SchedulerType.COSINE, SchedulerType.CONSTANT)
+    sft, dpo = sft_config(cfg, tmp_path / "sft"), dpo_config(cfg, tmp_path / "preference", -1)
+    # A user's run: every pair, one epoch per stage, cosine schedules, the alignment-handbook's LoRA rates.
+    assert cfg.data.max_train_samples is None and cfg.data.test_fraction == 0.0
+    assert (sft.lr_scheduler_type, dpo.lr_scheduler_type) == (SchedulerType.COSINE, SchedulerType.COSINE)
     for args in (sft, dpo):
         assert not args.save_only_model and not args.disable_tqdm
         assert (args.bf16, args.fp16, args.use_cpu) == (False, False, True)  # never TRL's bf16 default on a CPU
         assert (args.weight_decay, args.max_grad_norm, args.report_to) == (0.0, 1.0, [])
-    assert (sft.learning_rate, sft.max_steps, sft.completion_only_loss, sft.packing) == (2e-4, 24, True, False)
-    assert (dpo.learning_rate, dpo.max_steps, dpo.beta, dpo.loss_type) == (4e-4, 24, 0.1, ["sigmoid"])
+    assert (sft.learning_rate, sft.max_steps, sft.num_train_epochs) == (2e-4, -1, 1.0)
+    assert (sft.completion_only_loss, sft.packing) == (True, False)
+    assert (dpo.learning_rate, dpo.max_steps, dpo.beta, dpo.loss_type) == (5e-6, -1, 0.1, ["sigmoid"])
     assert dpo.truncation_mode == "keep_start"
+
+
+def test_demo_differs_from_the_defaults_only_in_data_cut_lengths_and_rate(tmp_path):
+    demo = parse_recipe_config(["--config", str(CONFIGS / "demo.yaml"), "--use_cpu", "true"])
+    default = parse_recipe_config(["--use_cpu", "true"]).to_dict()
+    changed = {k: v for k, v in demo.to_dict().items() if default[k] != v}
+    assert changed == {
+        "max_train_samples": 32, "sft_max_steps": 24, "preference_max_steps": 24, "preference_learning_rate": 4e-4,
+        "preference_trainer_args": {"lr_scheduler_type": "constant"}, "logging_steps": 4, "save_steps": 20,
+        "output_dir": "outputs/demo",
+    }  # fmt: skip
+    sft, dpo = sft_config(demo, tmp_path / "sft"), dpo_config(demo, tmp_path / "preference", 24)
+    assert (sft.max_steps, dpo.max_steps, dpo.learning_rate) == (24, 24, 4e-4)
+    assert dpo.lr_scheduler_type == SchedulerType.CONSTANT  # the paper's steady pushes within 24 steps
 
 
 def test_yaml_pass_through_reaches_the_trainer_args(tmp_path):

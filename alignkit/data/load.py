@@ -83,21 +83,28 @@ def _hub_split(cfg: DataConfig, split: str) -> tuple[list[tuple[int, dict]], str
     return list(enumerate(rows, start=1)), source
 
 
-def load_preference_data(cfg: DataConfig, seed: int = 42) -> DatasetDict:
-    """`train` and `test` splits of normalised preference pairs (see `formats`)."""
+def load_preference_data(cfg: DataConfig, seed: int = 42, notes: list[str] | None = None) -> DatasetDict:
+    """`train` and (when there is one) `test` splits of normalised preference pairs (see `formats`).
+
+    Whenever training uses fewer pairs than the source has (rows held out, `max_train_samples`), a sentence with both
+    numbers is logged and appended to `notes` (the recipe's report shows them): a cut is never silent."""
+    cut: list[str] = []
     if cfg.dataset_name == "builtin":
         data = load_builtin()
     elif Path(cfg.dataset_name).suffix in LOCAL_SUFFIXES or Path(cfg.dataset_name).exists():
         path = Path(cfg.dataset_name)
         train = normalize_rows(read_rows(path), cfg.dataset_format, str(path))
+        splits = {"train": train}
         if cfg.test_file:
-            test = normalize_rows(read_rows(Path(cfg.test_file)), cfg.dataset_format, cfg.test_file)
-        else:
+            splits["test"] = normalize_rows(read_rows(Path(cfg.test_file)), cfg.dataset_format, cfg.test_file)
+        elif cfg.test_fraction > 0:
             if len(train) < 2:
                 raise AlignkitError(f"{path}: need at least 2 rows to hold some out (or give test_file)")
             split = train.train_test_split(test_size=cfg.test_fraction, seed=seed)
-            train, test = split["train"], split["test"]
-        data = DatasetDict({"train": train, "test": test})
+            splits = {"train": split["train"], "test": split["test"]}
+            cut.append(f"{len(split['test'])} of the {len(train)} pairs in {path} are held out for probes and "
+                       f"evaluation (test_fraction={cfg.test_fraction}), {len(split['train'])} train")  # fmt: skip
+        data = DatasetDict(splits)
     else:
         rows, source = _hub_split(cfg, cfg.train_split)
         splits = {"train": normalize_rows(rows, cfg.dataset_format, source)}
@@ -106,7 +113,13 @@ def load_preference_data(cfg: DataConfig, seed: int = 42) -> DatasetDict:
             splits["test"] = normalize_rows(rows, cfg.dataset_format, source)
         data = DatasetDict(splits)
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(data["train"]):
+        cut.append(f"training uses the first {cfg.max_train_samples} of {len(data['train'])} training pairs "
+                   f"(max_train_samples={cfg.max_train_samples}; null trains on all)")  # fmt: skip
         data["train"] = data["train"].select(range(cfg.max_train_samples))
+    for sentence in cut:
+        logger.warning("data: %s", sentence)
+    if notes is not None:
+        notes.extend(f"Data: {sentence}." for sentence in cut)
     return data
 
 
