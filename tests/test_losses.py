@@ -53,7 +53,7 @@ def test_dpop_penalty_inactive_equals_dpo():
     loss_p, dc_p, dr_p, terms = run("dpop", [A], beta=0.1, dpop_lambda=50.0)
     loss_d, dc_d, dr_d, _ = run("dpo", [A], beta=0.1)
     assert terms["loss/dpop_penalty"] == [0.0]
-    assert (loss_p, dc_p, dr_p) == pytest.approx((loss_d, dc_d, dr_d), abs=TOL)
+    assert [loss_p, *dc_p, *dr_p] == pytest.approx([loss_d, *dc_d, *dr_d], abs=TOL)
 
 
 def test_dpop_value_and_gradient_with_penalty():
