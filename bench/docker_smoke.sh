@@ -44,7 +44,7 @@ if [ -z "${ENGINE:-}" ]; then
 fi
 ENGINE_OPTS=()
 if [ "$ENGINE" = podman ]; then
-  # What issue 19 found on the project's machines: vfs copies every layer and fills the disk, crun refuses the
+  # What was found on the project's machines: vfs copies every layer and fills the disk, crun refuses the
   # machine's cgroup layout, and the default ulimits cannot be set. A store of its own keeps the runs reproducible from
   # a clean state (`umount /var/tmp/podman-store/overlay; rm -rf /var/tmp/podman-store`) and away from the repository.
   if [ -n "${PODMAN_OPTS:-}" ]; then
@@ -118,7 +118,7 @@ for base in "${BASES[@]}"; do
 done
 if [ "$ENGINE" = podman ]; then
   # The base is local now, so nothing is pulled. --network host: the build's pip reaches PyPI exactly as the host
-  # does (the setup issue 19 found working; the default build network was not tried).
+  # does (the setup found working; the default build network was not tried).
   BUILD_FLAGS=(--pull=never --network host)
 fi
 

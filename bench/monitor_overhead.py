@@ -37,7 +37,7 @@ from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.monitors.scoring import auto_probe_due
 from alignkit.stages import run_preference_stage
 
-TARGET = 0.05  # the largest probe share of a stage's wall time that issue 3 / issue 17 accept
+TARGET = 0.05  # the largest probe share of a stage's wall time that the monitor's cost target accepts
 
 
 def run_once(cfg: RecipeConfig, data, probes, tokenizer, monitored: bool, run_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Pre-flight time on the default data vs the preference stage's time (issue 18; target: pre-flight ≤ 10%).
+"""Pre-flight time on the default data vs the preference stage's time (target: pre-flight ≤ 10%).
 
 Everything goes through the recipe's own code path: a `RecipeConfig` parsed from recipes/configs/demo.yaml, the
 recipe's pre-flight steps (`alignkit.preflight.recipe`: `after_sft`, `preference_pairs`) and

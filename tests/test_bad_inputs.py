@@ -1,4 +1,4 @@
-"""Issue 16: every bad input is refused through the recipe's one path: exit 2 and one `error:` line naming the file
+"""Every bad input is refused through the recipe's one path: exit 2 and one `error:` line naming the file
 (and, where a row is at fault, the file's own line and the field); saved state files (probe set) too. The rephrase
 cache is tested with its client in test_rephrase.py.
 """

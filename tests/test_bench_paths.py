@@ -1,6 +1,6 @@
 """The benchmarks that train build their trainers through the recipe's own argument path (bench/_recipe.py): the
 recipe's config at its defaults, turned into TRL's configs by `alignkit.stages`. So they train as the recipe does,
-float32 on a CPU, and never under TRL's own bf16 default, which hand-built bench configs once inherited (issue 17)."""
+float32 on a CPU, and never under TRL's own bf16 default, which hand-built bench configs once inherited."""
 
 from __future__ import annotations
 

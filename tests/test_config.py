@@ -241,7 +241,7 @@ def test_evaluation_ranker_and_rephraser_are_built_from_their_sections_endpoint(
 
 def test_the_recipe_config_imports_no_higher_layer():
     # The config is imported by every entry point: it must not load the on-policy stage or the judge's HTTP client.
-    # It imports PreflightConfig from alignkit/preflight/config.py (issue 15's upward arrow): the package's __init__
+    # It imports PreflightConfig from alignkit/preflight/config.py (the one upward arrow): the package's __init__
     # must stay empty, or that import would load run/stages/models, which import alignkit.config.
     code = (
         "import sys, alignkit.config; "

@@ -1,4 +1,4 @@
-"""Which HTTP statuses from a judge endpoint are retried (issue 16: 408 and 409 mean "try again")."""
+"""Which HTTP statuses from a judge endpoint are retried (408 and 409 mean "try again")."""
 
 from __future__ import annotations
 

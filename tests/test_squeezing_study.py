@@ -165,7 +165,7 @@ def test_profiles_parse_and_quick_is_the_full_studys_first_seed():
     assert differ == {"seeds", "study_dir"}
 
 
-# --- pre-flight act arms (issue 18): the recipe's own act paths inside the study
+# --- pre-flight act arms: the recipe's own act paths inside the study
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Does the pre-flight's `act` help? Each `_act_` arm against its baseline, the same arm without `_act_` (issue 18).
+"""Does the pre-flight's `act` help? Each `_act_` arm against its baseline, the same arm without `_act_`.
 
 The baseline (e.g. A_far) is what `preflight: report` gives: the pairs are scored and nothing changes. The act arm
 (A_far_act_extend, A_far_act_drop) ran the recipe's own `act` path (alignkit/study/run.py). Read in the study's

@@ -131,7 +131,7 @@ def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> 
 
 def preflight_config(study: StudyConfig, arm: Arm) -> PreflightConfig:
     """Off, or for an `_act_` arm the recipe's `act` with the arm's action over all of its pairs. Only drop scores
-    under the model DPO starts from, so only drop gets the one-step predictions (issue 18's validation data)."""
+    under the model DPO starts from, so only drop gets the one-step predictions (the pre-flight validation's data)."""
     if arm.act is None:
         return PreflightConfig()
     dynamics = study.preflight_dynamics_pairs if arm.act == "drop" else 0
@@ -258,7 +258,7 @@ def act_summary(cfg, checked: PreflightResult, pairs: list[dict], trained: int, 
 
 def preflight_records(policy, tokenizer, pairs: list[dict]) -> list[dict]:
     """Each training pair's pre-flight scores (alignkit.preflight) under the model DPO starts from, keyed by its
-    probe id: what issue 18's validation correlates with the off-target fall measured on the same pair's probe."""
+    probe id: what the pre-flight validation correlates with the off-target fall measured on the same pair's probe."""
     passes = score_pairs(policy, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
                          [p["rejected"] for p in pairs])  # fmt: skip
     return [{"probe": f"train/{p['id']}", "id": p["id"], "task": p["task"],

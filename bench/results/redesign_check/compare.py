@@ -1,4 +1,4 @@
-"""Compare two runs of the default recipe table by table (issue 15's before/after check).
+"""Compare two runs of the default recipe table by table (the stage-engine redesign's before/after check).
 
     python bench/results/redesign_check/compare.py RUN_BEFORE RUN_AFTER > bench/results/redesign_check/comparison.md
 
