@@ -1,6 +1,6 @@
 """The paper's claims tested here: a factorial study of y⁻ (near | far) × SFT (chosen-only | extended), over seeds.
 
-    python recipes/squeezing_study.py --profile quick     # one seed, ~20 min on a 2-core CPU
+    python recipes/squeezing_study.py --profile quick     # one seed, ~15 min on a 2-core CPU
     python recipes/squeezing_study.py --profile full      # three seeds, <= 100 min
     python recipes/squeezing_study.py --profile full --analyze   # rewrite the report from the raw files alone
 
