@@ -347,7 +347,8 @@ class PreferenceStageConfig:
         default=0.0,
         metadata={
             "help": "Weight of an SFT (NLL on y+, per token) term added to the preference loss; 0 turns it off. The "
-            "RPO remedy (Pang et al. 2024) against a falling y+: 0.2 is a good start (docs/remedies.md)."
+            "RPO remedy (Pang et al. 2024) against a falling y+: the paper's 1.0 is the recommended weight "
+            "(docs/remedies.md)."
         },
     )
     dpop_lambda: float = field(

@@ -18,6 +18,30 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def remedy_line(cfg: RecipeConfig, stages: list[StageResult]) -> str | None:
+    """The squeezing remedies the run used (docs/remedies.md), with their last logged `loss/*` terms; None if none."""
+    p, fraction = cfg.preference, cfg.preflight.preflight_filter_fraction
+    parts = []
+    if p.loss == "dpop":
+        parts.append(f"DPOP (dpop_lambda {p.dpop_lambda:g})")
+    if p.loss == "cal_dpo":
+        parts.append(f"Cal-DPO (calibration targets +-{1 / (2 * p.beta):g})")
+    if p.negative_floor is not None:
+        parts.append(f"negative-gradient floor {p.negative_floor:g} nats/token")
+    if p.sft_weight > 0:
+        parts.append(f"SFT mix (sft_weight {p.sft_weight:g})")
+    if fraction > 0:
+        parts.append(f"pre-flight filtering (preflight_filter_fraction {fraction:g}; the Pre-flight section lists "
+                     "the dropped pairs)")  # fmt: skip
+    if not parts:
+        return None
+    preference = next((s for s in stages if s.name == "preference"), None)
+    terms = {k: v for k, v in (preference.metrics if preference else {}).items() if k.startswith("loss/")}
+    shown = ", ".join(f"`{k}` {_fmt(v)}" for k, v in sorted(terms.items()))
+    logged = f"; last logged: {shown}" if shown else ""
+    return f"- squeezing remedies (docs/remedies.md): {'; '.join(parts)}{logged}"
+
+
 def write_metrics(out: Path, stages: list[StageResult]) -> Path:
     path = out / "metrics.json"
     summary = {
@@ -45,6 +69,7 @@ def write_report(
         f"- data: `{cfg.data.dataset_name}`, max_length {cfg.data.max_length}",
         f"- SFT mode: `{cfg.sft.sft_mode}`; preference loss: `{cfg.preference.loss}` (beta {cfg.preference.beta}, "
         f"SFT mix-in weight {cfg.preference.sft_weight})",
+        *filter(None, [remedy_line(cfg, stages)]),
         "",
         "## Stages",
         "",

@@ -50,6 +50,15 @@ class PreflightConfig:
             "uses fewer than all); 'all': every training pair."
         },
     )
+    preflight_filter_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Pre-flight filtering (Razin et al., ICLR 2025): drop this fraction of the scored pairs, the "
+            "riskiest by the pre-flight's ranking (deepest y- under the preference stage's starting model), from the "
+            "preference stage; 0 = off. It scores after SFT even with preflight 'off', and the report lists every "
+            "dropped pair. Not with preflight 'act' (which drops or extends by preflight_threshold instead)."
+        },
+    )
     preflight_batch_size: int = field(
         default=16,
         metadata={"help": "Pairs per scoring batch (each pair: its prompt once, then y+ and y- against it)."},
@@ -78,6 +87,15 @@ class PreflightConfig:
                 f"config field 'preflight_threshold' is {self.preflight_threshold}; it is a log-prob per token "
                 "(nats), so it must be < 0"
             )
+        if not 0 <= self.preflight_filter_fraction < 1:
+            raise AlignkitError(
+                f"config field 'preflight_filter_fraction' is {self.preflight_filter_fraction}; it must be in [0, 1)"
+            )
+        if self.preflight_filter_fraction > 0 and self.preflight == "act":
+            raise AlignkitError(
+                "config fields 'preflight_filter_fraction' and preflight 'act' both choose pairs to act on; use one "
+                "(preflight_filter_fraction drops a share by rank, act applies preflight_action below the threshold)"
+            )
         if self.preflight_batch_size < 1:
             raise AlignkitError(f"config field 'preflight_batch_size' is {self.preflight_batch_size}; it must be >= 1")
         if self.preflight_dynamics_pairs < 0:
@@ -88,3 +106,8 @@ class PreflightConfig:
     @property
     def mode(self) -> str:
         return self.preflight
+
+    @property
+    def runs(self) -> bool:
+        """Whether the recipe scores the pairs at all: a mode other than 'off', or pre-flight filtering."""
+        return self.preflight != "off" or self.preflight_filter_fraction > 0

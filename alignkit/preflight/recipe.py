@@ -24,12 +24,13 @@ logger = logging.getLogger(__name__)
 def check_preflight(cfg: RecipeConfig) -> None:
     """Settings the pre-flight cannot honour, as one-line errors before anything runs."""
     p = cfg.preflight
-    if p.mode == "off":
+    if not p.runs:
         return
     if cfg.preference.sampling != "off_policy":
+        field = "preflight_filter_fraction" if p.mode == "off" else "preflight"
         raise AlignkitError(
-            f"config field 'preflight' is '{p.mode}' with sampling '{cfg.preference.sampling}': the pre-flight "
-            'scores the dataset\'s pairs, which on-policy rounds do not train on; set preflight: "off" or '
+            f"config field '{field}' is {getattr(p, field)!r} with sampling '{cfg.preference.sampling}': the "
+            "pre-flight scores the dataset's pairs, which on-policy rounds do not train on; turn it off or use "
             "sampling: off_policy"
         )
     if p.mode == "act" and p.preflight_action == "extend_sft" and cfg.sft.sft_mode == "none":
@@ -56,7 +57,7 @@ def before_sft(cfg: RecipeConfig, tokenizer, data, out: Path) -> PreflightResult
 
 def after_sft(cfg: RecipeConfig, tokenizer, data, out: Path, sft: StageResult, earlier: PreflightResult | None):
     """report / drop: score under the SFT model (the preference stage's start). Returns `earlier` when set."""
-    if cfg.preflight.mode == "off" or earlier is not None:
+    if not cfg.preflight.runs or earlier is not None:
         return earlier
     return _run(cfg, tokenizer, data, out, sft.weights)
 
@@ -75,7 +76,9 @@ def preference_pairs(cfg: RecipeConfig, train: Dataset, result: PreflightResult 
     if result is None:
         return train
     pairs = result.pairs
-    if cfg.preflight.mode == "act" and cfg.preflight.preflight_action == "drop":
+    if cfg.preflight.preflight_filter_fraction > 0:  # pre-flight filtering: the riskiest share, by rank
+        pairs = result.kept_pairs(keep_row=True, dropped=[r["row"] for r in filtered(cfg, result)])
+    elif cfg.preflight.mode == "act" and cfg.preflight.preflight_action == "drop":
         pairs = result.kept_pairs(keep_row=True)
         if len(pairs) == 0:
             raise AlignkitError(
@@ -91,9 +94,24 @@ def preference_pairs(cfg: RecipeConfig, train: Dataset, result: PreflightResult 
     return pairs
 
 
+def filtered(cfg: RecipeConfig, result: PreflightResult) -> list[dict]:
+    """The records of the pairs pre-flight filtering drops (preflight_filter_fraction; none when it is 0)."""
+    return result.riskiest(cfg.preflight.preflight_filter_fraction)
+
+
 def actions(cfg: RecipeConfig, result: PreflightResult) -> list[str]:
     """What the pre-flight changed, with counts, for the report."""
     risky, n = len(result.risky_rows), len(result.records)
+    if (fraction := cfg.preflight.preflight_filter_fraction) > 0:
+        dropped = filtered(cfg, result)
+        listed = "; ".join(
+            f"row {r['row']}" + (f" `{r['id']}`" if r.get("id") is not None else "")
+            + (f" ({r['task']})" if r.get("task") else "") + f" y- {r['rejected_logp_per_token']:.2f}/token"
+            for r in dropped
+        )  # fmt: skip
+        return [f"preflight_filter_fraction {fraction:g}: the {len(dropped)} riskiest of the {n} scored pairs "
+                f"dropped from the preference stage, which trained on the other {n - len(dropped)}"
+                + (f". Dropped: {listed}" if dropped else " (fewer than one pair: none dropped)")]  # fmt: skip
     if cfg.preflight.mode == "report":
         return [f"preflight: report: nothing changed ({risky} of {n} pairs at risk); preflight: act applies "
                 "preflight_action"]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,16 @@ class PreflightResult:
     def risky_rows(self) -> list[int]:
         return sorted(r["row"] for r in self.records if r["at_risk"])
 
-    def kept_pairs(self, keep_row: bool = False) -> Dataset:
-        """The scored pairs without the ones at risk (what preflight_action=drop trains on); `keep_row`: with the ROW
-        column, for `with_reference`."""
-        risky = set(self.risky_rows)
-        kept = self.pairs.filter(lambda row: row[ROW] not in risky)
+    def kept_pairs(self, keep_row: bool = False, dropped: list[int] | None = None) -> Dataset:
+        """The scored pairs without the ones at risk (what preflight_action=drop trains on), or without the rows
+        `dropped`; `keep_row`: with the ROW column, for `with_reference`."""
+        drop = set(self.risky_rows if dropped is None else dropped)
+        kept = self.pairs.filter(lambda row: row[ROW] not in drop)
         return kept if keep_row else kept.remove_columns(ROW)
+
+    def riskiest(self, fraction: float) -> list[dict]:
+        """The records of the riskiest `fraction` of the scored pairs (floor(fraction * n) of them), riskiest first."""
+        return self.records[: math.floor(fraction * len(self.records) + 1e-9)]
 
     def with_reference(self, pairs: Dataset) -> tuple[Dataset, str]:
         """`pairs` (scored pairs, with the ROW column, which is removed) with each one's reference log-probs as
