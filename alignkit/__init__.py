@@ -1,3 +1,33 @@
-"""alignkit: squeezing-aware preference training (extended SFT -> DPO/IPO) with probes of the learning dynamics."""
+"""alignkit: squeezing-aware preference training (extended SFT -> DPO/IPO) with probes of the learning dynamics.
+
+What a user imports (docs/api.md has one example of each):
+
+    from alignkit import SqueezingCallback          # the squeezing monitor in any TRL script: callbacks=[...]
+
+Each name is imported on first use, so `import alignkit` (and every module of it, which imports this package first)
+loads no torch, transformers or TRL, and no layer above the one a module is in.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it (imported on first access: PEP 562)
+EXPORTS = {
+    "SqueezingCallback": "alignkit.monitors.callback",
+}
+__all__ = sorted(EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'alignkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(EXPORTS[name]), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *EXPORTS])

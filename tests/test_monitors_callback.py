@@ -155,7 +155,7 @@ def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenize
     losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
     # The NLL of y+ under a random 400-token model is ~6 nats/token; DPO's loss starts at log 2.
     assert losses[1] < 1.0 and losses[2] < 1.0 and min(losses[s] for s in (3, 4, 5, 6)) > 3.0
-    logged = [h["step"] for h in trainer.state.log_history if "probe/train/chosen/logp" in h]
+    logged = [h["step"] for h in trainer.state.log_history if "squeeze/probe/train/chosen/logp" in h]
     assert logged == [0, 2, 4, 6]  # through the trainer's log, at the step they were measured
 
     # One per-probe record per probe x family x evaluation; every stored family, argmax, greedy_start, and at the end
@@ -216,8 +216,9 @@ def test_stop_guard_ends_the_stage_early_with_a_checkpoint(data, tiny_tokenizer,
 def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
-    config = MonitorConfig(
-        probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate", probe_min_evaluations=2
+    config = MonitorConfig(  # a time budget near 0: the automatic schedule probes only the first and last step
+        probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate", probe_min_evaluations=2,
+        probe_time_budget=1e-9,
     )
     probes = build_probe_set(data["train"], data["test"], config, seed=0)
     monitor = SqueezingMonitor(probes, config, None, tmp_path)  # tokenizer from the trainer's processing_class
@@ -241,8 +242,8 @@ def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer,
         processing_class=tiny_tokenizer,
         callbacks=[monitor.callback("sft", tmp_path / "sft")],
     )
-    sft.train()  # automatic schedule: only the first and last step fit a 5% budget in 3 tiny steps
-    sft_logged = [h for h in sft.state.log_history if "probe/test/chosen/logp" in h]
+    sft.train()
+    sft_logged = [h for h in sft.state.log_history if "squeeze/probe/test/chosen/logp" in h]
     assert [h["step"] for h in sft_logged] == [1, 3]  # step 0's probes ride along with the first log entry
 
     with pytest.raises(AlignkitError, match="needs an SFT term"):  # mitigate, but DPO without an 'sft' loss term
@@ -281,9 +282,9 @@ def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer,
 
 
 def test_automatic_schedule_spaces_the_minimum_evaluations(data, tiny_tokenizer, tmp_path):
-    # probe_every=0 with the default probe_min_evaluations=4: a 6-step stage is probed at 0, 2, 4 and 6, although the
-    # time budget alone would afford only the two ends (probing a tiny model costs more than its training steps).
-    config = MonitorConfig(probe_num_prompts=2, probe_families=FAST_FAMILIES)
+    # probe_every=0 with the default probe_min_evaluations=4: a 6-step stage is probed at 0, 2, 4 and 6, whatever the
+    # time budget affords (a budget near 0 affords nothing more, on a busy machine or an idle one: no timing enters).
+    config = MonitorConfig(probe_num_prompts=2, probe_families=FAST_FAMILIES, probe_time_budget=1e-9)
     monitor = SqueezingMonitor(build_probe_set(data["train"], data["test"], config, seed=0), config, tiny_tokenizer,
                                tmp_path)  # fmt: skip
     callback = monitor.callback("preference", tmp_path / "preference")

@@ -72,7 +72,10 @@ def test_missing_columns_and_missing_heldout_are_noted(data):
     assert "no held-out split" in notes
     assert all(f"`{f}` left out" in notes for f in REWRITE_FAMILIES)
     with pytest.raises(AlignkitError, match="no column"):
-        build_probe_set(train.remove_columns(["rejected"]), None, MonitorConfig(), seed=0)
+        build_probe_set(train.remove_columns(["chosen"]), None, MonitorConfig(), seed=0)
+    sft = build_probe_set(train.remove_columns(["rejected"]), None, MonitorConfig(probe_num_prompts=4), seed=0)
+    assert "rejected" not in sft.families and "chosen" in sft.families  # SFT data: y+ only, said in a note
+    assert any("no rejected responses" in n for n in sft.notes)
 
 
 class _FakeChat(BaseHTTPRequestHandler):

@@ -1,24 +1,32 @@
-"""One stage's probes, as a TrainerCallback: when to evaluate, the alert and the guard, the stage's files, resume.
+"""`SqueezingCallback`: the squeezing monitor as one TrainerCallback, for any TRL script or one stage of the recipe.
 
-A `SqueezingMonitor` (`alignkit.monitors.monitor`) hands out one `SqueezingCallback` per stage and keeps what they
-record for the whole run; the callback works with any transformers/TRL trainer (the model comes from the callback
-arguments). What one evaluation measures is `measure`'s job; what the alert says and how the guard acts, `guard`'s;
-the files written and read back on resume, `stage_files`'.
+In a script of your own, one line (it builds its probes from the trainer's data and writes its report at the end):
+
+    trainer = DPOTrainer(..., callbacks=[SqueezingCallback()])          # or SFTTrainer, GRPOTrainer
+    trainer.add_callback(SqueezingCallback(trainer))                    # the same, as TRL's own callbacks are added
+
+In the recipe, a `SqueezingMonitor` (`alignkit.monitors.monitor`) spanning the run hands out one per stage
+(`monitor.callback(stage, stage_dir)`) and keeps what they record. Either way this class does the work: when to
+evaluate, the alert and the guard, the stage's files, resume. What one evaluation measures is `measure`'s job; what
+the alert says and how the guard acts, `guard`'s; the files written and read back on resume, `stage_files`'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProcessorMixin, Trainer, TrainerCallback
 
 from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
-from alignkit.monitors.guard import alert_message, check_mitigation, raise_sft_weight, sft_weight_slot
+from alignkit.monitors.config import MonitorConfig
+from alignkit.monitors.guard import alert_message, check_mitigation, mitigate, sft_weight_slot, switch_on_floor
 from alignkit.monitors.measure import (
     Handover,
     change_metrics,
@@ -28,6 +36,8 @@ from alignkit.monitors.measure import (
     measure,
     taken_over,
 )
+from alignkit.monitors.monitor import SqueezingMonitor
+from alignkit.monitors.probes import build_probe_set
 from alignkit.monitors.scoring import auto_probe_due, spaced_probe_due
 from alignkit.monitors.stage_files import (
     GUARD_STATE,
@@ -38,39 +48,76 @@ from alignkit.monitors.stage_files import (
     records_up_to,
     save_guard_state,
 )
+from alignkit.monitors.trainer_data import probe_rows
 
 logger = logging.getLogger("alignkit.monitors")
 
 GUARD_NAME = "the squeezing guard"  # a stage's status then reads "stopped early by the squeezing guard"
+REPORT_NAME = "squeezing_report.md"  # what a callback used alone writes into the trainer's output_dir
+# Stage names of a callback used alone, by trainer class (its own or a base class's); other trainers: "train".
+TRAINER_STAGES = {"DPOTrainer": "dpo", "SFTTrainer": "sft", "GRPOTrainer": "grpo"}
 
 
 class SqueezingCallback(TrainerCallback):
-    """Probes the model at the stage's first step, on the schedule, and at its last step; alerts and guards.
+    """The squeezing monitor as a TrainerCallback: probes the model at the stage's first step, on the schedule, and
+    at its last step; alerts and guards; logs `squeeze/*` through the trainer (TensorBoard, W&B: `report_to`).
 
-    Use `attach(trainer)` so that the metrics reach the trainer's loggers (TensorBoard, W&B) at the step they were
-    measured, and so that `mitigate` can reach the trainer's loss weights whatever the config. Unattached, metrics are
-    merged into the trainer's next log entry (its log history, and callbacks registered after this one).
+    Alone, in any TRL script (DPO, SFT, GRPO: docs/api.md):
+
+        from alignkit import SqueezingCallback
+
+        trainer = DPOTrainer(model=model, args=training_args, train_dataset=dataset["train"],
+                             eval_dataset=dataset["test"], processing_class=tokenizer,
+                             callbacks=[SqueezingCallback()])
+        trainer.train()  # then output_dir has squeezing_report.md, squeezing.png, probes.jsonl, probe_set.jsonl
+
+    At the start of training it takes the model, the tokenizer, the training and held-out data and `output_dir`
+    from the trainer, builds the probe set from that data (any TRL format: `alignkit.monitors.trainer_data`), and
+    at the end writes the report and the figure into `output_dir`. Options are the recipe's monitor fields
+    (`MonitorConfig`), e.g. `SqueezingCallback(probe_families=[...], squeeze_threshold=0.1, guard_action="stop")`;
+    `max_overhead` is `probe_max_overhead`.
+
+    In the recipe (one per stage, from a `SqueezingMonitor` spanning the run): `monitor.callback(stage, stage_dir)`.
+
+    The trainer is needed to log through `Trainer.log` at the step measured and for `mitigate`: given as `trainer`,
+    by `attach(trainer)`, or else found at the start of training as the `Trainer` whose `train()` runs the event
+    (HF passes callbacks no trainer). Without one, metrics ride along with the trainer's next log entry.
 
     The guard's state (stage-start baseline, alert history, a weight raised by `mitigate`, "stopped early") is saved
     in every checkpoint (`GUARD_STATE`) and restored when the stage resumes from it.
 
     Args:
-        monitor: the `SqueezingMonitor` handing this callback out (`SqueezingMonitor.callback`): its probe set,
-            config and tokenizer are read here, and the stage's records and guard events go into it. Not annotated:
-            naming its class here would make the two modules import each other.
-        stage: the stage's name in records, logs and the report.
-        stage_dir: where the stage's files go (`stage_files`); None writes none.
+        trainer: the trainer this callback is added to (optional; see above).
+        monitor: the recipe's `SqueezingMonitor` handing this callback out: its probe set, config and tokenizer are
+            read here, and the stage's records and guard events go into it. None: the callback builds its own at the
+            start of training, from `options` and the trainer's data.
+        stage: the stage's name in records, logs and the report (alone: from the trainer, e.g. "dpo").
+        stage_dir: where the stage's files go (`stage_files`); None writes none (alone: the trainer's output_dir).
+        seed: seeds the choice of probes when the callback builds them (alone; default: the trainer's `args.seed`).
+        **options: `MonitorConfig` fields (alone only; with `monitor`, its config rules).
     """
 
-    def __init__(self, monitor, stage: str, stage_dir: str | Path | None = None):
+    def __init__(
+        self,
+        trainer=None,
+        *,
+        monitor: SqueezingMonitor | None = None,
+        stage: str | None = None,
+        stage_dir: str | Path | None = None,
+        seed: int | None = None,
+        **options,
+    ):
+        if monitor is not None and options:
+            raise AlignkitError(f"SqueezingCallback: options {sorted(options)} are the monitor's config's to set")
         self.monitor = monitor
-        self.config = monitor.config
+        self.config = monitor.config if monitor is not None else monitor_config(options)
+        self.alone = monitor is None  # builds its own probes and monitor, and writes the report at the end
         self.stage = stage
+        self.seed = seed
         self.stage_dir = Path(stage_dir) if stage_dir is not None else None
-        self.jsonl_path = self.stage_dir / "probes.jsonl" if self.stage_dir is not None else None
-        self.records_path = self.stage_dir / PROBE_RECORDS if self.stage_dir is not None else None
-        self.trainer = None
-        self.tokenizer = monitor.tokenizer
+        self.trainer = trainer
+        self.tokenizer = monitor.tokenizer if monitor is not None else None
+        self.report_path: Path | None = None  # alone: the report written at the end of training
         self.stopped_early = False
         self.resumed_guard_state = False  # True when a resume restored the guard state from a checkpoint
         self._pending: dict[str, float] = {}
@@ -86,21 +133,63 @@ class SqueezingCallback(TrainerCallback):
         self.probe_seconds = 0.0
         self._last_probe_seconds = 0.0
 
+    @property
+    def jsonl_path(self) -> Path | None:
+        return self.stage_dir / "probes.jsonl" if self.stage_dir is not None else None
+
+    @property
+    def records_path(self) -> Path | None:
+        return self.stage_dir / PROBE_RECORDS if self.stage_dir is not None else None
+
     def attach(self, trainer) -> SqueezingCallback:
         """Give the callback its trainer: for logging through `Trainer.log` and for `mitigate`."""
         self.trainer = trainer
         return self
+
+    def _join(self, args, model, processing_class, train_dataloader=None, eval_dataloader=None) -> None:
+        """Alone: find the trainer, tokenizer, data and output_dir, build the probe set and the monitor."""
+        if self.trainer is None:
+            self.trainer = calling_trainer()
+        trainer = self.trainer
+        tokenizer = processing_class if processing_class is not None else getattr(trainer, "processing_class", None)
+        if isinstance(tokenizer, ProcessorMixin):
+            tokenizer = tokenizer.tokenizer
+        if tokenizer is None:
+            raise AlignkitError("SqueezingCallback has no tokenizer: use a trainer with a processing_class")
+        train = getattr(trainer, "train_dataset", None)
+        if train is None and train_dataloader is not None:
+            train = train_dataloader.dataset
+        heldout = getattr(trainer, "eval_dataset", None)
+        if heldout is None and eval_dataloader is not None:
+            heldout = eval_dataloader.dataset
+        if isinstance(heldout, dict):  # several eval sets: the first one
+            heldout = next(iter(heldout.values()), None)
+        out = Path(args.output_dir)
+        eos = tokenizer.eos_token
+        probe_set = build_probe_set(
+            probe_rows(train, eos, "training"),
+            probe_rows(heldout, eos, "evaluation") or None,
+            self.config,
+            seed=args.seed if self.seed is None else self.seed,
+            cache_dir=out,
+        )
+        self.monitor = SqueezingMonitor(probe_set, self.config, tokenizer, out)
+        self.tokenizer = tokenizer
+        self.stage = self.stage or trainer_stage(trainer)
+        self.stage_dir = self.stage_dir or out
 
     # --- trainer events
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not self.config.probe_enabled:
             return control
+        if self.alone:
+            self._join(args, model, processing_class, kwargs.get("train_dataloader"), kwargs.get("eval_dataloader"))
         self.tokenizer = self.monitor.tokenizer or processing_class
         if self.tokenizer is None:
             raise AlignkitError("SqueezingMonitor has no tokenizer: pass one, or use a trainer with processing_class")
         if self.config.guard_action == "mitigate":
-            self._mitigation_note = check_mitigation(self.trainer, args, self.stage)
+            self._mitigation_note = check_mitigation(self.trainer, args, self.stage, self.config.guard_mitigation)
         self.monitor.is_main_process = state.is_world_process_zero
         self.monitor.save_probe_set()
         self._offset = self.monitor.next_offset
@@ -157,7 +246,17 @@ class SqueezingCallback(TrainerCallback):
         if self._last_eval_step != state.global_step:  # the loop ended some other way than at max_steps
             self._evaluate("end", args, state, control, model)
         self.monitor.next_offset = self._offset + state.global_step
+        if self.alone:
+            self._write_report()
         return control
+
+    def _write_report(self) -> None:
+        """Alone: the figure and `REPORT_NAME` in the stage's folder (the trainer's output_dir), main process."""
+        markdown = self.monitor.finish()
+        if self.monitor.on_main_process() and self.stage_dir is not None:
+            self.report_path = self.stage_dir / REPORT_NAME
+            self.report_path.write_text(markdown + "\n")
+            logger.info("[%s] squeezing report: %s", self.stage, self.report_path)
 
     # --- state across a resume
 
@@ -174,6 +273,7 @@ class SqueezingCallback(TrainerCallback):
             "guard_acted": self._guard_acted,
             "stopped_early": self.stopped_early,
             "sft_weight": slot[0][slot[1]] if slot is not None else None,
+            "negative_floor": getattr(getattr(self.trainer, "objective", None), "negative_floor", None),
             "events": [e for e in self.monitor.events if e["stage"] == self.stage],
             "probe_seconds": self.probe_seconds,
             "last_probe_seconds": self._last_probe_seconds,
@@ -202,6 +302,8 @@ class SqueezingCallback(TrainerCallback):
         self.monitor.events += [e for e in saved["events"] if (e["stage"], e["step"]) not in known]
         if saved["sft_weight"] is not None and (slot := sft_weight_slot(self.trainer, args)) is not None:
             slot[0][slot[1]] = saved["sft_weight"]  # in place: the list the trainer reads at every step
+        if saved.get("negative_floor") is not None:  # a floor the guard turned on (alignkit/monitors/guard.py)
+            switch_on_floor(self.trainer, saved["negative_floor"])
         self._reload_records(state.global_step)
         self.resumed_guard_state = True
         logger.warning(
@@ -330,13 +432,7 @@ class SqueezingCallback(TrainerCallback):
                 action = f"stopped the stage at step {state.global_step} of {state.max_steps} and saved a checkpoint"
             self._guard_acted = True
         elif not self._guard_acted and self.config.guard_action == "mitigate":
-            changed = raise_sft_weight(self.trainer, args, self.config.guard_sft_weight)
-            if changed is not None:
-                action = (
-                    f"raised the SFT-on-y+ loss weight from {changed[0]:g} to {changed[1]:g} for the rest of the stage"
-                )
-            else:
-                action = f"warn ({self._mitigation_note})"
+            action = mitigate(self.trainer, args, self.config) or f"warn ({self._mitigation_note})"
             self._guard_acted = True
         if self.monitor.on_main_process():
             logger.warning("%s Guard: %s", message, action)
@@ -347,6 +443,7 @@ class SqueezingCallback(TrainerCallback):
         return message
 
     def _log(self, metrics: dict[str, float], control) -> None:
+        metrics = {k if k.startswith("squeeze/") else f"squeeze/{k}": v for k, v in metrics.items()}
         if self.trainer is None:
             self._pending.update(metrics)
             return
@@ -360,3 +457,40 @@ class SqueezingCallback(TrainerCallback):
         else:
             self.trainer.log(dict(metrics))
         control.should_log = should_log
+
+
+def monitor_config(options: dict) -> MonitorConfig:
+    """`MonitorConfig(**options)`, with `max_overhead` for `probe_max_overhead`; an unknown option is an error."""
+    options = dict(options)
+    if "max_overhead" in options:
+        options["probe_max_overhead"] = options.pop("max_overhead")
+    known = {f.name for f in dataclasses.fields(MonitorConfig)}
+    if unknown := sorted(options.keys() - known):
+        raise AlignkitError(
+            f"SqueezingCallback: unknown option(s) {unknown}; the options are the recipe's monitor fields: "
+            f"{', '.join(sorted(known))}"
+        )
+    return MonitorConfig(**options)
+
+
+def trainer_stage(trainer) -> str:
+    """The stage name of a callback used alone: dpo, sft or grpo by the trainer's class (or a base's), else train."""
+    for cls in type(trainer).__mro__:
+        if cls.__name__ in TRAINER_STAGES:
+            return TRAINER_STAGES[cls.__name__]
+    return "train"
+
+
+def calling_trainer() -> Trainer | None:
+    """The `transformers.Trainer` whose method is running this event, or None.
+
+    HF hands callbacks the model, tokenizer, optimizer and dataloaders but not the trainer; a callback given in
+    `callbacks=[...]` finds it here, once, as the `self` of the nearest calling frame that is a Trainer.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back
+    return None

@@ -10,23 +10,27 @@
 
 One `SqueezingMonitor` spans the run: it owns the probe set, the global step axis across stages (each stage's steps
 continue where the previous stage ended), every evaluation record and the alert/guard log. Each stage gets its own
-`SqueezingCallback` (`alignkit.monitors.callback`), which works with any transformers/TRL trainer.
+`SqueezingCallback` (`alignkit.monitors.callback`), which works with any transformers/TRL trainer; the same class,
+used alone (`callbacks=[SqueezingCallback()]`), builds a monitor of its own for one trainer.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from accelerate import PartialState
 
 from alignkit.errors import AlignkitError
-from alignkit.monitors.callback import SqueezingCallback
 from alignkit.monitors.config import MonitorConfig, alert_unavailable
 from alignkit.monitors.measure import Handover
 from alignkit.monitors.plot import plot_probes
 from alignkit.monitors.probes import ProbeSet
 from alignkit.monitors.summary import summary_markdown
+
+if TYPE_CHECKING:
+    from alignkit.monitors.callback import SqueezingCallback
 
 logger = logging.getLogger("alignkit.monitors")
 
@@ -87,10 +91,12 @@ class SqueezingMonitor:
 
     def callback(self, stage: str, stage_dir: str | Path | None = None, trainer=None) -> SqueezingCallback:
         """A TrainerCallback probing the stage named `stage`; its JSONL goes to `<stage_dir>/probes.jsonl`."""
+        # Imported here: the callback module imports this one (a callback used alone builds its own monitor).
+        from alignkit.monitors.callback import SqueezingCallback
+
         if stage_dir is None and self.run_dir is not None:
             stage_dir = self.run_dir / stage
-        callback = SqueezingCallback(self, stage, stage_dir)
-        return callback.attach(trainer) if trainer is not None else callback
+        return SqueezingCallback(trainer, monitor=self, stage=stage, stage_dir=stage_dir)
 
     def finish(self, figure_name: str = "squeezing.png") -> str:
         """Write the figure (main process, when there is a run_dir) and return the report's markdown section."""

@@ -153,7 +153,8 @@ def build_probe_set(
     """Draw `config.probe_num_prompts` prompts from `train` and as many from `heldout` and build their families.
 
     Args:
-        train: the training split (a `datasets.Dataset` or a list of dicts) with `prompt`, `chosen`, `rejected`, and
+        train: the training split (a `datasets.Dataset` or a list of dicts) with `prompt`, `chosen`, `rejected` (may
+            be missing, e.g. SFT data: then the rejected families are left out, with a note), and
             optionally `chosen_rephrase`, `rejected_rephrase`, `chosen_reformat`, `rejected_reformat`.
         heldout: the held-out split with the same columns, or None (then the `test` probes and `irrelevant_test`
             are left out, with a note, and `non_human` uses random words of the data).
@@ -192,10 +193,11 @@ def build_probe_set(
     rewrite_source: dict[str, str] = {}
     probes: list[Probe] = []
     for split, index, row in picked:
-        chosen, rejected = response_text(row["chosen"]), response_text(row["rejected"])
-        responses = {"chosen": chosen, "rejected": rejected}
+        chosen = response_text(row["chosen"])
+        rejected = response_text(row["rejected"]) if row.get("rejected") is not None else None
+        responses = {"chosen": chosen} | ({"rejected": rejected} if rejected is not None else {})
         for family in REWRITE_FAMILIES:
-            if family not in wanted:
+            if family not in wanted or (rejected is None and family.startswith("rejected")):
                 continue
             if row.get(family):
                 responses[family] = response_text(row[family])
@@ -224,7 +226,12 @@ def build_probe_set(
             Probe(f"{split}/{row_id}", split, row["prompt"], {f: responses[f] for f in responses if f in wanted})
         )
 
+    has_rejected = any(row.get("rejected") is not None for row in all_rows)
+    if "rejected" in wanted and not has_rejected:
+        notes.append("`rejected` and its rewrites left out: the data has no rejected responses (e.g. SFT data)")
     for family in REWRITE_FAMILIES:
+        if family.startswith("rejected") and not has_rejected:
+            continue
         if family in wanted and family not in rewrite_source:
             notes.append(
                 f"`{family}` left out: the data has no such column and no rewrite endpoint is configured "
@@ -245,7 +252,9 @@ def build_probe_set(
 def _rows(data, name: str) -> list[dict]:
     rows = [dict(r) for r in data] if data is not None else []
     if rows:
-        missing = [c for c in ("prompt", "chosen", "rejected") if c not in rows[0]]
+        missing = [c for c in ("prompt", "chosen") if c not in rows[0]]
         if missing:
-            raise AlignkitError(f"the {name} split has no column(s) {missing}: probes need prompt, chosen, rejected")
+            raise AlignkitError(
+                f"the {name} split has no column(s) {missing}: probes need prompt, chosen and (optionally) rejected"
+            )
     return rows
