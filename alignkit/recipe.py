@@ -22,11 +22,12 @@ from alignkit.config import RecipeConfig, parse_recipe_config
 from alignkit.data import check_lengths, load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.evaluation import check_judge, final_win_rate
-from alignkit.models import load_model, load_tokenizer
+from alignkit.models import load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
 from alignkit.preflight import recipe as preflight
 from alignkit.report import write_metrics, write_report
+from alignkit.rerun import check_run_folder, record_config
 from alignkit.stages import load_stage_model, run_preference_stage, run_sft_stage
 
 logger = logging.getLogger("alignkit")
@@ -41,9 +42,10 @@ def run_recipe(cfg: RecipeConfig) -> Path:
         torch.set_num_threads(cfg.run.cpu_threads or max(1, cores // per_node))
     preflight.check_preflight(cfg)
     out = Path(cfg.run.output_dir)
+    check_run_folder(cfg, out)  # work made with other settings stops the run here, before anything is loaded
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save_yaml(out / "config.yaml")
+        record_config(cfg, out)  # config.yaml, and this run's line in config_history.jsonl
 
     # --- setup
     tokenizer = load_tokenizer(cfg.model)
@@ -69,7 +71,7 @@ def run_recipe(cfg: RecipeConfig) -> Path:
 
     # --- stage 1: SFT (extended: y+ and y-)
     extra = checked.risky_rows if checked else ()
-    sft = run_sft_stage(load_model(cfg.model), tokenizer, data["train"], cfg, out / "sft", callbacks_for, extra)
+    sft = run_sft_stage(None, tokenizer, data["train"], cfg, out / "sft", callbacks_for, extra)  # loads the model
 
     # --- pre-flight (report, drop): scores under the SFT model, where the preference stage starts (docs/preflight.md)
     checked = preflight.after_sft(cfg, tokenizer, data, out, sft, checked)
@@ -78,7 +80,7 @@ def run_recipe(cfg: RecipeConfig) -> Path:
     if cfg.preference.sampling == "off_policy":  # the dataset's pairs
         policy = load_stage_model(cfg, [sft])
         pairs = preflight.preference_pairs(cfg, data["train"], checked)  # drop: without the pairs at risk
-        preference = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference", callbacks_for)
+        preference = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference", callbacks_for, [sft])
         del policy
     else:  # on_policy / mixed: rounds of sample from the policy -> rank -> train (docs/onpolicy.md)
         preference = run_onpolicy_preference_stage(

@@ -1,9 +1,11 @@
 """The recipe's two training stages, on TRL's trainers: extended (or chosen-only) SFT, then DPO/IPO.
 
 Each stage works in its own folder and is restartable: a finished stage leaves `stage_complete.json` and is skipped by
-a rerun; an interrupted one resumes from its newest `checkpoint-*`. With LoRA, a stage trains a fresh adapter on top of
-the previous stage's merged weights, so in the preference stage "adapter disabled" is exactly the SFT model: the
-reference costs no second copy of the weights.
+a rerun; an interrupted one resumes from its newest `checkpoint-*`. Both only when the folder's fingerprint (the
+settings it was made with, alignkit/fingerprint.py) equals the rerun's: otherwise the rerun stops before any work, or
+with `overwrite` deletes the folder and trains the stage again (`claim_folder`). With LoRA, a stage trains a fresh
+adapter on top of the previous stage's merged weights, so in the preference stage "adapter disabled" is exactly the
+SFT model: the reference costs no second copy of the weights.
 
 Callbacks are handed to a stage by contract (alignkit/callbacks.py): one with `attach(trainer)` gets the trainer, and
 one that ends the stage early says why on the trainer's state; the stage knows no callback's class.
@@ -19,6 +21,7 @@ import gc
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Collection
@@ -34,6 +37,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from alignkit.callbacks import attach_callbacks, callbacks_for_stage, early_stop_reason
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
+from alignkit.fingerprint import FINGERPRINT, check_reuse, read_json, rows_digest, stage_fingerprint
 from alignkit.models import load_model, resolve_dtype
 from alignkit.objectives import Objective, ObjectiveDPOTrainer, objective_for
 
@@ -50,6 +54,8 @@ class StageResult:
     steps: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     log_history: list[dict] = field(default_factory=list)
+    stopped_by: str | None = None  # who ended the stage before its last step (alignkit/callbacks.py), else None
+    fingerprint: dict = field(default_factory=dict)  # the settings it was trained with (alignkit/fingerprint.py)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -176,6 +182,7 @@ class TrainOutcome:
     seconds: float
     steps: int
     log_history: list[dict]
+    stopped_by: str | None = None  # <who>, when a callback ended the stage early
 
 
 def weights_dir(folder: Path, use_lora: bool) -> Path:
@@ -183,22 +190,51 @@ def weights_dir(folder: Path, use_lora: bool) -> Path:
     return folder / ("adapter" if use_lora else "model")
 
 
-def skipped_stage(name: str, stage_dir: Path, use_lora: bool) -> StageResult | None:
-    """The record of a stage that a previous run finished (its `STAGE_DONE` marker), or None."""
-    marker = stage_dir / STAGE_DONE
-    if not marker.exists():
+def claim_folder(what: str, folder: Path, fingerprint: dict, overwrite: bool, marker: str = STAGE_DONE) -> dict | None:
+    """Check the work in `folder` against `fingerprint` before doing any: its done-marker (a finished stage or round
+    made with the same settings, to skip), or None to work in the folder (resuming what it holds, which was made with
+    the same settings, or from nothing). Work made with other settings stops the run with an error naming each changed
+    field, or with `overwrite` is deleted. The folder's `FINGERPRINT` is written before any work goes into it."""
+    done = read_json(folder / marker)
+    holds_work = folder.is_dir() and any(p.name != FINGERPRINT for p in folder.iterdir())
+    reuse = True  # an empty folder, or none
+    if done is not None:
+        reuse = check_reuse(what, folder, done.get("fingerprint"), fingerprint, overwrite)
+    elif holds_work:
+        checkpoint = last_complete_checkpoint(folder)
+        what += f" (interrupted{', at ' + Path(checkpoint).name if checkpoint else ''})"
+        reuse = check_reuse(what, folder, read_json(folder / FINGERPRINT), fingerprint, overwrite)
+    state = PartialState()
+    state.wait_for_everyone()  # every process has read the folder before the main one changes it
+    if state.is_main_process:
+        if not reuse:
+            shutil.rmtree(folder)
+        if done is None or not reuse:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1, default=str))
+    state.wait_for_everyone()
+    return done if reuse else None
+
+
+def skipped_stage(
+    name: str, stage_dir: Path, use_lora: bool, fingerprint: dict, overwrite: bool
+) -> StageResult | None:
+    """The record of a stage that a previous run finished with the same settings (its `STAGE_DONE` marker), or None
+    when it is to be trained (or resumed): `claim_folder` has checked the folder, and deleted it under `overwrite`."""
+    done = claim_folder(f"stage '{name}'", stage_dir, fingerprint, overwrite)
+    if done is None:
         return None
-    logger.warning("[%s] already complete in %s: skipping", name, stage_dir)
-    done = json.loads(marker.read_text())
+    logger.warning("[%s] already complete in %s with the same settings: skipping", name, stage_dir)
     history = json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").exists() else []
     if "weights" in done:  # the folder the stage recorded (None: it trained nothing, e.g. no round had pairs)
         weights = stage_dir / done["weights"] if done["weights"] else None
     else:  # a marker written before stages recorded it
         weights = weights_dir(stage_dir, use_lora)
     status = "skipped (already complete)"
-    if done.get("status", "").startswith("stopped early"):  # the guard's verdict outlives the run that reached it
+    if done.get("stopped_by"):  # the guard's verdict outlives the run that reached it
         status = f"{done['status']}; {status}"
-    return StageResult(name, status, weights, done["seconds"], done["steps"], done["rows"], history)
+    return StageResult(name, status, weights, done["seconds"], done["steps"], done["rows"], history,
+                       done.get("stopped_by"), done["fingerprint"])  # fmt: skip
 
 
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
@@ -226,7 +262,7 @@ def train_stage(trainer, stage_dir: Path, name: str) -> TrainOutcome:
     if reason := early_stop_reason(trainer.state):
         status = f"stopped early by {reason}"
     seconds = time.perf_counter() - start
-    return TrainOutcome(status, seconds, trainer.state.global_step, trainer.state.log_history)
+    return TrainOutcome(status, seconds, trainer.state.global_step, trainer.state.log_history, reason)
 
 
 def save_and_release(trainer, folder: Path, use_lora: bool) -> Path:
@@ -257,17 +293,20 @@ def finish_stage(stage_dir: Path, result: StageResult, **extra) -> StageResult:
         "seconds": round(result.seconds, 1),
         "rows": result.rows,
         "weights": str(result.weights.relative_to(stage_dir)) if result.weights is not None else None,
+        "stopped_by": result.stopped_by,
+        "fingerprint": result.fingerprint,
         **extra,
     }
     write_marker(stage_dir / STAGE_DONE, done)
     return result
 
 
-def _trained_stage(trainer, name: str, stage_dir: Path, rows: dict, use_lora: bool) -> StageResult:
+def _trained_stage(trainer, name: str, stage_dir: Path, rows: dict, use_lora: bool, fingerprint: dict) -> StageResult:
     """Train the stage's trainer (resuming if a checkpoint is there), save its weights and mark it done."""
     outcome = train_stage(trainer, stage_dir, name)
     weights = save_and_release(trainer, stage_dir, use_lora)
-    result = StageResult(name, outcome.status, weights, outcome.seconds, outcome.steps, rows, outcome.log_history)
+    result = StageResult(name, outcome.status, weights, outcome.seconds, outcome.steps, rows, outcome.log_history,
+                         outcome.stopped_by, fingerprint)  # fmt: skip
     return finish_stage(stage_dir, result)
 
 
@@ -275,13 +314,17 @@ def run_sft_stage(
     model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=(), also_rejected=()
 ) -> StageResult:
     """Stage 1: SFT on (x, y+) and, in extended mode, (x, y-) (in chosen mode, y- of `also_rejected` pairs too).
-    Completion-only loss. `callbacks`: a list, or `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py)."""
+    Completion-only loss. `callbacks`: a list, or `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py).
+    `model`: the model to train, or None to load `cfg.model` only when the stage trains (not when it is skipped or
+    refused)."""
     mode = cfg.sft.sft_mode
     if mode == "none":
         return StageResult("sft", "off")
-    if done := skipped_stage("sft", stage_dir, cfg.model.use_lora):
-        return done
     rows, counts = sft_rows(pairs, mode, also_rejected)
+    fingerprint = stage_fingerprint(cfg, "sft", rows_digest(rows), [], PartialState().num_processes)
+    if done := skipped_stage("sft", stage_dir, cfg.model.use_lora, fingerprint, cfg.run.overwrite):
+        return done
+    model = load_model(cfg.model) if model is None else model
     logger.warning("[sft] mode=%s: %d rows (%s)", mode, len(rows), ", ".join(f"{k}: {v}" for k, v in counts.items()))
     callbacks = callbacks_for_stage(callbacks, "sft", stage_dir)
     trainer = SFTTrainer(
@@ -293,7 +336,7 @@ def run_sft_stage(
         callbacks=callbacks,
     )
     attach_callbacks(trainer, callbacks)
-    return _trained_stage(trainer, "sft", stage_dir, dict(counts), cfg.model.use_lora)
+    return _trained_stage(trainer, "sft", stage_dir, dict(counts), cfg.model.use_lora, fingerprint)
 
 
 def pairs_for_steps(pairs: Dataset, max_steps: int, cfg: RecipeConfig) -> Dataset:
@@ -413,17 +456,22 @@ def dpo_trainer(model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: 
 
 
 def run_preference_stage(
-    model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=()
+    model, tokenizer, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path, callbacks=(), start_stages=()
 ) -> StageResult:
     """Stage 2: DPO/IPO starting from the SFT model, with the SFT model as reference. `callbacks`: a list, or
-    `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py)."""
-    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora):
-        return done
+    `callbacks_for(stage_name, stage_dir)` (alignkit/callbacks.py). `start_stages`: the stages `model` comes from
+    (the SFT stage's StageResult; none: the base model), whose fingerprints are part of this stage's."""
     p = cfg.preference
-    pairs = dataset_on_disk(pairs_for_steps(pairs, p.preference_max_steps, cfg), stage_dir / "pairs")
+    pairs = pairs_for_steps(pairs, p.preference_max_steps, cfg)
+    upstream = [s.fingerprint for s in start_stages if s.fingerprint]
+    data = rows_digest(pairs, ["prompt", "chosen", "rejected"])
+    fingerprint = stage_fingerprint(cfg, "preference", data, upstream, PartialState().num_processes)
+    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora, fingerprint, cfg.run.overwrite):
+        return done
+    pairs = dataset_on_disk(pairs, stage_dir / "pairs")
     columns = [c for c in pairs.column_names if c not in ("prompt", "chosen", "rejected", *REFERENCE_COLUMNS)]
     callbacks = callbacks_for_stage(callbacks, "preference", stage_dir)
     trainer = dpo_trainer(
         model, tokenizer, pairs.remove_columns(columns), cfg, stage_dir, p.preference_max_steps, callbacks
     )
-    return _trained_stage(trainer, "preference", stage_dir, {"pairs": len(pairs)}, cfg.model.use_lora)
+    return _trained_stage(trainer, "preference", stage_dir, {"pairs": len(pairs)}, cfg.model.use_lora, fingerprint)

@@ -294,7 +294,7 @@ def test_rounds_resume_from_saved_pairs(reference_run, tiny_model_dir, tiny_toke
 
     with caplog.at_level(logging.WARNING):
         _, result = run_stage(tiny_model_dir, out, tiny_tokenizer, no_sampling)
-    assert "rounds 1-1 already complete" in caplog.text
+    assert "round 1 already complete" in caplog.text
     assert "reusing the ranked samples" in caplog.text
     assert (stage / "round-2" / "pairs.jsonl").read_text() == pairs_before
     assert (stage / "round-1" / "round_complete.json").read_text() == round1_marker

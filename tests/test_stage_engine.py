@@ -15,7 +15,7 @@ def test_a_round_marker_round_trips(tmp_path):
     round_ = Round(2, tmp_path, {"prompts": 3, "on_policy_pairs": 2}, "trained", 4, 1.5, "adapter", [{"loss": 1.0}])
     round_.save()
     assert set(json.loads((tmp_path / ROUND_DONE).read_text())) == {
-        "rows", "steps", "weights", "log_history", "status", "seconds"
+        "rows", "steps", "weights", "log_history", "status", "seconds", "stopped_by", "fingerprint"
     }  # fmt: skip
     assert Round.load(2, tmp_path) == round_ and round_.weights_path == tmp_path / "adapter"
     assert Round.load(3, tmp_path / "missing") is None and not round_.stopped_early

@@ -11,7 +11,10 @@ saves and marks itself done with the stage engine of `alignkit.stages` (`train_s
 `write_marker`), as the off-policy stages do. Every round resumes on its own: a finished round
 (`round_complete.json`) is skipped, a round whose `pairs.jsonl` exists trains on the saved pairs without sampling or
 ranking again, one whose `samples.jsonl` exists is only ranked again (an LLM judge's verdicts come from its cache), and
-an interrupted training run resumes from its newest `checkpoint-*`. The policy at the start of a round is rebuilt from
+an interrupted training run resumes from its newest `checkpoint-*`. All of that only when the round's folder was made
+with the same settings: each round's fingerprint (`fingerprint.json`, and in its marker) is the stage's plus the
+round's number and steps, and one made with other settings stops the run before any work, or with `overwrite` is
+deleted and done again (`alignkit.stages.claim_folder`). The policy at the start of a round is rebuilt from
 what the finished rounds saved, never carried over in memory, so a resumed run trains exactly what an uninterrupted
 one would.
 
@@ -48,11 +51,13 @@ from safetensors.torch import load_file, save_file
 from alignkit.callbacks import callbacks_for_stage
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
+from alignkit.fingerprint import rows_digest, stage_fingerprint
 from alignkit.models import load_model
 from alignkit.onpolicy.collect import prompt_pool, round_prompts, round_records, training_set
 from alignkit.onpolicy.rankers import load_callable
 from alignkit.stages import (
     StageResult,
+    claim_folder,
     dataset_on_disk,
     dpo_trainer,
     finish_stage,
@@ -130,6 +135,8 @@ class Round:
     seconds: float = 0.0
     weights: str | None = None  # the folder in `dir` that holds what the round trained; None when it trained nothing
     log_history: list[dict] = field(default_factory=list)
+    stopped_by: str | None = None  # who ended the round before its last step (then no further round runs)
+    fingerprint: dict = field(default_factory=dict)  # the settings it was made with (alignkit/fingerprint.py)
 
     @property
     def weights_path(self) -> Path | None:
@@ -137,32 +144,25 @@ class Round:
 
     @property
     def stopped_early(self) -> bool:
-        return self.status.startswith("stopped early")
+        return self.stopped_by is not None
 
     def save(self) -> None:
         record = {"rows": self.rows, "steps": self.steps, "weights": self.weights, "log_history": self.log_history,
-                  "status": self.status, "seconds": self.seconds}  # fmt: skip
+                  "status": self.status, "seconds": self.seconds, "stopped_by": self.stopped_by,
+                  "fingerprint": self.fingerprint}  # fmt: skip
         write_marker(self.dir / ROUND_DONE, record)
 
     @classmethod
-    def load(cls, index: int, round_dir: Path) -> Round | None:
-        """The round as a previous run finished it, or None when it did not."""
-        marker = round_dir / ROUND_DONE
-        if not marker.exists():
-            return None
-        done = json.loads(marker.read_text())
+    def from_marker(cls, index: int, round_dir: Path, done: dict) -> Round:
         return cls(index, round_dir, done["rows"], done["status"], done["steps"], done["seconds"], done.get("weights"),
-                   done.get("log_history", []))  # fmt: skip
+                   done.get("log_history", []), done.get("stopped_by"), done.get("fingerprint", {}))  # fmt: skip
 
-
-def _finished_rounds(stage_dir: Path, rounds: int) -> list[Round]:
-    """The rounds finished by earlier runs, in order, up to the first unfinished one."""
-    done = []
-    for r in range(1, rounds + 1):
-        if (finished := Round.load(r, stage_dir / f"round-{r}")) is None:
-            break
-        done.append(finished)
-    return done
+    @classmethod
+    def load(cls, index: int, round_dir: Path) -> Round | None:
+        """The round as a previous run finished it, or None when it did not (its settings are not checked here:
+        `run_onpolicy_preference_stage` reads rounds through `claim_folder`)."""
+        marker = round_dir / ROUND_DONE
+        return cls.from_marker(index, round_dir, json.loads(marker.read_text())) if marker.exists() else None
 
 
 def _round_weights(finished: list[Round]) -> list[Path]:
@@ -191,7 +191,7 @@ def _train_round(round_: Round, model, adapter, ref_model, tokenizer, train: Dat
         set_peft_model_state_dict(trainer.model, load_peft_weights(str(adapter)))
     outcome = train_stage(trainer, round_.dir, round_.dir.name)
     round_.weights = save_and_release(trainer, round_.dir, cfg.model.use_lora).name
-    round_.status, round_.steps = outcome.status, outcome.steps
+    round_.status, round_.steps, round_.stopped_by = outcome.status, outcome.steps, outcome.stopped_by
     round_.log_history = [{**entry, "round": round_.index} for entry in outcome.log_history]
 
 
@@ -213,8 +213,10 @@ def _stage_weights(cfg: RecipeConfig, stage_dir: Path, finished: list[Round]) ->
 
 
 def _run_round(r: int, tokenizer, pool: Dataset, pairs: Dataset, cfg: RecipeConfig, stage_dir: Path,
-               start_stages: list[StageResult], finished: list[Round], steps: int, callbacks) -> Round:  # fmt: skip
-    """Round r from the policy the finished rounds left: sample, rank, train on the pairs; its marker written."""
+               start_stages: list[StageResult], finished: list[Round], steps: int, callbacks,
+               fingerprint: dict) -> Round:  # fmt: skip
+    """Round r from the policy the finished rounds left: sample, rank, train on the pairs; its marker written.
+    The round's folder has been claimed for `fingerprint` (what it holds was made with the same settings)."""
     p = cfg.preference
     round_dir = stage_dir / f"round-{r}"
     name = f"preference round {r}"
@@ -228,7 +230,7 @@ def _run_round(r: int, tokenizer, pool: Dataset, pairs: Dataset, cfg: RecipeConf
         name, counts["prompts"], counts["on_policy_pairs"], counts["tie"], counts["unscored"],
         f" + {counts['dataset_pairs']} dataset pairs" if "dataset_pairs" in counts else "",
     )  # fmt: skip
-    round_ = Round(r, round_dir, dict(counts))
+    round_ = Round(r, round_dir, dict(counts), fingerprint=fingerprint)
     if train is not None:
         if cfg.model.use_lora:
             ref_model = None  # the adapter disabled
@@ -294,22 +296,34 @@ def run_onpolicy_preference_stage(
     Returns:
         The stage's StageResult; `weights` is one folder (adapter or model) to apply to the SFT model.
     """
-    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora):
+    upstream = [s.fingerprint for s in start_stages if s.fingerprint]
+    fingerprint = stage_fingerprint(cfg, "preference", rows_digest(pairs), upstream, PartialState().num_processes)
+    if done := skipped_stage("preference", stage_dir, cfg.model.use_lora, fingerprint, cfg.run.overwrite):
         return done
     p = cfg.preference
     if p.ranker == "callable":
         load_callable(p.ranker_path)  # a typo in ranker_path should fail now, not after the first round's sampling
     pool = prompt_pool(pairs, p.ranker)
     steps = round_steps(p.preference_max_steps, p.onpolicy_rounds)
-    rounds = _finished_rounds(stage_dir, p.onpolicy_rounds)
-    if rounds:
-        logger.warning("[preference] rounds 1-%d already complete in %s: skipping them", len(rounds), stage_dir)
-    status = f"resumed after round {len(rounds)}" if rounds else "trained"
+    rounds: list[Round] = []
+    reused = 0
     while len(rounds) < p.onpolicy_rounds and not (rounds and rounds[-1].stopped_early):
         r = len(rounds) + 1
+        round_dir = stage_dir / f"round-{r}"
+        round_fingerprint = {**fingerprint, "round": r, "round_steps": steps[r - 1]}
+        if (done := claim_folder(f"on-policy round {r}", round_dir, round_fingerprint, cfg.run.overwrite,
+                                 ROUND_DONE)) is not None:  # fmt: skip
+            logger.warning("[preference] round %d already complete in %s with the same settings: skipping", r,
+                           round_dir)  # fmt: skip
+            rounds.append(Round.from_marker(r, round_dir, done))
+            reused += 1
+            continue
         rounds.append(_run_round(r, tokenizer, pool, pairs, cfg, stage_dir, start_stages, rounds, steps[r - 1],
-                                 callbacks))  # fmt: skip
+                                 callbacks, round_fingerprint))  # fmt: skip
+    status = f"resumed after round {reused}" if reused else "trained"
     if rounds and rounds[-1].stopped_early:  # the guard's stop ends the stage (also one a previous run reached)
         status = f"{rounds[-1].status} in round {len(rounds)}"
         logger.warning("[preference] round %d %s: no further rounds", len(rounds), rounds[-1].status)
-    return finish_stage(stage_dir, _stage_result(cfg, stage_dir, rounds, status), rounds=len(rounds))
+    result = _stage_result(cfg, stage_dir, rounds, status)
+    result.stopped_by, result.fingerprint = (rounds[-1].stopped_by if rounds else None), fingerprint
+    return finish_stage(stage_dir, result, rounds=len(rounds))

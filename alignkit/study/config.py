@@ -126,6 +126,14 @@ class StudyConfig:
         default=False,
         metadata={"help": "Train nothing: rewrite summary.json and study.md from the raw files in study_dir/runs."},
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a rerun replace finished (seed, arm) runs and SFT models in study_dir that were made with "
+            "other settings (they are run again). Without it such a rerun stops before any work and names each "
+            "changed setting; runs made with the same settings are skipped either way."
+        },
+    )
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -20,8 +20,10 @@ what the pre-flight marked and changed), `<arm>.probe_records.jsonl.gz` (one rec
 and `<arm>.generations.jsonl.gz` (one verified held-out answer per checkpoint × prompt), `<arm>.preflight.jsonl.gz`
 (each training pair's pre-flight scores under the model DPO starts from); an `_act_` arm adds
 `<arm>.act_preflight.jsonl.gz`, the recipe's pre-flight records it acted on. A rerun skips every (seed, arm) whose
-JSON exists and every finished SFT stage (its stage-complete marker); a DPO run cut short is run again from its SFT
-model.
+JSON exists and every finished SFT stage (its stage-complete marker), each only when it was made with the same
+settings (the JSON's `fingerprint`: the study's settings that shape the run, the arm, the seed and the digest of its
+pairs; an older JSON's `settings`): otherwise the rerun stops before any work and names each changed setting, or with
+`overwrite` runs it again. A DPO run cut short is run again from its SFT model.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ from alignkit.data import load_preference_data
 from alignkit.data.far import far_rejected
 from alignkit.data.verifier import verify
 from alignkit.errors import AlignkitError
+from alignkit.fingerprint import changed_fields, describe_changes, rows_digest
 from alignkit.generation import generate
-from alignkit.jsonl import json_safe, write_jsonl_atomic
-from alignkit.models import load_model, load_tokenizer
+from alignkit.jsonl import json_safe, read_jsonl, write_jsonl_atomic
+from alignkit.models import load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from alignkit.preflight import recipe as preflight_recipe
 from alignkit.preflight.config import PreflightConfig
@@ -77,6 +80,41 @@ def runs_dir(study: StudyConfig, seed: int) -> Path:
 
 def run_done(study: StudyConfig, seed: int, arm: str) -> bool:
     return (runs_dir(study, seed) / f"{arm}.json").exists()
+
+
+# Study settings that do not shape a (seed, arm) run's files: where they go, which runs there are, speed, the analysis.
+NOT_IN_FINGERPRINT = ("study_dir", "seeds", "arms", "cpu_threads", "bootstrap", "analyze", "overwrite")
+ACT_ONLY = ("preflight_threshold", "preflight_dynamics_pairs")  # read by the `_act_` arms alone
+
+
+def arm_fingerprint(settings: dict, arm: Arm, seed: int, data: str | None = None) -> dict:
+    """What shapes one (seed, arm) run (alignkit/fingerprint.py): the arm, the seed, the study's settings but those in
+    NOT_IN_FINGERPRINT (and ACT_ONLY for an arm without `_act_`), and the digest of its training pairs."""
+    skip = NOT_IN_FINGERPRINT + (() if arm.act else ACT_ONLY)
+    fingerprint = {"arm": arm.name, "seed": seed, **{k: v for k, v in settings.items() if k not in skip}}
+    return fingerprint | ({"data": data} if data is not None else {})
+
+
+def stale_runs(study: StudyConfig) -> list[tuple[int, Arm, str]]:
+    """(seed, arm, what changed) for every finished run in study_dir made with other settings. A JSON written before
+    runs kept a fingerprint is compared on the settings it recorded."""
+    stale = []
+    settings = asdict(study)
+    for seed in study.seeds:
+        finished = [a for a in study.arm_list if run_done(study, seed, a.name)]
+        if not finished:
+            continue
+        data = seed_data(study, seed)
+        for arm in finished:
+            (summary,) = [r for _, r in read_jsonl(runs_dir(study, seed) / f"{arm.name}.json")]
+            current = arm_fingerprint(settings, arm, seed, rows_digest(data[arm.rejected]))
+            if "fingerprint" in summary:
+                changes = changed_fields(summary["fingerprint"], current)
+            else:
+                changes = changed_fields(arm_fingerprint(summary.get("settings", {}), arm, seed), current, True)
+            if changes:
+                stale.append((seed, arm, describe_changes(changes)))
+    return stale
 
 
 # --- settings: the recipe's own config objects, so the study trains exactly as the recipe does
@@ -122,6 +160,7 @@ def recipe_config(study: StudyConfig, arm: Arm, seed: int, output_dir: Path) -> 
             warmup_ratio=0.0,
             logging_steps=spe,
             save_steps=1_000_000,  # no checkpoints: a DPO run is minutes long and is rerun whole after a kill
+            overwrite=study.overwrite,  # an SFT model in work/ made with other settings is trained again
             report_to=["none"],
             cpu_threads=study.cpu_threads,
             use_cpu=not torch.cuda.is_available(),
@@ -219,10 +258,8 @@ def sft_model(
     cfg = recipe_config(study, arm, seed, work / f"sft_{arm.sft_key}")
     out = Path(cfg.run.output_dir)
     checked = preflight_recipe.before_sft(cfg, tokenizer, recipe_data(pairs, data), out)
-    stage_dir = out / "sft"
-    model = None if (stage_dir / "stage_complete.json").exists() else load_model(cfg.model)
     extra = checked.risky_rows if checked else ()
-    result = run_sft_stage(model, tokenizer, Dataset.from_list(pairs), cfg, stage_dir, also_rejected=extra)
+    result = run_sft_stage(None, tokenizer, Dataset.from_list(pairs), cfg, out / "sft", also_rejected=extra)
     return load_stage_model(cfg, [result]), result, checked
 
 
@@ -286,12 +323,13 @@ def run_arm(study: StudyConfig, arm: Arm, seed: int, data: dict, tokenizer) -> d
                              study.eval_max_new_tokens)  # fmt: skip
     stage_dir = arm_dir / "preference"
     callbacks = [monitor.callback("preference", stage_dir), answers]
-    result = run_preference_stage(policy, tokenizer, dpo_pairs, cfg, stage_dir, callbacks)
+    result = run_preference_stage(policy, tokenizer, dpo_pairs, cfg, stage_dir, callbacks, [sft])
     spe = study.steps_per_epoch
     evaluations = [{k: v for k, v in r.items() if k != "greedy_samples"} for r in monitor.records]
     for e in evaluations:
         e["epoch"] = e.get("step", 0) / spe
     summary = {
+        "fingerprint": arm_fingerprint(asdict(study), arm, seed, rows_digest(pairs)),
         "arm": arm.name, "seed": seed, "sft_mode": arm.sft_mode, "rejected": arm.rejected, "loss": arm.loss,
         "sft": {"steps": study.sft_steps, "seconds": round(sft.seconds, 1), "status": sft.status,
                 **exposure(sft, study, arm.sft_mode)},
@@ -328,6 +366,17 @@ def run_study(study: StudyConfig) -> list[dict]:
     """Every (seed, arm) not yet finished, seeds outer (a partial study has every arm at its first seeds); returns
     the summaries of the runs done now."""
     torch.set_num_threads(study.cpu_threads)
+    if stale := stale_runs(study):  # before any work: a finished run is reused only with the same settings
+        listing = "\n".join(f"seed {seed}, arm {arm.name}:\n{why}" for seed, arm, why in stale)
+        if not study.overwrite:
+            raise AlignkitError(
+                f"{study.study_dir} holds runs made with other settings:\n{listing}\nNothing was reused or changed. "
+                "To keep them, rerun with a new --study_dir; to replace them, rerun with --overwrite (they are run "
+                "again)."
+            )
+        logger.warning("[study] overwrite is set: these runs are run again:\n%s", listing)
+        for seed, arm, _ in stale:  # without its JSON a run counts as not done, also if this rerun is killed
+            (runs_dir(study, seed) / f"{arm.name}.json").unlink()
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=study.model_name_or_path))
     todo = [(s, a) for s in study.seeds for a in study.arm_list if not run_done(study, s, a.name)]
     total = len(study.seeds) * len(study.arm_list)
