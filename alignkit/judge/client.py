@@ -7,7 +7,9 @@ that. Failures are sorted into three kinds:
 * transient (408, 409, 429, 5xx, timeouts, dropped connections, malformed bodies): retried with exponential backoff
   and jitter, honouring Retry-After, up to `max_retries` times;
 * unparseable answers (a well-formed reply without a readable verdict): re-asked at `retry_temperature` up to
-  `parse_retries` times, then recorded (and cached) as unparseable, never guessed;
+  `parse_retries` times, then recorded (and cached) as unparseable with the raw answer, never guessed; a rerun reads
+  that raw answer again with the parser of the day, without a request (alpaca_eval's `is_reapply_parsing`), and counts
+  what it reads as `rescued`;
 * rejected (400, 422: e.g. a prompt longer than the judge's context): recorded as an error without retrying, since
   the same request would fail the same way;
 * fatal for the whole run (401, 403, 404: wrong key, wrong model, wrong URL): raised at once as an AlignkitError,
@@ -74,6 +76,7 @@ class JudgeStats:
     completion_tokens: int = 0
     budget_exhausted: bool = False
     seconds: float = 0.0
+    rescued: int = 0  # cached unparseable answers that the current parser reads: verdicts without a new request
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +88,7 @@ class JudgeStats:
             "completion_tokens": self.completion_tokens,
             "budget_exhausted": self.budget_exhausted,
             "seconds": round(self.seconds, 3),
+            "rescued": self.rescued,
         }
 
 
@@ -361,15 +365,28 @@ class JudgeRunner(ChatRunner):
         return cache_key(self.config.model, self.template.sha256, self._params, c.instruction, c.output_a, c.output_b)
 
     def _cached(self, key: str, record: dict) -> Judgment:
+        status, verdict, logit_a = record["status"], record.get("verdict"), record.get("logit_a")
+        if status == "unparseable":  # read again by today's parser: a parser fix needs no new request
+            verdict, logit_a = self._verdict(record.get("raw"), record.get("tokens"))
+            if verdict is not None:
+                status = "ok"
+                self.stats.rescued += 1
         return Judgment(
             key=key,
-            status=record["status"],
-            verdict=record.get("verdict"),
+            status=status,
+            verdict=verdict,
             raw=record.get("raw"),
             reason=reason_of(record.get("raw")),
             cached=True,
-            logit_a=record.get("logit_a"),
+            logit_a=logit_a,
         )
+
+    def _verdict(self, raw: str | None, tokens: list | None) -> tuple[Verdict | None, float | None]:
+        """(verdict, log-odds of A over B in logprobs mode) of one answer; (None, None) when it states none."""
+        if self.config.mode != "logprobs":
+            return parse_verdict(raw), None
+        logit_a = verdict_log_odds(tokens)
+        return (None if logit_a is None else "A" if logit_a > 0 else "B" if logit_a < 0 else "tie"), logit_a
 
     async def _ask(self, client: openai.AsyncOpenAI, key: str, c: Comparison) -> Judgment:
         messages = self.template.render(c.instruction, c.output_a, c.output_b)
@@ -383,11 +400,7 @@ class JudgeRunner(ChatRunner):
                 raw, tokens, transient_failures = await self._send(client, messages, temperature, transient_failures)
             except _GaveUp as e:
                 return Judgment(key=key, status=e.status, error=e.error)
-            if self.config.mode == "logprobs":
-                logit_a = verdict_log_odds(tokens)
-                verdict = None if logit_a is None else "A" if logit_a > 0 else "B" if logit_a < 0 else "tie"
-            else:
-                verdict = parse_verdict(raw)
+            verdict, logit_a = self._verdict(raw, tokens)
             if verdict is not None:
                 record = {"status": "ok", "verdict": verdict, "raw": raw, "parse_failures": parse_failures}
                 if logit_a is not None:
@@ -396,7 +409,10 @@ class JudgeRunner(ChatRunner):
             parse_failures += 1
             self.stats.parse_failures += 1
             if parse_failures > self.config.parse_retries:
+                # the raw answer (and in logprobs mode its tokens) stays, for a better parser to read later
                 record = {"status": "unparseable", "verdict": None, "raw": raw, "parse_failures": parse_failures}
+                if tokens is not None:
+                    record["tokens"] = tokens
                 break
         record |= {"judge_model": self.config.model, "template_sha256": self.template.sha256, "time": time.time()}
         await asyncio.to_thread(self.cache.put, key, record)  # durable before it counts as done

@@ -78,7 +78,8 @@ class WinRateResult:
     @property
     def complete(self) -> bool:
         """False when a rerun could still add verdicts (budget spent, requests that kept failing). Unparseable
-        answers are final: they are cached as such, and asking again at the same settings would repeat them."""
+        answers are not asked again (the same settings would repeat them): they are cached with their raw text, which
+        a rerun reads with the parser of the day, counting what it reads in `stats['rescued']`."""
         return not (self.unjudged.get("pending") or self.unjudged.get("error"))
 
     def summary(self) -> dict:

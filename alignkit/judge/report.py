@@ -125,6 +125,7 @@ def _headline_rows(result) -> list[tuple[str, str]]:
         ("Pairs where the candidate is longer", _pct(result.candidate_longer_share)),
         ("Prompts / left out of the metrics", f"{result.n_prompts} / {unjudged}"),
         ("Judge requests this run / cache hits", f"{stats['requests']} / {stats['cache_hits']}"),
+        ("Cached unparseable answers read again by the current parser (no request)", str(stats.get("rescued", 0))),
         ("Raw verdicts naming position A / B / tie", " / ".join(_pct(shares[k]) for k in ("A", "B", "tie"))),
         ("Retries (reason: count) / parse failures", f"{retries} / {stats['parse_failures']}"),
         ("Judge tokens this run (prompt / completion)", f"{stats['prompt_tokens']} / {stats['completion_tokens']}"),
