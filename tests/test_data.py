@@ -256,3 +256,33 @@ def test_prompt_too_long_names_the_files_own_line_after_the_shuffled_split(tmp_p
     )
     with pytest.raises(AlignkitError, match=pattern):
         check_lengths(data["train"], tiny_tokenizer, 20, str(path))
+
+
+def pairs(n: int) -> list[dict]:
+    return [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": f"{i + 2}."} for i in range(n)]
+
+
+def test_a_local_file_trains_on_every_pair_by_default(tmp_path, caplog):
+    notes: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="alignkit.data.load"):
+        path = write_jsonl(tmp_path / "p.jsonl", pairs(500))
+        data = load_preference_data(DataConfig(dataset_name=str(path)), 0, notes)
+    assert len(data["train"]) == 500 and "test" not in data
+    assert notes == [] and not caplog.records  # nothing was cut, so nothing to say
+
+
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [
+        ({"max_train_samples": 32}, "training uses the first 32 of 500 training pairs (max_train_samples=32"),
+        ({"test_fraction": 0.1}, "50 of the 500 pairs in"),
+    ],
+)
+def test_every_cut_of_the_data_is_said_with_both_numbers(tmp_path, caplog, kw, said):
+    notes: list[str] = []
+    path = write_jsonl(tmp_path / "p.jsonl", pairs(500))
+    with caplog.at_level(logging.WARNING, logger="alignkit.data.load"):
+        data = load_preference_data(DataConfig(dataset_name=str(path), **kw), 0, notes)
+    assert len(data["train"]) == (32 if "max_train_samples" in kw else 450)
+    assert len(notes) == 1 and said in notes[0] and notes[0].startswith("Data: ")
+    assert said in caplog.text

@@ -127,6 +127,7 @@ def test_sft_modes(tiny_model_dir, tmp_path, mode, rows, steps):
     out = run_recipe_in_process(tiny_args(tiny_model_dir, tmp_path / "out", sft_mode=mode, preference_max_steps=1))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sft"]["steps"] == steps
+    assert "training uses the first 12 of 314 training pairs" in (out / "report.md").read_text()  # a cut is said
     if rows:
         assert metrics["sft"]["rows"] == rows
         assert json.loads((out / "sft" / "stage_complete.json").read_text())["steps"] == steps
