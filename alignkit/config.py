@@ -702,6 +702,13 @@ class RecipeConfig:
     run: RunConfig
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
+    def __post_init__(self):
+        if self.floor_by_guard and self.preference.loss not in ("dpo", *ALIGNKIT_LOSSES):
+            raise AlignkitError(
+                f"config field 'guard_mitigation' is 'negative_floor' with loss '{self.preference.loss}'; the floor "
+                "works with loss dpo, dpop or cal_dpo"
+            )
+
     def to_dict(self) -> dict:
         """The flat dict of every field: exactly what a YAML recipe holds."""
         flat: dict = {}
@@ -715,7 +722,13 @@ class RecipeConfig:
     def sft_term_in_preference_loss(self) -> bool:
         """Whether the preference loss carries an SFT-on-y+ term: weighted (sft_weight > 0), or at weight 0 from the
         start because the guard's `mitigate` action raises that weight during the stage."""
-        return self.preference.sft_weight > 0 or self.monitor.guard_action == "mitigate"
+        guard_raises = self.monitor.guard_action == "mitigate" and self.monitor.guard_mitigation == "sft_weight"
+        return self.preference.sft_weight > 0 or guard_raises
+
+    @property
+    def floor_by_guard(self) -> bool:
+        """Whether the guard's `mitigate` may turn on the negative-gradient floor during the preference stage."""
+        return self.monitor.guard_action == "mitigate" and self.monitor.guard_mitigation == "negative_floor"
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -381,7 +381,7 @@ def preference_loss(cfg: RecipeConfig) -> tuple[list[str], list[float]]:
 
 def stage_objective(cfg: RecipeConfig) -> Objective | None:
     """The preference loss alignkit computes on TRL's log-probs (dpop, cal_dpo, the floor), or None for TRL's own."""
-    return objective_for(cfg.preference)
+    return objective_for(cfg.preference, floor_later=cfg.floor_by_guard)
 
 
 # Reference log-probs computed before the stage (the pre-flight's pass, alignkit/preflight/reference.py): TRL's own

@@ -54,3 +54,27 @@ def test_filter_fraction_needs_the_datasets_pairs(tiny_model_dir, tmp_path):
     )
     with pytest.raises(AlignkitError, match="'preflight_filter_fraction' is 0.2 with sampling 'on_policy'"):
         check_preflight(cfg)
+
+
+def test_guard_turns_on_the_floor_from_the_step_it_fires(tiny_model_dir, tmp_path):
+    """An alert threshold below any reading: the alert fires at the first evaluation after the start (step 2), and
+    the floor (0 nats/token: no y- below the reference keeps its gradient) is on from step 3; the report says so."""
+    args = tiny_args(
+        tiny_model_dir, tmp_path / "out", sft_mode="none", preference_max_steps=4, squeeze_threshold=-100.0,
+        guard_action="mitigate", guard_mitigation="negative_floor", guard_negative_floor=0.0,
+    )  # fmt: skip
+    out = run_recipe_in_process(args)
+    history = json.loads((out / "metrics.json").read_text())["preference"]["log_history"]
+    active = {h["step"]: h["loss/negative_floor_active"] for h in history if "loss/negative_floor_active" in h}
+    assert active[1] == active[2] == 0.0  # plain DPO until the alert
+    assert max(active[3], active[4]) > 0.0  # from then on, y- below the reference gets no gradient
+    report = (out / "report.md").read_text()
+    assert "turned on the negative-gradient floor at 0 nats/token (was off)" in report
+    assert "guard_mitigation negative_floor" in report
+
+
+def test_guard_floor_needs_a_floor_capable_loss(tiny_model_dir, tmp_path):
+    with pytest.raises(AlignkitError, match="'guard_mitigation' is 'negative_floor' with loss 'ipo'"):
+        parse_recipe_config(
+            tiny_args(tiny_model_dir, tmp_path, loss="ipo", guard_action="mitigate", guard_mitigation="negative_floor")
+        )

@@ -1,4 +1,5 @@
-"""What the squeezing alert says, and how the `mitigate` guard reaches the SFT loss weight of a running DPOTrainer.
+"""What the squeezing alert says, and how the `mitigate` guard reaches the SFT loss weight of a running DPOTrainer
+(or, with `guard_mitigation: negative_floor`, the negative-gradient floor of alignkit's preference loss).
 
 TRL 1.16's `DPOTrainer.__init__` keeps `self.loss_types = args.loss_type` and
 `self.loss_weights = args.loss_weights or [1.0] * len(self.loss_types)`, and `_compute_loss` reads both at every step
@@ -6,6 +7,9 @@ TRL 1.16's `DPOTrainer.__init__` keeps `self.loss_types = args.loss_type` and
 effect from the next optimizer step. When the config passes `loss_weights` explicitly, the trainer's list *is*
 `args.loss_weights` (the `or` returns the same object), which the callback sees in every event; otherwise the
 callback needs the trainer itself (`SqueezingCallback.attach(trainer)`).
+
+The floor lives on the trainer as `trainer.objective.negative_floor` (alignkit/objectives.py, which reads it at every
+step); the recipe's preference stage computes its loss itself from the start when the guard may turn it on.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ def sft_weight_slot(trainer, args) -> tuple[list[float], int] | None:
     return None
 
 
-def check_mitigation(trainer, args, stage: str) -> str | None:
+def check_mitigation(trainer, args, stage: str, mitigation: str = "sft_weight") -> str | None:
     """Fail early when `mitigate` could not act in a preference stage; returns a note when it does not apply at all."""
+    if mitigation == "negative_floor":
+        return _check_floor(trainer, args, stage)
     if sft_weight_slot(trainer, args) is not None:
         return None
     loss_types = getattr(args, "loss_type", None)
@@ -83,6 +89,46 @@ def check_mitigation(trainer, args, stage: str) -> str | None:
             "guard raises it), or choose guard_action 'warn' or 'stop'"
         )
     return f"stage '{stage}' has no SFT-on-y+ loss term to raise, so 'mitigate' only warns there"
+
+
+def _check_floor(trainer, args, stage: str) -> str | None:
+    if getattr(trainer, "objective", None) is not None:
+        return None
+    if isinstance(getattr(args, "loss_type", None), list | tuple):  # a preference stage the floor cannot reach
+        raise AlignkitError(
+            f"guard_mitigation='negative_floor' in stage '{stage}' needs alignkit's preference loss on the trainer "
+            "(the recipe's preference stage with loss dpo, dpop or cal_dpo; alignkit.stages.dpo_trainer), and a "
+            "callback that has the trainer (SqueezingCallback.attach(trainer))"
+        )
+    return f"stage '{stage}' has no preference loss to put a floor under, so 'mitigate' only warns there"
+
+
+def switch_on_floor(trainer, floor: float) -> tuple[float | None, float] | None:
+    """Set the negative-gradient floor of the trainer's preference loss to `floor` (or keep a tighter one) for the
+    rest of the stage; returns (old, new) or None when the trainer has no such loss."""
+    objective = getattr(trainer, "objective", None)
+    if objective is None:
+        return None
+    old = objective.negative_floor
+    objective.negative_floor = floor if old is None else min(old, floor)
+    return old, objective.negative_floor
+
+
+def mitigate(trainer, args, config) -> str | None:
+    """Switch on `config.guard_mitigation` (a MonitorConfig) for the rest of the stage: the action in words, or None
+    when it cannot act here."""
+    if config.guard_mitigation == "negative_floor":
+        changed = switch_on_floor(trainer, config.guard_negative_floor)
+        if changed is None:
+            return None
+        was = "off" if changed[0] is None else f"{changed[0]:g}"
+        return (f"turned on the negative-gradient floor at {changed[1]:g} nats/token (was {was}) for the rest of the "
+                "stage (guard_mitigation negative_floor)")  # fmt: skip
+    changed = raise_sft_weight(trainer, args, config.guard_sft_weight)
+    if changed is None:
+        return None
+    return (f"raised the SFT-on-y+ loss weight from {changed[0]:g} to {changed[1]:g} for the rest of the stage "
+            "(guard_mitigation sft_weight)")  # fmt: skip
 
 
 def raise_sft_weight(trainer, args, weight: float) -> tuple[float, float] | None:
