@@ -12,9 +12,11 @@ with the squeezing monitor probing at steps 0, `--probe-every`, ..., end. Condit
 
 Each (condition, seed) writes `<out>/per_run/<condition>_s<seed>.json` (every evaluation's metrics with their
 bootstrap intervals, the manipulation check, timing) and `...probe_records.jsonl.gz` (one record per probe x family x
-evaluation); a run whose JSON exists is skipped, so the bench resumes. `--analyze` (also run at the end) reads those
-files alone and writes `table.md`, `summary.json` and `calibration.png`: per metric and threshold, the detection rate
-on positive runs and the false-alarm rate on null runs.
+evaluation); a run whose JSON exists is skipped, so the bench resumes, but only when it was made with the same
+settings (its `fingerprint`: condition, rate, seed, steps, batch, probes, probe schedule, model): otherwise the bench
+stops before any work and names each changed setting, or with `--overwrite` runs it again. `--analyze` (also run at
+the end) reads those files alone and writes `table.md`, `summary.json` and `calibration.png`: per metric and
+threshold, the detection rate on positive runs and the false-alarm rate on null runs.
 
     python bench/detector_calibration.py                      # all conditions, seeds 0 1 2
     python bench/detector_calibration.py --analyze            # recompute the table and figure from the files
@@ -46,6 +48,7 @@ from alignkit.config import (
 )
 from alignkit.data import load_preference_data
 from alignkit.data.far import far_rejected
+from alignkit.fingerprint import changed_fields, describe_changes
 from alignkit.generation import generate
 from alignkit.jsonl import json_safe
 from alignkit.models import load_model, load_tokenizer
@@ -157,6 +160,49 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def run_fingerprint(args, name: str, seed: int) -> dict:
+    """The settings that make one (condition, seed) run what it is (alignkit/fingerprint.py)."""
+    kind, _, lr = CONDITIONS[name]
+    return {"condition": name, "kind": kind, "learning_rate": lr, "seed": seed, "steps": args.steps,
+            "batch": args.batch, "probes": args.probes, "probe_every": args.probe_every,
+            "model": ModelConfig().model_name_or_path}  # fmt: skip
+
+
+def stale_runs(args, out: Path) -> list[tuple[Path, str]]:
+    """(per-run JSON, what changed) for every finished run of this bench's conditions and seeds made with other
+    settings; a JSON from before runs kept a fingerprint is compared on the settings it recorded."""
+    stale = []
+    for seed in args.seeds:
+        for name in args.conditions:
+            path = out / "per_run" / f"{name}_s{seed}.json"
+            if not path.exists():
+                continue
+            run = json.loads(path.read_text())
+            current = run_fingerprint(args, name, seed)
+            if "fingerprint" in run:
+                changes = changed_fields(run["fingerprint"], current)
+            else:
+                recorded = {k: run[k] for k in ("condition", "kind", "learning_rate", "seed", "steps") if k in run}
+                changes = changed_fields(recorded, current, only_recorded=True)
+            if changes:
+                stale.append((path, describe_changes(changes)))
+    return stale
+
+
+def check_finished_runs(args, out: Path) -> None:
+    """Stop, naming each changed setting, when `out` holds runs made with other settings; with --overwrite, delete
+    their JSON so that they are run again."""
+    if not (stale := stale_runs(args, out)):
+        return
+    listing = "\n".join(f"{path}:\n{why}" for path, why in stale)
+    if not args.overwrite:
+        raise SystemExit(f"error: {out} holds runs made with other settings:\n{listing}\nNothing was reused or "
+                         "changed. To keep them, rerun with a new --out; to replace them, rerun with --overwrite.")
+    log.warning("--overwrite: these runs are run again:\n%s", listing)
+    for path, _ in stale:
+        path.unlink()
+
+
 def run_one(args, name: str, seed: int, data, tokenizer, out: Path) -> None:
     kind, label, lr = CONDITIONS[name]
     run_dir = Path(args.work) / f"{name}_s{seed}"
@@ -180,6 +226,7 @@ def run_one(args, name: str, seed: int, data, tokenizer, out: Path) -> None:
     records_path = run_dir / stage / "probe_records.jsonl"
     evaluations = [{k: v for k, v in r.items() if k != "greedy_samples"} for r in monitor.records]
     summary = {
+        "fingerprint": run_fingerprint(args, name, seed),
         "condition": name, "kind": kind, "label": label, "learning_rate": lr, "seed": seed, "stage": stage,
         "steps": result.steps, "pairs": len(rows), "status": result.status, "seconds": round(seconds, 1),
         "seconds_building_pairs": round(t_rows, 1),
@@ -382,6 +429,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--probes", type=int, default=8, help="probe prompts per split")
     parser.add_argument("--probe-every", type=int, default=0, help="0: only at the start and the end")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="run again the finished runs in --out made with other settings (else: stop)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders under --work")
     parser.add_argument("--analyze", action="store_true", help="only recompute the table and figure")
@@ -389,6 +438,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     out = Path(args.out)
     if not args.analyze:
+        check_finished_runs(args, out)  # before any work: a finished run is reused only with the same settings
         torch.set_num_threads(args.threads)
         tokenizer = load_tokenizer(ModelConfig())
         data = load_preference_data(DataConfig(max_train_samples=None))

@@ -210,3 +210,31 @@ def test_a_study_run_is_reused_only_with_the_same_settings(tiny_model_dir, tmp_p
     caplog.clear()
     study.main([*argv, "--dpo_learning_rate", "0.001", "--cpu_threads", "2"])  # speed only: reused
     assert "1 of 1 runs already finished" in caplog.text
+
+
+def test_the_calibration_bench_reuses_a_run_only_with_the_same_settings(tmp_path):
+    import argparse
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # the bench's own helper modules
+    try:
+        spec = importlib.util.spec_from_file_location("detector_calibration", bench / "detector_calibration.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    args = argparse.Namespace(seeds=[0], conditions=["null_sft", "far_lr1e-4"], steps=24, batch=2, probes=8,
+                              probe_every=0)  # fmt: skip
+    per_run = tmp_path / "per_run"
+    per_run.mkdir()
+    (per_run / "null_sft_s0.json").write_text(json.dumps({"fingerprint": module.run_fingerprint(args, "null_sft", 0)}))
+    legacy = {"condition": "far_lr1e-4", "kind": "far", "learning_rate": 1e-4, "seed": 0, "steps": 24}
+    (per_run / "far_lr1e-4_s0.json").write_text(json.dumps(legacy))  # written before runs kept a fingerprint
+    assert module.stale_runs(args, tmp_path) == []
+    args.batch, args.steps = 4, 30
+    stale = dict(module.stale_runs(args, tmp_path))
+    assert stale[per_run / "null_sft_s0.json"] == "  steps: 24 -> 30\n  batch: 2 -> 4"
+    assert stale[per_run / "far_lr1e-4_s0.json"] == "  steps: 24 -> 30"  # only what it recorded
