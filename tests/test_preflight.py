@@ -129,7 +129,7 @@ def test_run_writes_ranked_table_figure_verdict_and_reuses_them(tiny_model_dir, 
 
     # A rerun with another threshold reads the scores back (no model load) and re-applies the rule.
     median = sorted(depths)[3]
-    cfg2 = _cfg(tiny_model_dir, tmp_path / "run", preflight_threshold=median)
+    cfg2 = _cfg(tiny_model_dir, tmp_path / "run", preflight_dynamics_pairs=2, preflight_threshold=median)
     again = run_preflight(cfg2, tiny_tokenizer, data["train"], data["test"], folder, None)
     assert "reusing its scores" in caplog.text
     assert len(again.risky_rows) == 3

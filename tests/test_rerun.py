@@ -238,3 +238,20 @@ def test_the_calibration_bench_reuses_a_run_only_with_the_same_settings(tmp_path
     stale = dict(module.stale_runs(args, tmp_path))
     assert stale[per_run / "null_sft_s0.json"] == "  steps: 24 -> 30\n  batch: 2 -> 4"
     assert stale[per_run / "far_lr1e-4_s0.json"] == "  steps: 24 -> 30"  # only what it recorded
+
+
+def test_preflight_scores_are_reused_only_for_the_same_pairs_and_model(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                         caplog):  # fmt: skip
+    from alignkit.data import load_preference_data
+    from alignkit.preflight.run import run_preflight
+
+    folder = tmp_path / "preflight"
+    for max_length, expected in ((128, None), (128, "reusing its scores"), (96, "max_length: 128 -> 96")):
+        cfg = parse_recipe_config(args(tiny_model_dir, tmp_path / "run", max_length=max_length))
+        data = load_preference_data(cfg.data, seed=cfg.run.seed)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run_preflight(cfg, tiny_tokenizer, data["train"], None, folder, None)
+        if expected:
+            assert expected in caplog.text
+    assert json.loads((folder / "preflight_complete.json").read_text())["fingerprint"]["max_length"] == 96

@@ -21,6 +21,14 @@ from peft import get_peft_model
 
 from alignkit.config import RecipeConfig
 from alignkit.errors import AlignkitError
+from alignkit.fingerprint import (
+    changed_fields,
+    describe_changes,
+    fingerprint_digest,
+    read_json,
+    recipe_fields,
+    rows_digest,
+)
 from alignkit.jsonl import read_jsonl, write_jsonl_atomic
 from alignkit.preflight.onestep import offtarget_probes, predict_offtarget, sample_pairs
 from alignkit.preflight.passes import score_pairs
@@ -166,14 +174,31 @@ def _one_step(cfg: RecipeConfig, model, tokenizer, pairs: Dataset, records: list
     return time.perf_counter() - begun
 
 
-def _load(folder: Path, model: str) -> tuple[list[dict], float, float] | None:
-    """The records of a finished pre-flight on the same model, or None."""
+def scores_fingerprint(cfg: RecipeConfig, pairs: Dataset, after_sft: Path | None) -> dict:
+    """What saved scores depend on (alignkit/fingerprint.py): the model scored under (the base model's fields, or the
+    fingerprint of the SFT stage that made it), the pairs scored, and the settings of the scoring and of the one-step
+    predictions. The threshold is not in it: it is applied to the scores afresh at every run."""
+    sft = read_json(after_sft.parent / STAGE_DONE) if after_sft is not None else None
+    fields = recipe_fields(cfg, "preference")
+    keep = ("max_length", "preflight_dynamics_pairs", "seed", "loss", "beta", "lora_r", "lora_alpha", "lora_dropout",
+            "lora_target_modules", "model_name_or_path", "model_revision", "torch_dtype", "precision")  # fmt: skip
+    return {
+        "model": describe(cfg, after_sft),
+        "starts_from": fingerprint_digest(sft.get("fingerprint")) if sft is not None else None,
+        "pairs": rows_digest(pairs, ["prompt", "chosen", "rejected"]),
+        **{k: (fields | {"preflight_dynamics_pairs": cfg.preflight.preflight_dynamics_pairs})[k] for k in keep},
+    }
+
+
+def _load(folder: Path, fingerprint: dict) -> tuple[list[dict], float, float] | None:
+    """The records of a finished pre-flight made with the same fingerprint, or None (scored again)."""
     marker = folder / DONE
     if not marker.exists():
         return None
     done = json.loads(marker.read_text())
-    if done.get("model") != model:
-        logger.warning("[preflight] %s scored %s, not %s: scoring again", folder, done.get("model"), model)
+    if (changes := changed_fields(done.get("fingerprint") or {"model": done.get("model")}, fingerprint)):
+        logger.warning("[preflight] %s was scored with other settings: scoring again\n%s", folder,
+                       describe_changes(changes))  # fmt: skip
         return None
     records = []
     for line, record in read_jsonl(folder / "preflight.jsonl"):
@@ -198,7 +223,8 @@ def run_preflight(
     folder.mkdir(parents=True, exist_ok=True)
     pairs, scope = scored_pairs(cfg, train)
     model_words = describe(cfg, after_sft)
-    loaded = _load(folder, model_words)
+    fingerprint = scores_fingerprint(cfg, pairs, after_sft)
+    loaded = _load(folder, fingerprint)
     if loaded is not None:
         records, seconds, dynamics_seconds = loaded
     else:
@@ -227,7 +253,8 @@ def run_preflight(
         (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
         title = f"pre-flight: {len(records)} pairs under {model_words}"
         histogram(records, threshold, title, folder / "preflight_hist.png")
-        done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds}
+        done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds,
+                "fingerprint": fingerprint}
         (folder / DONE).write_text(json.dumps(done, indent=1))
         logger.warning("[preflight] %s", line)
     return PreflightResult(records, model_words, threshold, seconds, dynamics_seconds, folder, pairs, header, line)
