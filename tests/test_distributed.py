@@ -47,11 +47,13 @@ STEP0_RTOL = 1e-6
 # A discontinuous metric -> the continuous one it is computed from, compared in its place (see the module docstring).
 THROUGH = {"rewards/accuracies": "rewards/margins"}
 PAIRS_PER_STEP = 2  # the effective batch of both runs
-# Not values of the model: wall-clock timings, and total_flos, which counts the padding of a 2-pair batch that two
-# 1-pair batches do not have.
+# Not values of the model: wall-clock timings (an evaluation's `probe/seconds` in the probe records, logged as
+# `squeeze/probe/seconds`), and total_flos, which counts the padding of a 2-pair batch that two 1-pair batches do not
+# have.
 NOT_COMPARED = (
-    "squeeze/probe/seconds", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"
-)
+    "probe/seconds", "squeeze/probe/seconds", "total_flos", "train_runtime", "train_samples_per_second",
+    "train_steps_per_second",
+)  # fmt: skip
 
 
 def run(tiny_model_dir, out: Path, processes: int, **overrides) -> subprocess.CompletedProcess:

@@ -25,8 +25,9 @@ from transformers import ProcessorMixin, Trainer, TrainerCallback
 
 from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
+from alignkit.jsonl import json_safe, write_jsonl_atomic
 from alignkit.monitors.config import MonitorConfig
-from alignkit.monitors.guard import alert_message, check_mitigation, mitigate, sft_weight_slot, switch_on_floor
+from alignkit.monitors.guard import alert_message, check_mitigation, raise_sft_weight, sft_weight_slot
 from alignkit.monitors.measure import (
     Handover,
     change_metrics,
@@ -37,8 +38,8 @@ from alignkit.monitors.measure import (
     taken_over,
 )
 from alignkit.monitors.monitor import SqueezingMonitor
-from alignkit.monitors.probes import build_probe_set
-from alignkit.monitors.scoring import auto_probe_due, spaced_probe_due
+from alignkit.monitors.probes import ProbeSet, build_probe_set
+from alignkit.monitors.scoring import auto_probe_due, plan_capped, spaced_probe_due
 from alignkit.monitors.stage_files import (
     GUARD_STATE,
     PROBE_RECORDS,
@@ -56,6 +57,8 @@ GUARD_NAME = "the squeezing guard"  # a stage's status then reads "stopped early
 REPORT_NAME = "squeezing_report.md"  # what a callback used alone writes into the trainer's output_dir
 # Stage names of a callback used alone, by trainer class (its own or a base class's); other trainers: "train".
 TRAINER_STAGES = {"DPOTrainer": "dpo", "SFTTrainer": "sft", "GRPOTrainer": "grpo"}
+MIN_PROBES_PER_SPLIT = 2  # what a cost cap never cuts below (probe_max_overhead)
+FEW_EVALUATIONS = 3  # a cost cap that leaves fewer evaluations in a stage says so
 
 
 class SqueezingCallback(TrainerCallback):
@@ -132,6 +135,17 @@ class SqueezingCallback(TrainerCallback):
         self._t_begin = 0.0
         self.probe_seconds = 0.0
         self._last_probe_seconds = 0.0
+        self.clock = time.perf_counter  # what the schedule times with (a test may put a fake clock here)
+        self.overhead: float | None = None  # the stage's realised probing share of training time, at its end
+        # The cost cap's measurements (probe_max_overhead): training time step by step, probing excluded.
+        self._train_seconds = 0.0
+        self._trained_steps = 0
+        self._step_t0: float | None = None
+        self._full_seconds = 0.0  # what the stage's first evaluation cost (or stands for, when handed over)
+        self._step_seconds: float | None = None  # what the last mid-stage evaluation cost
+        self._start_stats: list[dict] | None = None
+        self._keep: list[int] | None = None  # indices of the probes still scored, when the cap cut them
+        self._planned = False
 
     @property
     def jsonl_path(self) -> Path | None:
@@ -189,7 +203,7 @@ class SqueezingCallback(TrainerCallback):
         if self.tokenizer is None:
             raise AlignkitError("SqueezingMonitor has no tokenizer: pass one, or use a trainer with processing_class")
         if self.config.guard_action == "mitigate":
-            self._mitigation_note = check_mitigation(self.trainer, args, self.stage, self.config.guard_mitigation)
+            self._mitigation_note = check_mitigation(self.trainer, args, self.stage)
         self.monitor.is_main_process = state.is_world_process_zero
         self.monitor.save_probe_set()
         self._offset = self.monitor.next_offset
@@ -200,7 +214,7 @@ class SqueezingCallback(TrainerCallback):
             if state.global_step == 0:  # a fresh stage; a resumed one keeps what it wrote up to its checkpoint
                 self.jsonl_path.write_text("")
                 self.records_path.write_text("")
-        self._t_begin = time.perf_counter()
+        self._t_begin = self.clock()
         if restored and self.stopped_early:
             # The guard had stopped this stage and its checkpoint was saved, but the run died before the stage was
             # marked complete: end it here again rather than train on past the stop (and say so to the stage).
@@ -211,6 +225,7 @@ class SqueezingCallback(TrainerCallback):
         return control
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self._step_t0 = self.clock()
         if self.stopped_early:  # see on_train_begin: a resumed, guard-stopped stage trains no further
             stop_training(state, control, GUARD_NAME)
         return control
@@ -218,6 +233,9 @@ class SqueezingCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not self.config.probe_enabled:
             return control
+        if self._step_t0 is not None:  # this step's training time (before any probing at its end)
+            self._train_seconds += self.clock() - self._step_t0
+            self._trained_steps += 1
         last = control.should_training_stop or state.global_step >= state.max_steps
         if last or self._due(state.global_step, state.max_steps, args):
             self._evaluate("end" if last else "step", args, state, control, model)
@@ -246,6 +264,8 @@ class SqueezingCallback(TrainerCallback):
         if self._last_eval_step != state.global_step:  # the loop ended some other way than at max_steps
             self._evaluate("end", args, state, control, model)
         self.monitor.next_offset = self._offset + state.global_step
+        if self.alone or self.config.probe_max_overhead > 0:
+            self._cost_note()
         if self.alone:
             self._write_report()
         return control
@@ -273,10 +293,14 @@ class SqueezingCallback(TrainerCallback):
             "guard_acted": self._guard_acted,
             "stopped_early": self.stopped_early,
             "sft_weight": slot[0][slot[1]] if slot is not None else None,
-            "negative_floor": getattr(getattr(self.trainer, "objective", None), "negative_floor", None),
             "events": [e for e in self.monitor.events if e["stage"] == self.stage],
             "probe_seconds": self.probe_seconds,
             "last_probe_seconds": self._last_probe_seconds,
+            "train_seconds": self._train_seconds,
+            "trained_steps": self._trained_steps,
+            "full_seconds": self._full_seconds,
+            "step_seconds": self._step_seconds,
+            "probe_keep": self._keep,
         }
 
     def _restore(self, args, state) -> bool:
@@ -298,12 +322,16 @@ class SqueezingCallback(TrainerCallback):
         self.stopped_early = saved["stopped_early"]
         self.probe_seconds = saved.get("probe_seconds", 0.0)
         self._last_probe_seconds = saved.get("last_probe_seconds", 0.0)
+        self._train_seconds = saved.get("train_seconds", 0.0)
+        self._trained_steps = saved.get("trained_steps", 0)
+        self._full_seconds = saved.get("full_seconds", self._last_probe_seconds)
+        self._step_seconds = saved.get("step_seconds")
+        self._keep = saved.get("probe_keep")  # start values were saved for these probes only
+        self._planned = True  # the cap planned (and cut) at step 1, before any checkpoint
         known = {(e["stage"], e["step"]) for e in self.monitor.events}
         self.monitor.events += [e for e in saved["events"] if (e["stage"], e["step"]) not in known]
         if saved["sft_weight"] is not None and (slot := sft_weight_slot(self.trainer, args)) is not None:
             slot[0][slot[1]] = saved["sft_weight"]  # in place: the list the trainer reads at every step
-        if saved.get("negative_floor") is not None:  # a floor the guard turned on (alignkit/monitors/guard.py)
-            switch_on_floor(self.trainer, saved["negative_floor"])
         self._reload_records(state.global_step)
         self.resumed_guard_state = True
         logger.warning(
@@ -324,27 +352,114 @@ class SqueezingCallback(TrainerCallback):
 
     # --- schedule
 
+    @property
+    def probes(self) -> ProbeSet:
+        """The probes this stage scores: the monitor's, or those a cost cap kept (`probe_max_overhead`)."""
+        full = self.monitor.probe_set
+        if self._keep is None:
+            return full
+        return ProbeSet([full.probes[i] for i in self._keep], full.families, full.notes)
+
     def _due(self, step: int, max_steps: int, args) -> bool:
         if self.config.probe_every > 0:
             return step % self.config.probe_every == 0
-        if spaced_probe_due(step, max_steps, self.config.probe_min_evaluations):
+        capped = self.config.probe_max_overhead > 0
+        if not capped and spaced_probe_due(step, max_steps, self.config.probe_min_evaluations):
             return True  # the same on every rank: no broadcast needed
         # Timing differs between ranks, and every rank must take part in each evaluation: the main process decides.
-        train_seconds = time.perf_counter() - self._t_begin - self.probe_seconds
-        due = auto_probe_due(
-            self.config.probe_time_budget, train_seconds, self.probe_seconds, self._last_probe_seconds
-        )
+        if capped:
+            decision = self._capped_decision(step, max_steps)
+        else:
+            train_seconds = self.clock() - self._t_begin - self.probe_seconds
+            budget = self.config.probe_time_budget
+            decision = (auto_probe_due(budget, train_seconds, self.probe_seconds, self._last_probe_seconds), None)
         if args.world_size > 1:
-            decision = [due]
-            torch.distributed.broadcast_object_list(decision, src=0)
-            due = decision[0]
+            box = [decision]
+            torch.distributed.broadcast_object_list(box, src=0)
+            decision = box[0]
+        due, keep = decision
+        if keep is not None:
+            self._cut_probes(keep)
         return due
+
+    def _capped_decision(self, step: int, max_steps: int) -> tuple[bool, int | None]:
+        """Under `probe_max_overhead`: (evaluate at this step?, how many probes to keep from now on, or None).
+
+        Planned afresh at every step from what was measured (`plan_capped`). At the first step it also decides
+        whether the stage's last evaluation needs fewer probes to fit, and warns when the cap leaves fewer than
+        `FEW_EVALUATIONS` evaluations in the stage.
+        """
+        cap, last = self.config.probe_max_overhead, self._last_eval_step or 0
+        n_all, n_now = len(self.monitor.probe_set.probes), len(self.probes.probes)
+
+        def plan(n_scored: int):
+            end = self._full_seconds * n_scored / n_all
+            step_cost = self._step_seconds if self._step_seconds is not None else end
+            return plan_capped(
+                cap, max_steps, last, self._train_seconds, self._trained_steps, self.probe_seconds, step_cost, end
+            )
+
+        current, keep = plan(n_now), None
+        if not self._planned:
+            self._planned = True
+            if current.keep_fraction < 1:
+                keep = len(kept_probes(self.monitor.probe_set, int(n_all * current.keep_fraction)))
+                current = plan(keep)
+            evaluations = sum(r["stage"] == self.stage for r in self.monitor.records) + current.evaluations_left + 1
+            if evaluations < FEW_EVALUATIONS:
+                message = (
+                    f"[{self.stage}] probe_max_overhead={cap:g} leaves {evaluations} evaluation(s) in this stage of "
+                    f"{max_steps} steps (fewer than {FEW_EVALUATIONS}): the curves will be coarse; a larger cap, "
+                    "fewer probes (probe_num_prompts) or lighter mid-stage evaluations (probe_step_families) buy more"
+                )
+                self._note(message, warn=True)
+        due = current.every > 0 and step < max_steps and step - last >= current.every
+        return due, keep
+
+    def _cut_probes(self, keep: int) -> None:
+        """Score `keep` of the probes from now on (`kept_probes`), and re-read the stage's first evaluation on them,
+        so that every change (the alert's, the report's start -> end) compares the same probes."""
+        full = self.monitor.probe_set
+        self._keep = kept_probes(full, keep)
+        self._start_values = [self._start_values[i] for i in self._keep]
+        if self._start_texts is not None:
+            self._start_texts = [self._start_texts[i] for i in self._keep]
+        self._start_metrics, _ = family_values(self.probes, [self._start_stats[i] for i in self._keep])
+        first = next(r for r in self.monitor.records if r["stage"] == self.stage)
+        first.update(self._start_metrics)
+        first["probes_kept"] = len(self._keep)
+        if self.monitor.on_main_process() and self.jsonl_path is not None:
+            stage_records = [json_safe(r) for r in self.monitor.records if r["stage"] == self.stage]
+            write_jsonl_atomic(self.jsonl_path, stage_records)
+        self._note(
+            f"[{self.stage}] probe_max_overhead={self.config.probe_max_overhead:g}: {len(self._keep)} of "
+            f"{len(full.probes)} probes scored after the first evaluation (the stage's last evaluation would not fit "
+            "with all of them); every change in this stage is over those probes",
+            warn=True,
+        )
+
+    def _note(self, message: str, warn: bool = False) -> None:
+        """A line for the report (the monitor's notes), and for the log."""
+        self.monitor.notes.append(message)
+        if self.monitor.on_main_process():
+            (logger.warning if warn else logger.info)("%s", message)
+
+    def _cost_note(self) -> None:
+        """The realised share of training time that probing took in this stage, and the evaluation steps."""
+        steps = [r["step"] for r in self.monitor.records if r["stage"] == self.stage]
+        self.overhead = self.probe_seconds / self._train_seconds if self._train_seconds > 0 else math.nan
+        cap = self.config.probe_max_overhead
+        self._note(
+            f"[{self.stage}] probing took {self.probe_seconds:.1f} s, {self.overhead:.1%} of the stage's "
+            f"{self._train_seconds:.1f} s of training" + (f" (probe_max_overhead {cap:.1%})" if cap else "")
+            + f"; evaluations at steps {', '.join(map(str, steps))}"
+        )
 
     # --- one evaluation
 
     def _evaluate(self, event: str, args, state, control, model) -> None:
-        t0 = time.perf_counter()
-        probe_set = self.monitor.probe_set
+        t0 = self.clock()
+        probe_set = self.probes
         handover = self._handover(model, args) if event == "begin" else None
         if handover is not None:
             measured = taken_over(handover)
@@ -360,6 +475,7 @@ class SqueezingCallback(TrainerCallback):
             self._start_metrics = dict(metrics)
             self._start_values = values
             self._start_texts = measured.texts
+            self._start_stats = measured.stats
         step = state.global_step
         splits = [p.split for p in probe_set.probes]
         squeeze = change_metrics(
@@ -379,11 +495,15 @@ class SqueezingCallback(TrainerCallback):
         metrics["squeeze/alert"] = float(above)
         metrics["squeeze/alert_value"] = value
 
-        elapsed = time.perf_counter() - t0
+        elapsed = self.clock() - t0
         self.probe_seconds += elapsed
         # The schedule plans with the cost of a full evaluation, which a handed-over one only stands for.
         self._last_probe_seconds = handover.seconds if handover is not None else elapsed
-        if event == "end" and measured.fingerprint is not None:
+        if first:
+            self._full_seconds = self._last_probe_seconds
+        elif event == "step":
+            self._step_seconds = elapsed
+        if event == "end" and measured.fingerprint is not None and self._keep is None:
             self.monitor.handover = Handover(
                 self.stage, measured.stats, measured.texts, measured.greedy_samples, measured.fingerprint, elapsed
             )
@@ -432,7 +552,13 @@ class SqueezingCallback(TrainerCallback):
                 action = f"stopped the stage at step {state.global_step} of {state.max_steps} and saved a checkpoint"
             self._guard_acted = True
         elif not self._guard_acted and self.config.guard_action == "mitigate":
-            action = mitigate(self.trainer, args, self.config) or f"warn ({self._mitigation_note})"
+            changed = raise_sft_weight(self.trainer, args, self.config.guard_sft_weight)
+            if changed is not None:
+                action = (
+                    f"raised the SFT-on-y+ loss weight from {changed[0]:g} to {changed[1]:g} for the rest of the stage"
+                )
+            else:
+                action = f"warn ({self._mitigation_note})"
             self._guard_acted = True
         if self.monitor.on_main_process():
             logger.warning("%s Guard: %s", message, action)
@@ -479,6 +605,20 @@ def trainer_stage(trainer) -> str:
         if cls.__name__ in TRAINER_STAGES:
             return TRAINER_STAGES[cls.__name__]
     return "train"
+
+
+def kept_probes(probe_set: ProbeSet, keep: int) -> list[int]:
+    """Indices of about `keep` probes, the first of each split in proportion to its size (at least
+    `MIN_PROBES_PER_SPLIT` of each, or all it has)."""
+    n = len(probe_set.probes)
+    by_split: dict[str, list[int]] = {}
+    for i, probe in enumerate(probe_set.probes):
+        by_split.setdefault(probe.split, []).append(i)
+    kept = []
+    for indices in by_split.values():
+        share = max(MIN_PROBES_PER_SPLIT, round(keep * len(indices) / n))
+        kept += indices[:share]
+    return sorted(kept)
 
 
 def calling_trainer() -> Trainer | None:

@@ -21,7 +21,6 @@ NOISE_FAMILIES = ("shuffled", "non_human")
 MODEL_FAMILIES = ("greedy", "argmax")  # derived from the model at each evaluation, not stored in the probe set
 ALL_FAMILIES = PAIR_FAMILIES + REWRITE_FAMILIES + IRRELEVANT_FAMILIES + NOISE_FAMILIES + MODEL_FAMILIES
 GUARD_ACTIONS = ("warn", "stop", "mitigate")
-GUARD_MITIGATIONS = ("sft_weight", "negative_floor")  # what `mitigate` switches on (docs/remedies.md)
 # What the alert can read (docs/monitors.md): the original score, or a mechanism metric (alignkit.monitors.scoring).
 ALERT_METRICS = (
     "score", "off_target_fall", "collateral_ratio", "concentration_alt", "concentration_top", "greedy_start_rise",
@@ -115,6 +114,17 @@ class MonitorConfig:
             "stage's first and last evaluation (which always run, so very short stages can exceed it)."
         },
     )
+    probe_max_overhead: float = field(
+        default=0.0,
+        metadata={
+            "help": "A hard cap on the monitor's cost, e.g. 0.05: the largest share of a stage's training time that "
+            "probing may take, its first and last evaluation included. Evaluations are spaced to fit (from the "
+            "measured cost of the stage's first evaluation and the measured time of its steps; probe_min_evaluations "
+            "is not forced), and when even the last evaluation would not fit, fewer probes are scored from then on "
+            "(at least 2 per split). The report gives the realised share and the evaluation steps. 0 = off: the "
+            "schedule of probe_every, probe_min_evaluations and probe_time_budget."
+        },
+    )
     probe_max_new_tokens: int = field(
         default=32, metadata={"help": "Longest greedy decoding for the `greedy` family, in new tokens."}
     )
@@ -184,25 +194,12 @@ class MonitorConfig:
         default="warn",
         metadata={
             "help": "What an alert does: 'warn' (log and report), 'stop' (save a checkpoint and end the stage), "
-            "'mitigate' (switch on the remedy guard_mitigation names for the rest of the stage: raise the weight of "
-            "the SFT term on y+ to guard_sft_weight, for which the preference stage must have 'sft' in loss_type, "
-            "with weight 0 until then; or turn on the negative-gradient floor)."
+            "'mitigate' (raise the weight of the SFT term on y+ to guard_sft_weight for the rest of the stage; the "
+            "preference stage must have 'sft' in loss_type, with weight 0 until then)."
         },
     )
     guard_sft_weight: float = field(
         default=1.0, metadata={"help": "The SFT-on-y+ loss weight that guard_action='mitigate' raises to."}
-    )
-    guard_mitigation: str = field(
-        default="sft_weight",
-        metadata={
-            "help": "What guard_action='mitigate' switches on from the step the alert fires: 'sft_weight' (the SFT "
-            "mix, raised to guard_sft_weight) or 'negative_floor' (the negative-gradient floor at "
-            "guard_negative_floor; preference loss dpo, dpop or cal_dpo). docs/remedies.md."
-        },
-    )
-    guard_negative_floor: float = field(
-        default=0.5,
-        metadata={"help": "The negative_floor (nats per token) that guard_mitigation='negative_floor' turns on."},
     )
 
     def __post_init__(self):
@@ -234,6 +231,15 @@ class MonitorConfig:
             raise AlignkitError(
                 f"config field 'probe_every' is {self.probe_every}; use N > 0 steps, or 0 for the automatic schedule"
             )
+        if not 0 <= self.probe_max_overhead < 1:
+            raise AlignkitError(
+                f"config field 'probe_max_overhead' is {self.probe_max_overhead}; it must be a fraction in [0, 1)"
+            )
+        if self.probe_max_overhead > 0 and self.probe_every > 0:
+            raise AlignkitError(
+                f"config fields 'probe_max_overhead' ({self.probe_max_overhead}) and 'probe_every' "
+                f"({self.probe_every}) both set the schedule; set one of them"
+            )
         if not 0 < self.probe_time_budget < 1:
             raise AlignkitError(
                 f"config field 'probe_time_budget' is {self.probe_time_budget}; it must be a fraction in (0, 1)"
@@ -258,13 +264,6 @@ class MonitorConfig:
             )
         if self.guard_sft_weight <= 0:
             raise AlignkitError(f"config field 'guard_sft_weight' is {self.guard_sft_weight}; it must be > 0")
-        if self.guard_mitigation not in GUARD_MITIGATIONS:
-            raise AlignkitError(f"config field 'guard_mitigation' is {self.guard_mitigation!r}; it must be one of: "
-                                f"{', '.join(GUARD_MITIGATIONS)}")  # fmt: skip
-        if not self.guard_negative_floor >= 0 or self.guard_negative_floor == math.inf:
-            raise AlignkitError(
-                f"config field 'guard_negative_floor' is {self.guard_negative_floor}; it must be >= 0 nats per token"
-            )
         if self.rephrase_endpoint is not None:
             # Only a URL: the rephraser starts no local server and has no verifier.
             self.rephrase_endpoint.validate("probe_rephrase_", kinds=())

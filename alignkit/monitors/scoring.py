@@ -280,6 +280,44 @@ def auto_probe_due(budget: float, train_seconds: float, probe_seconds: float, la
     return probe_seconds + 2 * last_probe_seconds <= budget * train_seconds
 
 
+@dataclass
+class CostPlan:
+    """What a hard cap on the monitor's cost (`probe_max_overhead`) affords for the rest of a stage."""
+
+    budget_seconds: float  # the cap x the stage's training time, projected from the steps so far
+    evaluations_left: int  # mid-stage evaluations that fit once the stage's last evaluation is reserved
+    every: int  # steps between them, spread evenly from the last evaluation to the stage's end (0: none fit)
+    keep_fraction: float  # share of the probes the stage's last evaluation can afford (1: all of them)
+
+
+def plan_capped(
+    cap: float,
+    max_steps: int,
+    last_step: int,
+    train_seconds: float,
+    trained_steps: int,
+    probe_seconds: float,
+    eval_seconds: float,
+    end_seconds: float,
+) -> CostPlan:
+    """Plan the rest of a stage under `cap`, from measured times: `train_seconds` of training over `trained_steps`
+    steps, `probe_seconds` of probing so far, and what a mid-stage and the last evaluation cost (`eval_seconds`,
+    `end_seconds`). Recomputed at every step, so a plan that was wrong corrects itself as measurements come in.
+
+    >>> plan_capped(0.05, 100, 0, train_seconds=10.0, trained_steps=1, probe_seconds=10.0, eval_seconds=5.0,
+    ...             end_seconds=10.0)  # 5% of 1000 s = 50 s; 10 spent, 10 kept for the end: 6 more, every 15 steps
+    CostPlan(budget_seconds=50.0, evaluations_left=6, every=15, keep_fraction=1.0)
+    >>> plan_capped(0.05, 10, 0, 10.0, 1, 4.0, 2.0, 4.0).keep_fraction  # 5 s budget: the end can afford 1 s of 4
+    0.25
+    """
+    budget = cap * train_seconds / max(trained_steps, 1) * max_steps
+    left = budget - probe_seconds - end_seconds
+    n = int(left // eval_seconds) if eval_seconds > 0 and left > 0 else 0
+    every = math.ceil((max_steps - last_step) / (n + 1)) if n else 0
+    keep = min(1.0, max(0.0, (budget - probe_seconds) / end_seconds)) if end_seconds > 0 else 1.0
+    return CostPlan(budget, n, every, keep)
+
+
 def spaced_probe_due(step: int, max_steps: int, evaluations: int) -> bool:
     """Whether `step` is one of a stage's `evaluations` evenly spaced ones (the first at 0 and the last at `max_steps`
     run anyway): every ceil(max_steps / (evaluations − 1)) steps. False when the stage's length is unknown (0).
