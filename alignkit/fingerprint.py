@@ -19,10 +19,10 @@ Fields left out, because none changes what a stage trains (a rerun may change th
 history record them all):
 
 * `output_dir` (where, not what), `overwrite` (the permission below);
-* `logging_steps`, `report_to` (what is logged), `save_steps`, `save_total_limit` (checkpoints: a resumed stage
-  trains what an uninterrupted one does), `cpu_threads`, `dataloader_num_workers`, `gradient_checkpointing`, `use_cpu`
-  (speed, memory and the device: `precision` records the dtype that results from them), `gguf_cache_dir` (where the
-  converted model is cached), `trust_remote_code` (a permission);
+* `logging_steps`, `report_to` (what is logged), `save_steps`, `save_total_limit`, `preempt_signals` (checkpoints: a
+  resumed stage trains what an uninterrupted one does), `cpu_threads`, `dataloader_num_workers`,
+  `gradient_checkpointing`, `use_cpu` (speed, memory and the device: `precision` records the dtype that results from
+  them), `gguf_cache_dir` (where the converted model is cached), `trust_remote_code` (a permission);
 * the data fields (`dataset_name`, `dataset_format`, `train_split`, `test_split`, `test_file`, `test_fraction`,
   `max_train_samples`, `dataset_config`): the `data` digest replaces them (`max_length`, which truncates, stays);
 * the monitor's fields while `guard_action` is `warn`: the probes only watch (with `stop` or `mitigate` every
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.json"  # a stage's (or round's) folder: the settings everything in it was made with
 RUN_FIELDS_EXCLUDED = {
     "output_dir", "overwrite", "logging_steps", "report_to", "save_steps", "save_total_limit", "cpu_threads",
-    "dataloader_num_workers", "gradient_checkpointing", "use_cpu",
+    "dataloader_num_workers", "gradient_checkpointing", "use_cpu", "preempt_signals",
 }  # fmt: skip
 MODEL_FIELDS_EXCLUDED = {"gguf_cache_dir", "trust_remote_code"}
 DATA_FIELDS_KEPT = {"max_length"}

@@ -25,6 +25,7 @@ from alignkit.evaluation import check_judge, final_win_rate
 from alignkit.models import load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
+from alignkit.preempt import PREEMPTED_EXIT_CODE, Preempted, Preemption, clear_marker, write_marker
 from alignkit.preflight import recipe as preflight
 from alignkit.report import write_metrics, write_report
 from alignkit.rerun import check_run_folder, record_config
@@ -34,7 +35,19 @@ logger = logging.getLogger("alignkit")
 
 
 def run_recipe(cfg: RecipeConfig) -> Path:
-    """Run every stage of the recipe for `cfg` and return the run folder (its report is `report.md`)."""
+    """Run every stage of the recipe for `cfg` and return the run folder (its report is `report.md`).
+
+    A signal of `preempt_signals` stops it at the next safe point, with a checkpoint when a stage was training, writes
+    `preempted.json` and raises `Preempted`; the same call again resumes (alignkit/preempt.py)."""
+    with Preemption(cfg.run.preempt_signals) as preemption:
+        try:
+            return _run_recipe(cfg, preemption)
+        except Preempted as stop:
+            write_marker(Path(cfg.run.output_dir), stop, preemption)
+            raise
+
+
+def _run_recipe(cfg: RecipeConfig, preemption: Preemption) -> Path:
     state = PartialState(cpu=cfg.run.use_cpu or not torch.cuda.is_available())  # cpu=True: gloo for CPU processes
     if state.device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -46,6 +59,7 @@ def run_recipe(cfg: RecipeConfig) -> Path:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         record_config(cfg, out)  # config.yaml, and this run's line in config_history.jsonl
+        clear_marker(out)  # an earlier run's preempted.json: this run takes over
 
     # --- setup
     tokenizer = load_tokenizer(cfg.model)
@@ -64,7 +78,8 @@ def run_recipe(cfg: RecipeConfig) -> Path:
         monitor = SqueezingMonitor(probes, cfg.monitor, tokenizer, out)
 
     def callbacks_for(stage: str, stage_dir: Path) -> list:  # a monitor callback per stage and on-policy round
-        return [monitor.callback(stage, stage_dir)] if monitor else []
+        preemption.check(f"before {stage} trains")  # called as each stage (round) is about to train
+        return [*([monitor.callback(stage, stage_dir)] if monitor else []), preemption.callback()]  # preemption last
 
     # --- pre-flight, act + extend_sft only: SFT's rows depend on it, so it scores under the base model
     checked = preflight.before_sft(cfg, tokenizer, data, out)
@@ -73,6 +88,7 @@ def run_recipe(cfg: RecipeConfig) -> Path:
     extra = checked.risky_rows if checked else ()
     sft = run_sft_stage(None, tokenizer, data["train"], cfg, out / "sft", callbacks_for, extra)  # loads the model
 
+    preemption.check("after the sft stage")
     # --- pre-flight (report, drop): scores under the SFT model, where the preference stage starts (docs/preflight.md)
     checked = preflight.after_sft(cfg, tokenizer, data, out, sft, checked)
 
@@ -87,6 +103,7 @@ def run_recipe(cfg: RecipeConfig) -> Path:
             tokenizer, data["train"], cfg, out / "preference", [sft], callbacks_for
         )
 
+    preemption.check("after the preference stage")
     # --- save and report
     final_dir = out / "final"
     stages = [sft, preference]
@@ -106,7 +123,8 @@ def run_recipe(cfg: RecipeConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: `--config x.yaml` and `--field value` overrides; an AlignkitError exits 2 with its message."""
+    """The command line: `--config x.yaml` and `--field value` overrides; an AlignkitError exits 2 with its message,
+    a preempted run exits PREEMPTED_EXIT_CODE (75) once its checkpoint is written."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("alignkit").setLevel(logging.INFO)  # stage progress and probe headlines; libraries stay quiet
     try:
@@ -114,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     except AlignkitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:  # the checkpoint is written: a scheduler may requeue the same command
+        print(f"{stop}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

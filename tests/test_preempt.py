@@ -1,0 +1,197 @@
+"""Preemptible jobs on a tiny model: a signal during SFT, between the stages or during the preference stage makes the
+recipe save a checkpoint of the signalled step and exit 75; the rerun resumes from that step and ends with exactly
+the adapters of an uninterrupted run (CPU, float32, same seed). Signals are sent by a callback at a given step, never
+by a timer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.config import parse_recipe_config
+from alignkit.monitors.stage_files import GUARD_STATE
+from alignkit.preempt import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, SAVE_DIR, Preemption, signal_names
+
+from .test_recipe import ENV, RECIPE, ROOT, tiny_args
+
+# The recipe, run by `python -c`, with a callback added to the stage PREEMPT_STAGE that sends PREEMPT_SIGNAL to its own
+# process: during optimizer step PREEMPT_STEP (at its start), or, with PREEMPT_STEP=end, once the stage's last step is
+# done (the stage then finishes and the signal is seen between the stages). PREEMPT_DURING_SAVE=signal|kill sends the
+# same signal again, or SIGKILL, while the preemption checkpoint is being written (its RNG state, the last file).
+SIGNAL_AT_STEP = """
+import os, signal, sys
+import transformers
+from transformers import TrainerCallback
+import alignkit.stages as stages
+from alignkit.preempt import SAVE_DIR
+from alignkit.recipe import main
+
+sig = getattr(signal, os.environ["PREEMPT_SIGNAL"])
+step = os.environ["PREEMPT_STEP"]
+stage = os.environ["PREEMPT_STAGE"]
+
+class SignalAtStep(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if step != "end" and state.global_step == int(step) - 1:
+            os.kill(os.getpid(), sig)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if step == "end":
+            os.kill(os.getpid(), sig)
+
+during_save = os.environ.get("PREEMPT_DURING_SAVE")
+save_rng_state = transformers.Trainer._save_rng_state
+
+def save_rng_state_then_signal(self, output_dir):
+    if during_save and SAVE_DIR in output_dir:
+        os.kill(os.getpid(), signal.SIGKILL if during_save == "kill" else sig)
+    return save_rng_state(self, output_dir)
+
+transformers.Trainer._save_rng_state = save_rng_state_then_signal
+callbacks_for_stage = stages.callbacks_for_stage
+stages.callbacks_for_stage = lambda callbacks, name, stage_dir: [
+    *callbacks_for_stage(callbacks, name, stage_dir), *([SignalAtStep()] if name == stage else [])]
+main(sys.argv[1:])
+"""
+
+
+def run_args(model_dir, out: Path) -> list[str]:
+    # 8 pairs: SFT 8 steps (extended: 16 rows at batch 2), preference 4 steps; periodic checkpoints never happen
+    # (save_steps 1000), so a resume can only start from the preemption's checkpoint. Probes on: the monitor's and
+    # guard's state ride in the checkpoint.
+    return tiny_args(model_dir, out, max_train_samples=8, preference_max_steps=4, save_steps=1000, probe_every=2,
+                     lora_dropout=0.1)  # fmt: skip
+
+
+def run(args: list[str], **env) -> subprocess.CompletedProcess:
+    code = ["-c", SIGNAL_AT_STEP] if env else [str(RECIPE)]
+    return subprocess.run([sys.executable, *code, *args], env={**ENV, **env}, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)  # fmt: skip
+
+
+STAGES = ("sft", "preference")
+
+
+def adapters(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {stage: load_file(str(out / stage / "adapter" / "adapter_model.safetensors")) for stage in STAGES}
+
+
+def assert_same_adapters(out: Path, reference: Path) -> None:
+    got, want = adapters(out), adapters(reference)
+    for stage in want:
+        assert got[stage].keys() == want[stage].keys()
+        for name, weight in want[stage].items():
+            assert torch.equal(got[stage][name], weight), f"{stage}: {name} differs from the uninterrupted run's"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    proc = run(run_args(tiny_model_dir, out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (out / PREEMPTED_MARKER).exists()
+    return out
+
+
+def preempted(out: Path, proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-4000:]
+    assert "rerun the same command to resume" in proc.stderr and "Traceback" not in proc.stderr
+    return json.loads((out / PREEMPTED_MARKER).read_text())
+
+
+def test_signal_during_sft_resumes_from_the_signalled_step(tiny_model_dir, tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    args = run_args(tiny_model_dir, out)
+    marker = preempted(out, run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="sft", PREEMPT_STEP="3"))
+    sft = out / "sft"
+    assert marker["signal"] == "SIGTERM" and marker["checkpoint"] == str(sft / "checkpoint-3")
+    assert sorted(p.name for p in sft.glob("checkpoint-*")) == ["checkpoint-3"]
+    checkpoint = sft / "checkpoint-3"
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors",
+                 GUARD_STATE):  # fmt: skip
+        assert (checkpoint / name).exists(), name
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 3
+    assert not (sft / "stage_complete.json").exists() and not (out / "preference").exists()
+    assert not (sft / SAVE_DIR).exists()
+
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"[sft] resuming from {checkpoint}" in rerun.stderr
+    assert not (out / PREEMPTED_MARKER).exists()  # the rerun took over
+    assert_same_adapters(out, uninterrupted)
+
+
+def test_signal_between_stages_finishes_sft_and_stops_before_preference(tiny_model_dir, tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    args = run_args(tiny_model_dir, out)
+    marker = preempted(out, run(args, PREEMPT_SIGNAL="SIGUSR1", PREEMPT_STAGE="sft", PREEMPT_STEP="end"))
+    assert marker["signal"] == "SIGUSR1" and marker["where"] == "after the sft stage" and marker["checkpoint"] == ""
+    assert (out / "sft" / "stage_complete.json").exists()
+    assert not list((out / "preference").glob("checkpoint-*"))
+
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "[sft] already complete" in rerun.stderr and "resuming from" not in rerun.stderr
+    assert_same_adapters(out, uninterrupted)
+
+
+def test_signal_during_preference_and_again_during_the_save(tiny_model_dir, tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    args = run_args(tiny_model_dir, out)
+    proc = run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2",
+               PREEMPT_DURING_SAVE="signal")
+    marker = preempted(out, proc)
+    assert "SIGTERM again while the checkpoint is being saved" in proc.stderr
+    stage = out / "preference"
+    checkpoint = stage / "checkpoint-2"
+    assert marker["checkpoint"] == str(checkpoint) and marker["where"] == "in preference at step 2"
+    assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "rng_state.pth").exists()
+    assert (checkpoint / GUARD_STATE).exists() and not (stage / SAVE_DIR).exists()
+
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "[sft] already complete" in rerun.stderr and f"[preference] resuming from {checkpoint}" in rerun.stderr
+    assert json.loads((stage / "stage_complete.json").read_text())["status"] == "resumed from checkpoint-2"
+    assert_same_adapters(out, uninterrupted)
+
+
+def test_kill_during_the_save_leaves_no_checkpoint_to_resume_from(tiny_model_dir, tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    args = run_args(tiny_model_dir, out)
+    proc = run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2",
+               PREEMPT_DURING_SAVE="kill")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
+    stage = out / "preference"
+    assert (stage / SAVE_DIR / "checkpoint-2").exists()  # the torn save stays in the temporary folder
+    assert not list(stage.glob("checkpoint-*"))
+
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "[preference] resuming from" not in rerun.stderr  # trained again from its start
+    assert_same_adapters(out, uninterrupted)
+
+
+def test_signal_names_and_the_config_field():
+    assert signal_names(["TERM", "sigusr1", "SIGTERM"]) == ["SIGTERM", "SIGUSR1"]
+    assert signal_names(["none"]) == []
+    for bad in ("KILL", "SIGSTOP", "NOPE"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            signal_names([bad])
+    assert parse_recipe_config([]).run.preempt_signals == ["SIGTERM", "SIGUSR1"]
+    assert parse_recipe_config(["--preempt_signals", "USR2"]).run.preempt_signals == ["SIGUSR2"]
+
+
+def test_handlers_are_restored_and_a_signal_only_sets_the_flag():
+    before = signal.getsignal(signal.SIGUSR2)
+    with Preemption(["SIGUSR2"]) as preemption:
+        assert not preemption.requested()
+        signal.raise_signal(signal.SIGUSR2)  # handled in this thread before raise_signal returns
+        assert preemption.requested() and preemption.agreed() and preemption.signal_name == "SIGUSR2"
+    assert signal.getsignal(signal.SIGUSR2) is before
