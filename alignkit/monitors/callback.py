@@ -27,7 +27,7 @@ from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, write_jsonl_atomic
 from alignkit.monitors.config import MonitorConfig
-from alignkit.monitors.guard import alert_message, check_mitigation, raise_sft_weight, sft_weight_slot
+from alignkit.monitors.guard import alert_message, check_mitigation, mitigate, sft_weight_slot, switch_on_floor
 from alignkit.monitors.measure import (
     Handover,
     change_metrics,
@@ -203,7 +203,7 @@ class SqueezingCallback(TrainerCallback):
         if self.tokenizer is None:
             raise AlignkitError("SqueezingMonitor has no tokenizer: pass one, or use a trainer with processing_class")
         if self.config.guard_action == "mitigate":
-            self._mitigation_note = check_mitigation(self.trainer, args, self.stage)
+            self._mitigation_note = check_mitigation(self.trainer, args, self.stage, self.config.guard_mitigation)
         self.monitor.is_main_process = state.is_world_process_zero
         self.monitor.save_probe_set()
         self._offset = self.monitor.next_offset
@@ -293,6 +293,7 @@ class SqueezingCallback(TrainerCallback):
             "guard_acted": self._guard_acted,
             "stopped_early": self.stopped_early,
             "sft_weight": slot[0][slot[1]] if slot is not None else None,
+            "negative_floor": getattr(getattr(self.trainer, "objective", None), "negative_floor", None),
             "events": [e for e in self.monitor.events if e["stage"] == self.stage],
             "probe_seconds": self.probe_seconds,
             "last_probe_seconds": self._last_probe_seconds,
@@ -332,6 +333,8 @@ class SqueezingCallback(TrainerCallback):
         self.monitor.events += [e for e in saved["events"] if (e["stage"], e["step"]) not in known]
         if saved["sft_weight"] is not None and (slot := sft_weight_slot(self.trainer, args)) is not None:
             slot[0][slot[1]] = saved["sft_weight"]  # in place: the list the trainer reads at every step
+        if saved.get("negative_floor") is not None:  # a floor the guard turned on (alignkit/monitors/guard.py)
+            switch_on_floor(self.trainer, saved["negative_floor"])
         self._reload_records(state.global_step)
         self.resumed_guard_state = True
         logger.warning(
@@ -552,13 +555,7 @@ class SqueezingCallback(TrainerCallback):
                 action = f"stopped the stage at step {state.global_step} of {state.max_steps} and saved a checkpoint"
             self._guard_acted = True
         elif not self._guard_acted and self.config.guard_action == "mitigate":
-            changed = raise_sft_weight(self.trainer, args, self.config.guard_sft_weight)
-            if changed is not None:
-                action = (
-                    f"raised the SFT-on-y+ loss weight from {changed[0]:g} to {changed[1]:g} for the rest of the stage"
-                )
-            else:
-                action = f"warn ({self._mitigation_note})"
+            action = mitigate(self.trainer, args, self.config) or f"warn ({self._mitigation_note})"
             self._guard_acted = True
         if self.monitor.on_main_process():
             logger.warning("%s Guard: %s", message, action)

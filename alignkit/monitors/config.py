@@ -21,6 +21,7 @@ NOISE_FAMILIES = ("shuffled", "non_human")
 MODEL_FAMILIES = ("greedy", "argmax")  # derived from the model at each evaluation, not stored in the probe set
 ALL_FAMILIES = PAIR_FAMILIES + REWRITE_FAMILIES + IRRELEVANT_FAMILIES + NOISE_FAMILIES + MODEL_FAMILIES
 GUARD_ACTIONS = ("warn", "stop", "mitigate")
+GUARD_MITIGATIONS = ("sft_weight", "negative_floor")  # what `mitigate` switches on (docs/remedies.md)
 # What the alert can read (docs/monitors.md): the original score, or a mechanism metric (alignkit.monitors.scoring).
 ALERT_METRICS = (
     "score", "off_target_fall", "collateral_ratio", "concentration_alt", "concentration_top", "greedy_start_rise",
@@ -194,12 +195,25 @@ class MonitorConfig:
         default="warn",
         metadata={
             "help": "What an alert does: 'warn' (log and report), 'stop' (save a checkpoint and end the stage), "
-            "'mitigate' (raise the weight of the SFT term on y+ to guard_sft_weight for the rest of the stage; the "
-            "preference stage must have 'sft' in loss_type, with weight 0 until then)."
+            "'mitigate' (switch on the remedy guard_mitigation names for the rest of the stage: raise the weight of "
+            "the SFT term on y+ to guard_sft_weight, for which the preference stage must have 'sft' in loss_type, "
+            "with weight 0 until then; or turn on the negative-gradient floor)."
         },
     )
     guard_sft_weight: float = field(
         default=1.0, metadata={"help": "The SFT-on-y+ loss weight that guard_action='mitigate' raises to."}
+    )
+    guard_mitigation: str = field(
+        default="sft_weight",
+        metadata={
+            "help": "What guard_action='mitigate' switches on from the step the alert fires: 'sft_weight' (the SFT "
+            "mix, raised to guard_sft_weight) or 'negative_floor' (the negative-gradient floor at "
+            "guard_negative_floor; preference loss dpo, dpop or cal_dpo). docs/remedies.md."
+        },
+    )
+    guard_negative_floor: float = field(
+        default=0.5,
+        metadata={"help": "The negative_floor (nats per token) that guard_mitigation='negative_floor' turns on."},
     )
 
     def __post_init__(self):
@@ -264,6 +278,13 @@ class MonitorConfig:
             )
         if self.guard_sft_weight <= 0:
             raise AlignkitError(f"config field 'guard_sft_weight' is {self.guard_sft_weight}; it must be > 0")
+        if self.guard_mitigation not in GUARD_MITIGATIONS:
+            raise AlignkitError(f"config field 'guard_mitigation' is {self.guard_mitigation!r}; it must be one of: "
+                                f"{', '.join(GUARD_MITIGATIONS)}")  # fmt: skip
+        if not self.guard_negative_floor >= 0 or self.guard_negative_floor == math.inf:
+            raise AlignkitError(
+                f"config field 'guard_negative_floor' is {self.guard_negative_floor}; it must be >= 0 nats per token"
+            )
         if self.rephrase_endpoint is not None:
             # Only a URL: the rephraser starts no local server and has no verifier.
             self.rephrase_endpoint.validate("probe_rephrase_", kinds=())
