@@ -47,5 +47,10 @@ COPY eval ./eval
 USER 1000
 
 VOLUME ["/data", "/outputs", "/cache"]
-ENTRYPOINT ["accelerate", "launch", "recipes/extended_dpo.py"]
+# Exec form, no launcher in between: the recipe is PID 1 and receives `docker stop`'s (Kubernetes') SIGTERM itself; it
+# saves a checkpoint of the current step and exits 75, and the same `docker run` resumes (docs/recipe.md, "Preemptible
+# jobs"; give it time: `docker stop -t 60`, the default 10 s may be too short). `accelerate launch` with one process
+# would neither pass the signal on (as PID 1 it ignores SIGTERM) nor keep the exit code. Several GPUs: --entrypoint
+# accelerate (docs/recipe.md, "Docker").
+ENTRYPOINT ["python", "recipes/extended_dpo.py"]
 CMD ["--output_dir", "/outputs/extended_dpo"]

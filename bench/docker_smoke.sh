@@ -6,7 +6,9 @@
 #   3. the entrypoint trains a short recipe offline (--network none) as the image's own user, with host folders at
 #      /outputs and /cache: report.md and the stage adapters must land in /outputs owned by uid 1000;
 #   4. a second run into a new output folder reuses /cache: no second GGUF conversion, cache folder untouched;
-#   5. no .git, credential file or secret-looking value is in any layer; HF_HOME and ALIGNKIT_CACHE are in /cache.
+#   5. no .git, credential file or secret-looking value is in any layer; HF_HOME and ALIGNKIT_CACHE are in /cache;
+#   6. preemption: a run stopped by `stop` mid-training exits 75 with preempted.json, and the same run again resumes
+#      and finishes (PREEMPT_ARGS: its recipe overrides).
 # Run by hand, not by CI: the image is several GB and the build downloads CUDA PyTorch.
 #   bash bench/docker_smoke.sh              # docker when a docker engine answers, podman otherwise
 # Knobs (environment): ENGINE, IMAGE, SMOKE_DIR (host folders, logs, stand-in), SMOKE_CONTEXT (build context, default
@@ -225,11 +227,40 @@ if found:
 ' >"$SMOKE_DIR/layers.txt" 2>&1 || die "$(cat "$SMOKE_DIR/layers.txt")"
 say "layers clean: $(cat "$SMOKE_DIR/layers.txt"); HF_HOME and ALIGNKIT_CACHE in /cache"
 
+# --- 6. preemption: `stop` sends SIGTERM to the entrypoint (PID 1, the recipe), which saves a checkpoint of its
+# current step and exits 75; the same run again resumes into the same output folder and finishes.
+PREEMPT_ARGS=${PREEMPT_ARGS:---sft_max_steps 40 --preference_max_steps 2 --probe_enabled false}
+read -r -a pargs <<<"$PREEMPT_ARGS"
+name=preempt
+engine rm -f "alignkit-smoke-$name" >/dev/null 2>&1 || true
+engine run -d --name "alignkit-smoke-$name" --network none -v "$OUT:/outputs" -v "$CACHE:/cache" "$IMAGE" \
+  "${pargs[@]}" --output_dir "/outputs/$name" >/dev/null || die "$name: the container did not start"
+for _ in $(seq 600); do # until the SFT stage has started training (its trainer logs a progress bar), at most 10 min
+  engine logs "alignkit-smoke-$name" 2>&1 | grep -q '[0-9]/40 \[' && break
+  [ "$(engine inspect --format '{{.State.Running}}' "alignkit-smoke-$name")" = true ] ||
+    die "$name: the run ended before it was stopped, see: $ENGINE logs alignkit-smoke-$name"
+  sleep 1
+done
+t0=$(date +%s)
+engine stop -t 60 "alignkit-smoke-$name" >/dev/null
+STOP_S=$(($(date +%s) - t0))
+engine logs "alignkit-smoke-$name" >"$SMOKE_DIR/$name-stopped.log" 2>&1
+STOP_RC=$(engine inspect --format '{{.State.ExitCode}}' "alignkit-smoke-$name")
+engine rm "alignkit-smoke-$name" >/dev/null
+[ "$STOP_RC" = 75 ] || die "$name: exit code $STOP_RC after stop, not 75; see $SMOKE_DIR/$name-stopped.log"
+[ -s "$OUT/$name/preempted.json" ] || die "$name: no preempted.json after stop"
+say "stop: exit 75 after ${STOP_S}s; $(tr -d '\n' <"$OUT/$name/preempted.json")"
+SMOKE_ARGS=$PREEMPT_ARGS run_recipe "$name" # the same run again: resumes, finishes, and passes run_recipe's checks
+[ ! -e "$OUT/$name/preempted.json" ] || die "$name: preempted.json is still there after the rerun"
+grep -qE 'resuming from|already complete' "$SMOKE_DIR/$name.log" || die "$name: the rerun did not resume"
+say "rerun after stop: resumed and finished in ${RUN_S}s"
+
 cat <<EOF | tee "$SMOKE_DIR/summary.txt"
 
 engine: $ENGINE; stand-in base: $STANDIN
 build: ${BUILD_S}s; image size: $SIZE bytes
 run1 (cold /cache, GGUF converted): ${RUN1_S}s; run2 (warm /cache): ${RUN2_S}s
+stop mid-run: exit 75 after ${STOP_S}s; rerun resumed and finished
 logs: $SMOKE_DIR/{build,run1,run2}.log; history: $SMOKE_DIR/history.txt
 PASS
 EOF
