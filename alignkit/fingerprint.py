@@ -166,6 +166,10 @@ def _show(value) -> str:
     return value if value is MISSING else json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
+class StaleWork(AlignkitError):
+    """A rerun found work made with other settings and was not told to replace it (the message says what changed)."""
+
+
 def check_reuse(
     what: str, where: Path, recorded: dict | None, current: dict, overwrite: bool, ways: str = STAGE_WAYS
 ) -> bool:
@@ -185,7 +189,7 @@ def check_reuse(
     if overwrite:
         logger.warning("[%s] %s %s\noverwrite is set: deleting it and training it again", what, where, detail)
         return False
-    raise AlignkitError(f"{what} in {where} {detail}\nNothing was reused. {ways}")
+    raise StaleWork(f"{what} in {where} {detail}\nNothing was reused. {ways}")
 
 
 def read_json(path: Path) -> dict | None:

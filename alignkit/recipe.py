@@ -22,13 +22,14 @@ from alignkit.config import RecipeConfig, parse_recipe_config
 from alignkit.data import check_lengths, load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.evaluation import check_judge, final_win_rate
+from alignkit.fingerprint import StaleWork
 from alignkit.models import load_tokenizer
 from alignkit.monitors import SqueezingMonitor, build_probe_set
 from alignkit.onpolicy import run_onpolicy_preference_stage
 from alignkit.preempt import PREEMPTED_EXIT_CODE, Preempted, Preemption, clear_marker, write_marker
 from alignkit.preflight import recipe as preflight
 from alignkit.report import write_metrics, write_report
-from alignkit.rerun import check_run_folder, record_config
+from alignkit.rerun import check_run_folder, record_config, unrecord_config
 from alignkit.stages import load_stage_model, run_preference_stage, run_sft_stage
 
 logger = logging.getLogger("alignkit")
@@ -44,6 +45,9 @@ def run_recipe(cfg: RecipeConfig) -> Path:
             return _run_recipe(cfg, preemption)
         except Preempted as stop:
             write_marker(Path(cfg.run.output_dir), stop, preemption)
+            raise
+        except StaleWork:  # a stage found work made with other settings: the run is refused, the folder kept as it was
+            unrecord_config(Path(cfg.run.output_dir))
             raise
 
 

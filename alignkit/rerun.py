@@ -25,10 +25,10 @@ import yaml
 from accelerate import PartialState
 
 from alignkit.config import RecipeConfig
-from alignkit.errors import AlignkitError
 from alignkit.fingerprint import (
     FINGERPRINT,
     RECIPE_WAYS,
+    StaleWork,
     changed_fields,
     config_part,
     describe_changes,
@@ -52,6 +52,10 @@ def _recorded(stage_dir: Path) -> tuple[bool, dict | None]:
     return True, done.get("fingerprint") if done is not None else read_json(stage_dir / FINGERPRINT)
 
 
+# out -> (config.yaml's text before this run, or None; config_history.jsonl's size before this run's line)
+_BEFORE: dict[Path, tuple[str | None, int]] = {}
+
+
 def stale_stages(cfg: RecipeConfig, out: Path, num_processes: int) -> list[tuple[str, str]]:
     """(stage, why) for every stage folder in `out` that this config would not reuse, in training order."""
     stale: list[tuple[str, str]] = []
@@ -73,13 +77,14 @@ def stale_stages(cfg: RecipeConfig, out: Path, num_processes: int) -> list[tuple
 def check_run_folder(cfg: RecipeConfig, out: Path) -> None:
     """Stop now, naming each changed field, when `out` holds stages made with other settings (module docstring);
     with `overwrite`, say which stages will be trained again (and delete a stage's folder that this run skips)."""
+    _BEFORE.pop(out, None)  # a new run into `out` starts: an earlier run's record is not this run's to take back
     state = PartialState()
     stale = stale_stages(cfg, out, state.num_processes)
     if not stale:
         return
     listing = "\n".join(f"stage '{stage}' in {out / stage}:\n{why}" for stage, why in stale)
     if not cfg.run.overwrite:
-        raise AlignkitError(
+        raise StaleWork(
             f"{out} holds work made with other settings:\n{listing}\nNothing was reused or changed. {RECIPE_WAYS}"
         )
     logger.warning("overwrite is set: these stages are trained again, with every stage after them:\n%s", listing)
@@ -93,6 +98,7 @@ def record_config(cfg: RecipeConfig, out: Path) -> None:
     """Write `config.yaml` (this run's config) and append this run to `config_history.jsonl` (module docstring)."""
     path, history = out / CONFIG, out / HISTORY
     config = json_safe(cfg.to_dict())
+    _BEFORE[out] = (path.read_text() if path.is_file() else None, history.stat().st_size if history.is_file() else 0)
     previous = yaml.safe_load(path.read_text()) if path.is_file() else None
     if previous is not None and not history.exists():  # a folder from before the history was kept
         append_jsonl(history, {"started": None, "note": "a run from before this history was kept", "config": previous})
@@ -104,3 +110,21 @@ def record_config(cfg: RecipeConfig, out: Path) -> None:
     if previous is not None and entry["changed"]:
         logger.warning("%s: changed since the last run into this folder: %s (history: %s)", path,
                        json.dumps(entry["changed"], default=str), history)  # fmt: skip
+
+
+def unrecord_config(out: Path) -> None:
+    """Undo this process's `record_config` into `out`: a stage refused the run (StaleWork, found only once the data was
+    read), and a refused run must leave the folder describing the runs that did happen."""
+    if (before := _BEFORE.pop(out, None)) is None:
+        return
+    text, size = before
+    path, history = out / CONFIG, out / HISTORY
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+    if size == 0:
+        history.unlink(missing_ok=True)
+    elif history.is_file():
+        with history.open("r+b") as f:
+            f.truncate(size)

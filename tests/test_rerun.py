@@ -104,11 +104,14 @@ def test_a_changed_data_file_is_found_by_its_digest(tiny_model_dir, tmp_path):
     for row in rows:  # the same file name, other content
         row["chosen"] += " (edited)"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = {name: (out / name).read_text() for name in ("config.yaml", HISTORY)}
     with pytest.raises(AlignkitError) as err:
         run_recipe(parse_recipe_config(argv))
     message = str(err.value)
     assert "stage 'sft'" in message and "data: 3 rows, sha256 " in message and " -> 3 rows, sha256 " in message
     assert json.loads((out / "sft" / STAGE_DONE).read_text())["status"] == "trained"  # still the old one
+    # found only once the data was read, after this run had recorded its config: the record is taken back
+    assert {name: (out / name).read_text() for name in records} == records
 
 
 class CrashAfterSave(TrainerCallback):
