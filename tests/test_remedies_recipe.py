@@ -78,3 +78,23 @@ def test_guard_floor_needs_a_floor_capable_loss(tiny_model_dir, tmp_path):
         parse_recipe_config(
             tiny_args(tiny_model_dir, tmp_path, loss="ipo", guard_action="mitigate", guard_mitigation="negative_floor")
         )
+
+
+def test_remedies_bench_arms_differ_only_in_their_remedy(tmp_path, monkeypatch):
+    """bench/remedies.py trains through the recipe's own config path (bench/_recipe.py): float32 on a CPU, and each
+    arm's config is plain DPO's with only the arm's own fields changed."""
+    import torch
+
+    from alignkit.stages import dpo_config
+
+    from .test_bench_paths import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module = bench("remedies")
+    args = module.build_parser().parse_args([])
+    plain = module.config(args, 0, tmp_path).to_dict()
+    for name, fields in module.ARMS.items():
+        cfg = module.config(args, 0, tmp_path, **fields)
+        assert {k for k, v in cfg.to_dict().items() if plain[k] != v} == set(fields), name
+        trl = dpo_config(cfg, tmp_path / name, cfg.preference.preference_max_steps)
+        assert (trl.bf16, trl.fp16, trl.use_cpu, trl.max_steps) == (False, False, True, args.steps)
