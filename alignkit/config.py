@@ -707,7 +707,14 @@ CONFIG_CLASSES = (
 
 @dataclass
 class RecipeConfig:
-    """Everything the extended-DPO recipe needs, one part per concern."""
+    """Everything the extended-DPO recipe needs, one part per concern: the flat YAML namespace of every field.
+
+        from alignkit import RecipeConfig, parse_recipe_config
+
+        cfg: RecipeConfig = parse_recipe_config(["--config", "recipes/configs/demo.yaml", "--beta", "0.2"])
+        cfg.preference.beta, cfg.monitor.squeeze_threshold  # each part is a dataclass of the recipe's fields
+        cfg.save_yaml("config.yaml")  # rerun with --config config.yaml
+    """
 
     model: ModelConfig
     data: DataConfig
@@ -755,6 +762,11 @@ def config_keys() -> set[str]:
 
 
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
-    """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig` (alignkit.cli)."""
+    """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig` (alignkit.cli).
+
+        from alignkit import parse_recipe_config
+
+        cfg = parse_recipe_config(["--config", "recipes/configs/demo.yaml", "--output_dir", "runs/x"])
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     return RecipeConfig(*parse_dataclasses(CONFIG_CLASSES, args, REMOVED_KEYS))

@@ -38,6 +38,14 @@ logger = logging.getLogger("alignkit")
 def run_recipe(cfg: RecipeConfig) -> Path:
     """Run every stage of the recipe for `cfg` and return the run folder (its report is `report.md`).
 
+        from alignkit import parse_recipe_config, run_recipe
+
+        cfg = parse_recipe_config(["--config", "recipes/configs/demo.yaml", "--output_dir", "runs/demo"])
+        report = run_recipe(cfg) / "report.md"
+
+    The same from a shell, with or without a checkout: `accelerate launch -m alignkit.recipe --config ...`, or the
+    `alignkit-recipe` command.
+
     A signal of `preempt_signals` stops it at the next safe point, with a checkpoint when a stage was training, writes
     `preempted.json` and raises `Preempted`; the same call again resumes (alignkit/preempt.py)."""
     with Preemption(cfg.run.preempt_signals) as preemption:

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = {
     "recipe": ["recipes/extended_dpo.py"],
+    "recipe_module": ["-m", "alignkit.recipe"],  # accelerate launch -m alignkit.recipe: no checkout needed
+    "win_rate_module": ["-m", "alignkit.judge"],
     "study": ["recipes/squeezing_study.py"],
     "preflight": ["-m", "alignkit.preflight"],
     "dynamics": ["-m", "alignkit.dynamics"],

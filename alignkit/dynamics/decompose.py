@@ -405,6 +405,15 @@ def decompose(
 ) -> Decomposition:
     """Predict and decompose how one SGD step (lr) on `update` changes log π(observed response | observed prompt).
 
+        from alignkit import decompose
+
+        d = decompose(model, tokenizer, observed=("What is the capital of France?", "Paris is the capital."),
+                      update={"prompt": "What is 2+2?", "chosen": "4", "rejected": "Bananas are purple."},
+                      loss="dpo", lr=1e-5)
+        d.predicted, d.per_token  # first-order change of log π(observed), and its M x L token-pair table
+
+    `actual_change(...)` takes the real step on the same loss to check it (`python -m alignkit.dynamics --check`).
+
     Args:
         observed: (prompt, response); the prompt is a string or a list of chat messages (see `encode_pair`).
         update: {"prompt", "chosen", "rejected"}. SFT uses chosen (rejected ignored); dpo/ipo use both, and their

@@ -14,7 +14,14 @@ MODES = ("auto", "text", "logprobs")
 
 @dataclass
 class JudgeConfig:
-    """Which judge to ask and how hard to try. The API key is never stored here, only the name of its variable."""
+    """Which judge to ask and how hard to try. The API key is never stored here, only the name of its variable.
+
+        from alignkit import JudgeConfig, evaluate_win_rate
+
+        offline = JudgeConfig(base_url="verifier")  # reference answers, no model: the built-in data's checkable tasks
+        gpt = JudgeConfig(base_url="https://api.openai.com/v1", model="gpt-4o", api_key_env="OPENAI_API_KEY")
+        evaluate_win_rate("runs/a/final", "runs/b/final", judge=gpt, output_dir="runs/a_vs_b")
+    """
 
     base_url: str = field(
         default=LOCAL,

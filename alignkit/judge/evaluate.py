@@ -160,6 +160,14 @@ def evaluate_win_rate(
 ) -> WinRateResult:
     """Judge candidate vs baseline on a prompt set in both orders, compute the win rates and write the reports.
 
+        from alignkit import JudgeConfig, evaluate_win_rate
+
+        result = evaluate_win_rate("runs/demo/final", "runs/baseline/final", judge=JudgeConfig(base_url="verifier"),
+                                   output_dir="runs/win_rate")
+        print(result.win_rate, result.win_rate_ci)  # ties count half; report.md and report.html in output_dir
+
+    The same from a shell: `python -m alignkit.judge` or `alignkit-win-rate` (`eval/win_rate.py` in a checkout).
+
     Args:
         candidate: the model under test: an outputs JSONL, a local HF folder, hub id, PEFT adapter folder, .gguf file,
             or an already loaded `(model, tokenizer)`.

@@ -215,6 +215,17 @@ def run_preflight(
 ) -> PreflightResult:
     """Score the pairs under the model the preference stage would start from, write the outputs, return them.
 
+        from alignkit import parse_recipe_config, run_preflight
+        from alignkit.data import load_preference_data
+        from alignkit.models import load_tokenizer
+
+        cfg = parse_recipe_config(["--config", "recipes/configs/demo.yaml"])
+        data = load_preference_data(cfg.data, seed=cfg.run.seed)
+        result = run_preflight(cfg, load_tokenizer(cfg.model), data["train"], data.get("test"), Path("out"), None)
+        print(result.verdict)  # out/ has preflight.jsonl (riskiest pair first), preflight.md and the histogram
+
+    The same from a shell: `python -m alignkit.preflight --config ...` or `alignkit-preflight`.
+
     Args:
         train, heldout: the training split, and the held-out split (the one-step prediction's off-target answers;
             None: other training pairs' y+ stand in).
