@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.preempt import generation_stops, interrupt_point
 from alignkit.sequences import Prompt, left_pad, pad_id, render_prompt, response_token_stats
 
 
@@ -53,6 +54,7 @@ def generate(
         input_ids, attention_mask = left_pad(chunk, pad)
         width = input_ids.shape[1]
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        interrupt_point(desc)  # a preemption signal (alignkit/preempt.py): stop between two batches ...
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -64,8 +66,10 @@ def generate(
             use_cache=True,
             output_logits=with_stats,
             return_dict_in_generate=True,
+            stopping_criteria=generation_stops(),  # ... or between two tokens, dropping this batch's texts
             **sampling,
         )
+        interrupt_point(desc)
         new_tokens = generated.sequences[:, width:]
         decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         k = num_return_sequences

@@ -8,7 +8,12 @@ point:
 * inside a stage (or an on-policy round), at the end of the current optimizer step (`PreemptionCallback`): every
   process finishes the step, the trainer saves a full checkpoint (weights or adapter, optimizer, scheduler, RNG, and
   what other callbacks save with it: the squeezing monitor's and guard's state), and the stage ends;
-* between stages, and before each on-policy round trains (after its samples and pairs are on disk), at once.
+* between stages, and before each on-policy round trains (after its samples and pairs are on disk), at once;
+* in work that can be dropped and done again, at its next safe point (`interrupt_point`, `generation_stops`): a probe
+  evaluation (between two batches, or between two decoded tokens), on-policy sampling, any `alignkit.generation`
+  decoding. A probe evaluation at a step's end is dropped and the checkpoint of that step saved (the resumed run
+  evaluates at that checkpoint); one at a stage's start, or sampling, ends the run at once (`Interrupted`): nothing
+  was trained since the last checkpoint. With several processes such work is collective, so it runs to its end.
 
 Then `Preempted` unwinds the recipe, the main process writes `preempted.json` in the run folder (signal, where,
 checkpoint), and the command exits with `PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again later"). Rerunning the same
@@ -47,7 +52,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import TrainerCallback
+from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +95,11 @@ class Preempted(Exception):
                 "seconds_since_signal": waited, "exit_code": PREEMPTED_EXIT_CODE}  # fmt: skip
 
 
+class Interrupted(Preempted):
+    """Raised at a safe point of work that can be dropped and done again (`interrupt_point`): a probe evaluation,
+    on-policy sampling, a decoding."""
+
+
 def _any_process(flag: bool) -> bool:
     """Whether `flag` is set in any process (one all-reduce when several processes run; `flag` itself otherwise)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -109,6 +119,10 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _single_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
+
+
 class Preemption:
     """Handles `signals` while in use (`with Preemption(signals) as preemption:`), restoring the previous handlers at
     the end. A signal only sets the flag; `check(where)` and `callback()` stop the work at safe points."""
@@ -121,6 +135,8 @@ class Preemption:
         self._previous: dict[signal.Signals, object] = {}
 
     def __enter__(self) -> Preemption:
+        global _active
+        _active = self
         if threading.current_thread() is not threading.main_thread():
             logger.warning("preempt_signals are not handled: the recipe runs outside the main thread")
             return self
@@ -129,6 +145,8 @@ class Preemption:
         return self
 
     def __exit__(self, *exc) -> None:
+        global _active
+        _active = None
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
@@ -224,3 +242,26 @@ def write_marker(run_dir: Path, stop: Preempted, preemption: Preemption) -> Path
         path.write_text(json.dumps(stop.record(preemption.received_at), indent=1))
         logger.warning("%s; exiting with %d: rerun the same command to resume", stop, PREEMPTED_EXIT_CODE)
     return path
+
+
+_active: Preemption | None = None  # the Preemption in use (`with`), which `interrupt_point` reads
+
+
+def interrupt_point(what: str) -> None:
+    """Raise `Interrupted` when a signal of the Preemption in use has reached this process, in a single-process run
+    (with several processes the work is collective: it runs to its end, and the run stops at the next step boundary).
+    Call it where `what` (e.g. "probe scoring") can be dropped and done again."""
+    if _active is not None and _active.requested() and _single_process():
+        raise Interrupted(_active.signal_name, f"during {what}")
+
+
+class _StopOnSignal(StoppingCriteria):
+    def __call__(self, input_ids, scores, **kwargs):
+        stop = _active is not None and _active.requested()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def generation_stops() -> StoppingCriteriaList:
+    """Stopping criteria for `model.generate` that end the decoding at the next token once a signal came (then call
+    `interrupt_point`: the cut texts are to be dropped); none outside a Preemption or with several processes."""
+    return StoppingCriteriaList([_StopOnSignal()] if _active is not None and _single_process() else [])

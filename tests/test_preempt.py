@@ -16,14 +16,24 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.config import parse_recipe_config
+from alignkit.generation import generate
 from alignkit.monitors.stage_files import GUARD_STATE
-from alignkit.preempt import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, SAVE_DIR, Preemption, signal_names
+from alignkit.preempt import (
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_MARKER,
+    SAVE_DIR,
+    Interrupted,
+    Preemption,
+    generation_stops,
+    signal_names,
+)
 
 from .test_recipe import ENV, RECIPE, ROOT, tiny_args
 
 # The recipe, run by `python -c`, with a callback added to the stage PREEMPT_STAGE that sends PREEMPT_SIGNAL to its own
-# process: during optimizer step PREEMPT_STEP (at its start), or, with PREEMPT_STEP=end, once the stage's last step is
-# done (the stage then finishes and the signal is seen between the stages). PREEMPT_DURING_SAVE=signal|kill sends the
+# process: during optimizer step PREEMPT_STEP (at its start); with PREEMPT_STEP=end, once the stage's last step is done
+# (the stage then finishes and the signal is seen between the stages); with PREEMPT_STEP=begin, as the stage starts,
+# before the monitor's first probe evaluation (the callback goes first). PREEMPT_DURING_SAVE=signal|kill sends the
 # same signal again, or SIGKILL, while the preemption checkpoint is being written (its RNG state, the last file).
 SIGNAL_AT_STEP = """
 import os, signal, sys
@@ -42,6 +52,10 @@ class SignalAtStep(TrainerCallback):
         if step != "end" and state.global_step == int(step) - 1:
             os.kill(os.getpid(), sig)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if step == "begin":
+            os.kill(os.getpid(), sig)
+
     def on_train_end(self, args, state, control, **kwargs):
         if step == "end":
             os.kill(os.getpid(), sig)
@@ -56,8 +70,14 @@ def save_rng_state_then_signal(self, output_dir):
 
 transformers.Trainer._save_rng_state = save_rng_state_then_signal
 callbacks_for_stage = stages.callbacks_for_stage
-stages.callbacks_for_stage = lambda callbacks, name, stage_dir: [
-    *callbacks_for_stage(callbacks, name, stage_dir), *([SignalAtStep()] if name == stage else [])]
+
+def with_signal(callbacks, name, stage_dir):
+    callbacks = list(callbacks_for_stage(callbacks, name, stage_dir))
+    if name == stage:
+        callbacks.insert(0 if step == "begin" else len(callbacks), SignalAtStep())
+    return callbacks
+
+stages.callbacks_for_stage = with_signal
 main(sys.argv[1:])
 """
 
@@ -149,6 +169,8 @@ def test_signal_during_preference_and_again_during_the_save(tiny_model_dir, tmp_
                PREEMPT_DURING_SAVE="signal")
     marker = preempted(out, proc)
     assert "SIGTERM again while the checkpoint is being saved" in proc.stderr
+    # probe_every 2: the evaluation at the end of step 2 stops at its first batch, so the checkpoint comes first
+    assert "[preference] probes at step 2 dropped for the preemption checkpoint" in proc.stderr
     stage = out / "preference"
     checkpoint = stage / "checkpoint-2"
     assert marker["checkpoint"] == str(checkpoint) and marker["where"] == "in preference at step 2"
@@ -159,6 +181,19 @@ def test_signal_during_preference_and_again_during_the_save(tiny_model_dir, tmp_
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "[sft] already complete" in rerun.stderr and f"[preference] resuming from {checkpoint}" in rerun.stderr
     assert json.loads((stage / "stage_complete.json").read_text())["status"] == "resumed from checkpoint-2"
+    assert_same_adapters(out, uninterrupted)
+
+
+def test_signal_during_the_first_probe_evaluation_ends_the_run_at_once(tiny_model_dir, tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    args = run_args(tiny_model_dir, out)
+    marker = preempted(out, run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="sft", PREEMPT_STEP="begin"))
+    assert marker["where"].startswith("during ") and marker["checkpoint"] == ""  # nothing trained yet: no checkpoint
+    assert not list((out / "sft").glob("checkpoint-*")) and not (out / "sft" / "stage_complete.json").exists()
+
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "[sft] resuming from" not in rerun.stderr
     assert_same_adapters(out, uninterrupted)
 
 
@@ -186,6 +221,21 @@ def test_signal_names_and_the_config_field():
             signal_names([bad])
     assert parse_recipe_config([]).run.preempt_signals == ["SIGTERM", "SIGUSR1"]
     assert parse_recipe_config(["--preempt_signals", "USR2"]).run.preempt_signals == ["SIGUSR2"]
+
+
+def test_decoding_stops_at_the_next_batch_or_token(tiny_model, tiny_tokenizer):
+    prompts = ["Say something.", "Say more."]
+    assert len(generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=2)) == 2  # no Preemption: never stops
+    with Preemption(["SIGUSR2"]) as preemption:
+        stop = generation_stops()
+        ids = torch.zeros((2, 3), dtype=torch.long)
+        assert not stop[0](ids, None).any()
+        signal.raise_signal(signal.SIGUSR2)
+        assert stop[0](ids, None).all()  # model.generate ends the decoding at the next token
+        with pytest.raises(Interrupted, match="during probe greedy"):
+            generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=2, desc="probe greedy")
+        assert preemption.requested()
+    assert not generation_stops()  # outside a Preemption nothing stops
 
 
 def test_handlers_are_restored_and_a_signal_only_sets_the_flag():

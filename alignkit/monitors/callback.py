@@ -50,6 +50,7 @@ from alignkit.monitors.stage_files import (
     save_guard_state,
 )
 from alignkit.monitors.trainer_data import probe_rows
+from alignkit.preempt import Interrupted
 
 logger = logging.getLogger("alignkit.monitors")
 
@@ -470,7 +471,16 @@ class SqueezingCallback(TrainerCallback):
             # Bars for the stage-boundary evaluations only: mid-stage ones would break the trainer's own bar.
             bar = event != "step" and self.monitor.on_main_process()
             progress = f"[{self.stage}] probes at {event}" if bar else None
-            measured = measure(model, self.tokenizer, probe_set, self.config, args, event, self._start_texts, progress)
+            try:
+                measured = measure(
+                    model, self.tokenizer, probe_set, self.config, args, event, self._start_texts, progress
+                )
+            except Interrupted:  # a preemption signal (alignkit/preempt.py); at a stage's start nothing is lost
+                if event in ("begin", "resume"):
+                    raise
+                logger.warning("[%s] probes at step %d dropped for the preemption checkpoint; the resumed run "
+                               "evaluates there", self.stage, state.global_step)  # fmt: skip
+                return
         metrics, values = family_values(probe_set, measured.stats)
 
         first = self._start_values is None

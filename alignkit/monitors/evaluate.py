@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from alignkit.generation import generate
 from alignkit.monitors.probes import Probe
 from alignkit.monitors.scoring import response_token_stats
+from alignkit.preempt import interrupt_point
 from alignkit.sequences import EncodedPair, collate, encode_pair, forward_shared_prompts
 
 
@@ -83,6 +84,7 @@ def evaluate_probes(
     score = _score_shared_prompt if share_prompt else _score_pairs
     chunks = _chunks(encoded, batch_size)
     for chunk in tqdm(chunks, desc=f"{progress}: scoring", disable=progress is None, leave=False):
+        interrupt_point("probe scoring")  # a preemption signal stops here (alignkit/preempt.py)
         stats = score(model, [(i, encoded[i]) for i in chunk], pad, device, tokenizer.eos_token_id)
         for i, family, values in stats:
             results[i].stats[family] = values
