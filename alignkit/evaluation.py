@@ -19,6 +19,7 @@ from alignkit.judge import JudgeConfig, WinRateConfig, evaluate_win_rate
 from alignkit.judge.validate import validate_judge
 from alignkit.judge.verifier import with_references
 from alignkit.models import local_folder
+from alignkit.preempt import Preempted
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def final_win_rate(cfg: RecipeConfig, final_dir: Path, prompts, out: Path) -> st
                 baseline_name="start" if e.eval_baseline == "start" else Path(e.eval_baseline).name,
             ),
         )
+    except Preempted:  # a preemption signal stopped the answers' generation: the rerun evaluates again
+        raise
     except Exception as err:  # the trained model is saved: the report must still be written, with this
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(traceback.format_exc())
