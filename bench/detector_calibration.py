@@ -20,6 +20,9 @@ threshold, the detection rate on positive runs and the false-alarm rate on null 
 
     python bench/detector_calibration.py                      # all conditions, seeds 0 1 2
     python bench/detector_calibration.py --analyze            # recompute the table and figure from the files
+
+The figures (runs per condition, each metric's best threshold with its detection and false-alarm rates) also go to
+bench/results/detector_calibration/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 from datasets import Dataset
 
 from alignkit.config import (
@@ -299,11 +303,12 @@ def best_threshold(runs: list[dict], metric: str, bound: str, max_fa: float = 0.
             "null_max": null_peak, "positive_min": pos_peaks[0] if pos_peaks else None}  # fmt: skip
 
 
-def analyze(out: Path) -> None:
+def analyze(out: Path) -> dict | None:
+    """Writes table.md, summary.json and calibration.png from the per-run files; returns the summary."""
     runs = [json.loads(p.read_text()) for p in sorted((out / "per_run").glob("*.json"))]
     if not runs:
         print("no runs yet")
-        return
+        return None
     order = [c for c in CONDITIONS if any(r["condition"] == c for r in runs)]
     lines = ["# Squeezing-alert calibration", "", f"{len(runs)} runs: "
              + ", ".join(f"{c} x{sum(r['condition'] == c for r in runs)}" for c in order) + ".", ""]  # fmt: skip
@@ -381,6 +386,8 @@ def analyze(out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
     plot(runs, order, out / "calibration.png", summary)
     print("\n".join(lines))
+    summary["conditions"] = {c: sum(r["condition"] == c for r in runs) for c in order}
+    return summary
 
 
 def plot(runs: list[dict], order: list[str], path: Path, summary: dict) -> None:
@@ -419,7 +426,7 @@ def plot(runs: list[dict], order: list[str], path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/detector_calibration")
     parser.add_argument("--work", default="outputs/detector_calibration")
@@ -434,7 +441,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders under --work")
     parser.add_argument("--analyze", action="store_true", help="only recompute the table and figure")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     out = Path(args.out)
     if not args.analyze:
@@ -450,7 +457,10 @@ def main() -> None:
                     continue
                 log.warning("start %s seed %d", name, seed)
                 run_one(args, name, seed, data, tokenizer, out)
-    analyze(out)
+    summary = analyze(out)
+    if summary is not None:
+        figures = {k: summary[k] for k in ("runs", "conditions", "best")} | {"per_run_folder": str(out / "per_run")}
+        write_result("detector_calibration", argv, figures)
 
 
 if __name__ == "__main__":

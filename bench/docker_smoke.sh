@@ -11,8 +11,10 @@
 #      and finishes (PREEMPT_ARGS: its recipe overrides).
 # Run by hand, not by CI: the image is several GB and the build downloads CUDA PyTorch.
 #   bash bench/docker_smoke.sh              # docker when a docker engine answers, podman otherwise
+# The figures (build and run seconds, image size) go to bench/results/docker_smoke/result.json (bench/_results.py).
 # Knobs (environment): ENGINE, IMAGE, SMOKE_DIR (host folders, logs, stand-in), SMOKE_CONTEXT (build context, default
-# the repository), SMOKE_ARGS (recipe overrides), PODMAN_OPTS (podman's global options), DEBIAN_MIRROR.
+# the repository), SMOKE_ARGS (recipe overrides), PODMAN_OPTS (podman's global options), DEBIAN_MIRROR, PYTHON (the
+# interpreter that writes the figures; standard library only, default python3).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -264,3 +266,10 @@ stop mid-run: exit 75 after ${STOP_S}s; rerun resumed and finished
 logs: $SMOKE_DIR/{build,run1,run2}.log; history: $SMOKE_DIR/history.txt
 PASS
 EOF
+# the figures, committed beside the other benches' (bench/results/docker_smoke/result.json)
+FIGURES=$(printf '{"engine": "%s", "stand_in_base": "%s", "build_seconds": %s, "image_size_bytes": %s, ' \
+  "$ENGINE" "$STANDIN" "$BUILD_S" "$SIZE")
+FIGURES+=$(printf '"run1_cold_cache_seconds": %s, "run2_warm_cache_seconds": %s, "stop_to_exit_seconds": %s, ' \
+  "$RUN1_S" "$RUN2_S" "$STOP_S")
+FIGURES+=$(printf '"smoke_args": "%s", "preempt_args": "%s", "passed": true}' "$SMOKE_ARGS" "$PREEMPT_ARGS")
+PYTHONPATH="$REPO" "${PYTHON:-python3}" "$REPO/bench/_results.py" docker_smoke "$FIGURES" "$@"

@@ -12,6 +12,8 @@ Configurations:
     lora_probes  the same plus the ‖K_ml‖_F estimate with 2 probes per update token
     all          params="all" (jvp method: one backward + one forward-mode pass per update token)
     all_cols     params="all" on the first --all-cols update tokens only, to extrapolate when "all" is too slow
+
+The table's rows also go to bench/results/dynamics_cost/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from _results import write_result
 
 TEXT = (
     "Paris is the capital and largest city of France. It is located on the Seine river in the north of the "
@@ -95,7 +99,7 @@ def run_one(config: str, tokens: int, all_cols: int, threads: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["lora", "lora_probes", "all"])
     p.add_argument("--tokens", type=int, default=64, help="M, and L = chosen + rejected tokens")
@@ -104,7 +108,7 @@ def main() -> None:
     # thread, > 8 min with 2, both at load average 5-7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration in this process
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args.tokens, args.all_cols, args.threads)))
         return
@@ -127,6 +131,8 @@ def main() -> None:
             f"{r['M']}×{r['L']} | {r['threads']} | {r['decompose_s']} | {r['peak_rss_gb']} | "
             f"{r['loadavg_1min_after']} |"
         )
+    failed = [c for c in args.configs if c not in {r["config"] for r in rows}]
+    write_result("dynamics_cost", argv, {"rows": rows, "failed": failed})
 
 
 if __name__ == "__main__":

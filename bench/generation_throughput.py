@@ -2,7 +2,11 @@
 
     python bench/generation_throughput.py                      # SmolLM2-135M-Instruct (GGUF wheel), CPU
     python bench/generation_throughput.py --prompts 32 --batch_size 32 --max_new_tokens 64 --threads 2
-    python bench/generation_throughput.py --threads 1 --repeats 3          # RESULTS.md section 13
+    OMP_NUM_THREADS=1 python bench/generation_throughput.py --threads 1 --repeats 2   # RESULTS.md section 13
+
+Greedy decoding is `model.generate` (through `alignkit.generation.generate`), batched and one prompt at a time; the
+sampling row samples through the same function. Its figures go to bench/results/generation_throughput/result.json
+(bench/_results.py).
 
 Each mode runs `--repeats` times, the modes taking turns, and its fastest run counts: on a machine shared with other
 jobs, load that comes and goes would otherwise land on whichever mode happened to run then.
@@ -19,6 +23,7 @@ import argparse
 import time
 
 import torch
+from _results import write_result
 
 from alignkit.config import ModelConfig
 from alignkit.data.builtin import load_builtin
@@ -41,7 +46,7 @@ def timed(model, tokenizer, prompts, **kwargs) -> tuple[list[list[str]], float]:
     return outputs, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=ModelConfig().model_name_or_path)
     parser.add_argument("--prompts", type=int, default=16)
@@ -50,7 +55,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="samples per prompt in the sampling row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, taking turns; the fastest counts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig(model_name_or_path=args.model)
@@ -82,16 +87,32 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; fastest of {args.repeats} runs per mode")  # fmt: skip
     print("all runs (s): " + "; ".join(f"{m} " + " / ".join(f"{t:.1f}" for t in ts) for m, ts in times.items()))
     print(f"{'mode':<44} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
-    speeds = []
+    speeds, table = [], []
     for name, _, outputs, seconds in rows:
         tokens = count_tokens(tokenizer, outputs, args.max_new_tokens)
         speeds.append(tokens / seconds)
+        table.append({"mode": name, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds})
         print(f"{name:<44} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f}")
     same = sum(a == b for a, b in zip(one, batched))
     print(f"batched / one-at-a-time throughput: {speeds[1] / speeds[0]:.2f}x (greedy); "
           f"{speeds[2] / speeds[0]:.2f}x (sampling k={args.k})")  # fmt: skip
     print(f"identical greedy responses batched vs one at a time: {same}/{len(prompts)} (left padding can flip "
           "near-tied tokens of the Q4-derived weights)")  # fmt: skip
+    figures = {
+        "model": args.model,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "k": args.k,
+        "device": str(device),
+        "repeats": args.repeats,
+        "all_runs_seconds": times,
+        "rows": table,
+        "batched_vs_one_greedy": speeds[1] / speeds[0],
+        "batched_vs_one_sampling": speeds[2] / speeds[0],
+        "identical_greedy_responses": same,
+    }
+    write_result("generation_throughput", argv, figures)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ cost of a fully cached rerun.
     python bench/judge_throughput.py                  # 128 judgments, 50 ms per request
     python bench/judge_throughput.py --judgments 256 --delay-ms 100
 
+Its figures go to bench/results/judge_throughput/result.json (bench/_results.py).
+
 The server is the tests' stdlib fake judge (tests/fake_judge_server.py, run as a script) on 127.0.0.1, in its own
 process as a real endpoint would be (in-process, its threads would fight the client for the GIL). The numbers
 measure the evaluator's own overhead and concurrency, not a model. Targets: >= 10x at 16 vs 1; zero requests when
@@ -22,6 +24,8 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from _results import write_result
 
 from alignkit.judge import JudgeConfig, load_template
 from alignkit.judge.cache import JudgmentCache
@@ -109,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up at concurrency {args.concurrency} vs 1: {ratio:.1f}x (ideal {ideal}x; target >= 10x: "
           f"{'met' if ratio >= 10 else 'NOT met'})")  # fmt: skip
     print(f"cached rerun: {cached['requests']} requests (target 0: {'met' if cached['requests'] == 0 else 'NOT met'})")
+    figures = {
+        "judgments": args.judgments,
+        "server_delay_ms": args.delay_ms,
+        "runs": [{"run": name, **r} for name, r in (("cold", rows[0]), ("cold", rows[1]), ("cached rerun", cached))],
+        "speedup": ratio,
+        "speedup_concurrency": args.concurrency,
+        "speedup_target_met": ratio >= 10,
+        "cached_rerun_requests": cached["requests"],
+    }
+    write_result("judge_throughput", argv, figures)
     return 0 if ratio >= 10 and cached["requests"] == 0 else 1
 
 

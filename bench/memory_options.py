@@ -4,7 +4,8 @@
 
 Each combination of `precompute_ref_log_probs` and `gradient_checkpointing` runs alignkit's preference stage on the
 real SmolLM2-135M-Instruct (built-in pairs, LoRA r=16, batch 4, monitor off) in its own process, so each peak is its
-own. Prints a markdown table: peak RSS, and seconds for the stage, with the default row first.
+own. Prints a markdown table: peak RSS, and seconds for the stage, with the default row first; the rows also go to
+bench/results/memory_options/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import write_result
 
 
 def run_one(precompute: bool, checkpointing: bool, steps: int, out: Path) -> dict:
@@ -42,12 +45,12 @@ def run_one(precompute: bool, checkpointing: bool, steps: int, out: Path) -> dic
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default="outputs/bench_memory")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "precompute,checkpointing" in a child process
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
         precompute, checkpointing = (v == "True" for v in args.one.split(","))
         print(json.dumps(run_one(precompute, checkpointing, args.steps, Path(args.out) / args.one.replace(",", "_"))))
@@ -56,6 +59,7 @@ def main() -> None:
         "| precompute_ref_log_probs | gradient_checkpointing | peak RSS (MB) | RSS after model load (MB) | seconds |"
     )
     print("|---|---|---:|---:|---:|")
+    rows = []
     for precompute, checkpointing in itertools.product((True, False), (False, True)):  # default (True, False) first
         cmd = [sys.executable, __file__, "--steps", str(args.steps), "--out", args.out,
                "--one", f"{precompute},{checkpointing}"]  # fmt: skip
@@ -63,8 +67,10 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(proc.stderr[-3000:])
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(r)
         print(f"| {precompute} | {checkpointing} | {r['peak_rss_mb']} | {r['rss_after_model_load_mb']} | "
               f"{r['seconds']} |", flush=True)  # fmt: skip
+    write_result("memory_options", argv, {"steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":

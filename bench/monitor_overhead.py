@@ -16,6 +16,8 @@ stage's last evaluation and pays ~nothing for its first.
 
     python bench/monitor_overhead.py                      # 12 steps, ~3.5 min alone on 2 CPU cores
     python bench/monitor_overhead.py --steps 24 --repeats 2
+
+Its figures go to bench/results/monitor_overhead/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 from _recipe import cpu_seconds, cpu_use_line, recipe_config, set_cpu_threads
+from _results import write_result
 
 from alignkit.config import PreferenceStageConfig, RecipeConfig
 from alignkit.data import load_preference_data
@@ -116,8 +119,8 @@ def bench_config(args) -> RecipeConfig:
     return recipe_config(preference_max_steps=args.steps, output_dir=args.out, **monitor)
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     wall, cpu = time.perf_counter(), cpu_seconds()
     cfg = bench_config(args)
     threads = set_cpu_threads(cfg)
@@ -158,6 +161,7 @@ def main() -> None:
     )
     print(f"probe share:      {probe / mon_loop:.1%} of the monitored training loop, {probe / mon:.1%} of the stage")
     default_steps = PreferenceStageConfig().preference_max_steps
+    projected = {}
     for label, first in (("on its own (full first evaluation)", eval_seconds), ("after SFT (first handed over)", 0.0)):
         cells = []
         for steps in (default_steps, args.long_steps):
@@ -166,7 +170,17 @@ def main() -> None:
         n = break_even(step_seconds, eval_seconds, first, m)
         where = f"<= {TARGET:.0%} from {n} steps (~{n * step_seconds / 60:.0f} min of training)" if n else "never"
         print(f"projected, stage {label}: " + "; ".join(cells) + f"; {where}")
+        projected[label] = {"shares": cells, "target_met_from_steps": n}
     print(cpu_use_line(wall, cpu, threads))
+    figures = {
+        "steps": args.steps, "repeats": args.repeats, "threads": threads, "monitor": shown,
+        "families": len(probes.families), "runs": runs,
+        "stage_seconds_without": base, "stage_seconds_with": mon, "ratio_with_without": mon / base,
+        "loop_seconds_without": base_loop, "loop_seconds_with": mon_loop, "step_seconds": step_seconds,
+        "probe_seconds": probe, "evaluation_seconds": eval_seconds,
+        "probe_share_of_loop": probe / mon_loop, "probe_share_of_stage": probe / mon, "projected": projected,
+    }  # fmt: skip
+    write_result("monitor_overhead", argv, figures)
 
 
 if __name__ == "__main__":

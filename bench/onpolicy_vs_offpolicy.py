@@ -12,7 +12,8 @@ Measured afterwards: the verifier's mean score on the held-out prompts of the ch
 responses per prompt at temperature 1), for the SFT model and both final models; the probe trajectories of the
 preference stage (`greedy` and `chosen` log-prob per token, and the squeezing score relative to the stage's start);
 and per round of arm B, the verifier's mean score of the samples and how many prompts tied. Results go to
-`<output_dir>/results.json` and `<output_dir>/summary.md`.
+`<output_dir>/results.json` and `<output_dir>/summary.md`, and (except with `--smoke`) the same figures to
+bench/results/onpolicy_vs_offpolicy/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 from peft import PeftModel
 
 from alignkit.config import parse_recipe_config
@@ -88,7 +90,7 @@ def trajectory(files: list[Path]) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/bench_onpolicy")
     parser.add_argument("--sft_steps", type=int, default=40)
@@ -103,7 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on busy shared cores)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--smoke", action="store_true", help="2 steps, 4 prompts, 8 tokens: checks the plumbing")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
     if a.smoke:
         a.sft_steps, a.dpo_steps, a.prompts_per_round, a.max_new_tokens, a.k, a.eval_k = 2, 2, 4, 16, 2, 1
     torch.set_num_threads(a.threads)
@@ -184,6 +186,8 @@ def main() -> None:
     summary = summarize(results, len(rows))
     (out / "summary.md").write_text(summary)
     print(summary)
+    if not a.smoke:  # a plumbing check's numbers are not figures
+        write_result("onpolicy_vs_offpolicy", argv, results | {"held_out_prompts": len(rows)})
 
 
 def _f(value, digits=3) -> str:

@@ -21,6 +21,9 @@ The preference stage without a pre-flight = (3) + (2); the pre-flight's cost to 
 
     python bench/preflight_cost.py --results results/preflight_cost        # default config, under the CPU lock
     python bench/preflight_cost.py --preflight_dynamics_pairs 0            # any recipe field overrides the default
+
+The seconds are shown rounded to 0.1 s; `raw_seconds` holds the same durations unrounded (a pass on a tiny model
+can take less than 0.05 s). The figures also go to bench/results/preflight_cost/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _recipe import set_cpu_threads
+from _results import write_result
 
 from alignkit.config import parse_recipe_config
 from alignkit.data import load_preference_data
@@ -85,6 +89,12 @@ def measure(argv: list[str]) -> dict:
     stage = run_preference_stage(policy, tokenizer, pairs, cfg, out / "preference")
     stage_s = time.perf_counter() - started
     stage_alone = stage_s + trl_pass  # what the stage takes when TRL runs its own reference pass
+    raw = {
+        "preflight": preflight_s, "preflight_dynamics": result.dynamics_seconds,
+        "trainer_build_with_preflight_reference": with_reference, "trainer_build_with_trl_reference_pass":
+        without_reference, "trl_reference_pass": trl_pass, "preference_stage_shared": stage_s,
+        "preference_train": stage.seconds, "preference_stage_alone": stage_alone,
+    }  # fmt: skip
     m, p = cfg.model, cfg.preference
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -115,6 +125,7 @@ def measure(argv: list[str]) -> dict:
         "share_added_without_dynamics": round((preflight_s - result.dynamics_seconds - trl_pass) / stage_alone, 3),
         "load_average_1min_at_end": round(os.getloadavg()[0], 1),
         "verdict": result.verdict,
+        "raw_seconds": raw,
     }  # fmt: skip
 
 
@@ -153,6 +164,7 @@ def main(argv: list[str]) -> dict:
         i = argv.index("--results")
         results, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
     r = measure(argv)
+    write_result("preflight_cost", argv if results is None else [*argv, "--results", results], r)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
         (results / "preflight_cost.json").write_text(json.dumps(r, indent=1) + "\n")

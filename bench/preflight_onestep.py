@@ -1,4 +1,4 @@
-"""One-step predictions for every training pair of a squeezing study's chosen-only arms, for the pre-flight's validation.
+"""One-step predictions for every training pair of a squeezing study's chosen-only arms, for validating the pre-flight.
 
 The study's runs do not keep their SFT models. Chosen-only SFT is the same for A_near and A_far (same y⁺) and the same
 seed retrains it exactly (the act study's drop arm reproduces A_far's DPO-begin probe records bit for bit), so this
@@ -9,6 +9,8 @@ pre-flight records keyed by probe (`train/<id>`), which `bench/preflight_validat
 study's measured per-pair fall.
 
     python bench/preflight_onestep.py --study results/squeezing_study/full --out results/preflight_onestep
+
+The timings it prints also go to bench/results/preflight_onestep/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 from datasets import Dataset
 
 from alignkit.config import ModelConfig
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = p.parse_args(argv)
     try:
-        print(json.dumps(predict(args.study, args.out, args.arms, args.seeds), indent=1))
+        timing = predict(args.study, args.out, args.arms, args.seeds)
+        print(json.dumps(timing, indent=1))
+        write_result("preflight_onestep", argv, {"seconds": timing, "predictions": str(args.out)})
     except AlignkitError as err:
         print(f"preflight_onestep: error: {err}", file=sys.stderr)
         return 2

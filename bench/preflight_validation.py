@@ -24,6 +24,8 @@ pairs every score is compared, on the same units (`one_step` in the JSON, the se
     python bench/preflight_validation.py --study results/preflight_act       # with the one-step sample
     python bench/preflight_validation.py --study results/squeezing_study/full --onestep results/preflight_onestep \
         --out results/preflight_onestep         # every pair of A_near and A_far (bench/preflight_onestep.py)
+
+The tables' figures also go to bench/results/preflight_validation/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from _results import write_result
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, args.study, sampled, source)
     (out / "preflight_validation.md").write_text(text)
     print(text)
+    write_result("preflight_validation", argv, {"study": args.study, "predictions": source, "all_pairs": rows,
+                                                "one_step": sampled})  # fmt: skip
     return 0
 
 

@@ -28,6 +28,8 @@ each after one untimed warm-up of each; medians are compared.
 
     python bench/probe_scoring_floor.py               # ~3 min alone on 2 CPU cores
     python bench/probe_scoring_floor.py --repeats 5 --with_greedy
+
+Its figures go to bench/results/probe_scoring_floor/result.json (bench/_results.py) and to <--out>/result.json.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import torch
 from _recipe import cpu_seconds, cpu_use_line, recipe_config, set_cpu_threads
+from _results import write_result
 from peft import get_peft_model
 
 from alignkit.data import load_preference_data
@@ -100,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     wall, cpu = time.perf_counter(), cpu_seconds()
     cfg = recipe_config(output_dir=args.out, **({"probe_batch_size": args.batch_size} if args.batch_size else {}))
     threads = set_cpu_threads(cfg)
@@ -188,6 +191,7 @@ def main() -> None:
         "greedy_seconds": greedy_seconds,
     }  # fmt: skip
     (out / "result.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
+    write_result("probe_scoring_floor", argv, result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ everything else. Each variant runs in its own process (peak memory is its own), 
 Each prints pairs/s over the whole stage (trainer set-up incl. tokenization, reference pass, training, saving the
 adapter; alignkit's stage also writes its pair subset, a checkpoint every `save_steps` and its stage files), the
 training loop alone, and peak RSS. Ratios: ours_same / trl_same (orchestration, target >= 1.0) and ours / trl_fp32
-and ours / trl_defaults ("each side's defaults", target >= 1.25).
+and ours / trl_defaults ("each side's defaults", target >= 1.25). The variants' rows and the ratios also go to
+bench/results/recipe_vs_trl/result.json (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import torch
 from _recipe import cpu_seconds, recipe_config, set_cpu_threads
+from _results import write_result
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 from trl.trainer import utils as trl_utils
@@ -182,7 +184,7 @@ def profile_variant(name: str, steps: int, out: Path, args) -> None:
     print(f"profile: {out / f'{name}.prof'} (`python -m pstats` to browse)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="preference steps (default: the recipe's)")
     parser.add_argument("--bf16_steps", type=int, default=3, help="steps of trl_defaults (bf16 autocast on a CPU)")
@@ -194,7 +196,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=VARIANTS, help="run this variant in-process under cProfile")
     parser.add_argument("--out", default="outputs/bench_recipe_vs_trl")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one child process
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     steps = args.steps or recipe_config().preference.preference_max_steps
     out = Path(args.out)
 
@@ -224,15 +226,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
+    ratios = {}
+
     def ratio(a: str, b: str, label: str) -> None:
         if a in results and b in results:
             value = results[a]["pairs_per_s"] / results[b]["pairs_per_s"]
+            ratios[f"{a} / {b}"] = value
             print(f"ratio {a} / {b} = {value:.2f} pairs/s  ({label})")
 
     print(f"\n{steps} steps (trl_defaults: {steps_of('trl_defaults')}), pairs/s over the whole stage")
     ratio("ours_same", "trl_same", "target >= 1.0: orchestration costs nothing")
     ratio("ours", "trl_fp32", "each side's defaults, TRL's bf16 turned off; target >= 1.25")
     ratio("ours", "trl_defaults", "each side's defaults as they are; target >= 1.25")
+    figures = {"steps": steps, "trl_defaults_steps": steps_of("trl_defaults"), "variants": results, "ratios": ratios}
+    write_result("recipe_vs_trl", argv, figures)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Does the paper's DPO squeezing signature show on SmolLM2-135M, and does extended SFT reduce it?
 
 Two arms, same steps, same data order, same probe set; each runs the recipe's two stages through its own argument
-path (bench/_recipe.py: a `RecipeConfig` at the recipe's defaults handed to `alignkit.stages.run_sft_stage`, then
-`load_stage_model` and `run_preference_stage`, as recipes/extended_dpo.py does; LoRA on q/k/v/o, batch, lengths,
-float32 on a CPU):
+path (bench/_recipe.py: a `RecipeConfig` at the CPU demo's settings, recipes/configs/demo.yaml, handed to
+`alignkit.stages.run_sft_stage`, then `load_stage_model` and `run_preference_stage`, as recipes/extended_dpo.py does;
+LoRA on q/k/v/o, batch, lengths, float32 on a CPU):
   chosen_sft  : SFT on y+ only (`sft_mode: chosen`), then off-policy DPO (the usual recipe);
   extended_sft: SFT on y+ and y- (`sft_mode: extended`, the recipe's default), then DPO (Ren & Sutherland's fix).
 Each stage trains a fresh LoRA adapter on the merged result of the stage before, so the DPO reference is the SFT
-model. Only the steps, the DPO learning rate (4e-4 instead of the recipe's 1e-4, so that a short stage moves the
-model), a constant learning rate (as in the session-1 experiment; set through the recipe's own pass-through,
-`{sft,preference}_trainer_args: {lr_scheduler_type: constant}`), the probe count and the greedy length differ from
-the recipe's defaults; the monitor's schedule, families and alert are the recipe's. The tables printed at the end
+model. The learning rates are the demo's (SFT 2e-4; DPO 4e-4, so that a short stage moves the model) and constant
+in both stages (the demo's DPO schedule, set through the recipe's own pass-through,
+`{sft,preference}_trainer_args: {lr_scheduler_type: constant}`); the steps, the probe count and the greedy length
+differ from the demo's; the monitor's schedule, families and alert are the demo's. The tables printed at the end
 (start -> end of each stage, per family and split; mechanism metrics with their 95% intervals over probes) are what
 docs/monitors.md quotes.
 
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from _recipe import cpu_seconds, cpu_use_line, recipe_config, set_cpu_threads
+from _results import write_result
 
 from alignkit.config import RecipeConfig
 from alignkit.data import load_preference_data
@@ -131,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft-steps", type=int, default=40)
     parser.add_argument("--dpo-steps", type=int, default=40)
-    parser.add_argument("--sft-lr", type=float, default=2e-4, help="the recipe's default")
-    parser.add_argument("--dpo-lr", type=float, default=4e-4, help="the recipe's default is 1e-4")
+    parser.add_argument("--sft-lr", type=float, default=2e-4, help="the CPU demo's (recipes/configs/demo.yaml)")
+    parser.add_argument("--dpo-lr", type=float, default=4e-4, help="the CPU demo's (recipes/configs/demo.yaml)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--probe-n", type=int, default=8, help="probe prompts per split")
     parser.add_argument("--probe-every", type=int, default=0, help="0: the recipe's automatic schedule")
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main():
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     wall, cpu = time.perf_counter(), cpu_seconds()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("alignkit.monitors").setLevel(logging.INFO)
@@ -187,6 +188,7 @@ def main():
     print(cpu_use_line(wall, cpu, threads))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "signature.json").write_text(json.dumps(report, indent=1, default=str))
+    write_result("squeezing_signature", argv, report)
 
 
 if __name__ == "__main__":

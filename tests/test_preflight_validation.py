@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.test_bench_paths import bench
 from tests.test_study_analysis import ARMS, TRAIN, depth, write_gz, write_study
 
-SCRIPT = Path(__file__).parents[1] / "bench" / "preflight_validation.py"
-spec = importlib.util.spec_from_file_location("preflight_validation", SCRIPT)
-validation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(validation)
+validation = bench("preflight_validation")  # with bench/ on the path, as when run as a script
 
 
 def with_preflight(root: Path, seeds=(0, 1, 2)) -> Path:
@@ -81,7 +78,6 @@ def test_one_step_sample_of_a_drop_arm_is_compared_on_its_baselines_pairs(tmp_pa
 
 
 def test_onestep_bench_predicts_every_pair_under_the_shared_sft_model(tiny_model_dir, tmp_path):
-    from tests.test_bench_paths import bench
     from tests.test_squeezing_study import load_study_recipe, records, tiny_args
 
     study_dir = tmp_path / "study"
