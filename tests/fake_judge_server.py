@@ -111,8 +111,14 @@ class FakeJudgeServer:
         api_key: str | None = None,
         seed: int = 0,
         port: int = 0,
+        send_usage: bool = True,
+        on_answer: Callable[[int], None] | None = None,
     ):
         self.port = port
+        self.send_usage = send_usage  # False: replies without `usage`, as some OpenAI-compatible servers send
+        # Called with the number of verdicts answered so far, each time one is counted and before its reply is sent:
+        # a test acts at the N-th answer (e.g. kills its client) instead of polling the count against a timer.
+        self.on_answer = on_answer
         self.policy = policy or prefer_marker()
         self.logprob_policy = logprob_policy
         self.delay_s = delay_s
@@ -123,6 +129,8 @@ class FakeJudgeServer:
         self.api_key = api_key
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
+        self.in_flight = 0  # POST requests being handled
+        self._idle = threading.Condition(self.lock)
         self.requests = 0
         self.asked: Counter = Counter()  # question hash -> requests
         self.answered: Counter = Counter()  # question hash -> answers with a verdict
@@ -187,6 +195,16 @@ class FakeJudgeServer:
                 )
 
             def do_POST(self):
+                with owner.lock:
+                    owner.in_flight += 1
+                try:
+                    self._post()
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+                        owner._idle.notify_all()
+
+            def _post(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 auth = self.headers.get("Authorization", "")
                 with owner.lock:
@@ -222,6 +240,9 @@ class FakeJudgeServer:
                 if kind is None:
                     with owner.lock:
                         owner.answered[qid] += 1
+                        answered = sum(owner.answered.values())
+                    if owner.on_answer is not None:
+                        owner.on_answer(answered)
                 reply = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
@@ -237,6 +258,8 @@ class FakeJudgeServer:
                     ],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
                 }
+                if not owner.send_usage:
+                    del reply["usage"]
                 self._send(200, json.dumps(reply).encode())
 
         self._server = _Server(("127.0.0.1", self.port), Handler)
@@ -249,6 +272,11 @@ class FakeJudgeServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Waits until no request is being handled (e.g. those in flight when their client died); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.in_flight == 0, timeout)
 
     def __enter__(self) -> FakeJudgeServer:
         return self.start()

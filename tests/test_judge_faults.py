@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +76,10 @@ def test_thirty_percent_faults_lose_nothing_and_ask_nothing_twice(tmp_path):
     assert result.stats["requests"] - dropped == requests == 2 * N + sum(failed.values())
     assert sum(retries.values()) == sum(v for k, v in failed.items() if k != "no_verdict")
     assert result.stats["parse_failures"] == failed.get("no_verdict", 0)
+    # every JSON reply (verdicts and "no verdict" answers; not the malformed bodies or error statuses) reported usage
+    assert result.stats["replies"] == 2 * N + failed.get("no_verdict", 0)
+    assert result.stats["replies_without_usage"] == 0
+    assert result.stats["prompt_tokens"] == 100 * result.stats["replies"]
     lines = (out / "judge_cache.jsonl").read_text().splitlines()
     assert len(lines) == 2 * N and len({json.loads(x)["key"] for x in lines}) == 2 * N
 
@@ -106,24 +109,37 @@ def test_budget_stop_then_resume_pays_each_question_once(tmp_path):
     assert {k: getattr(full, k) for k in EXPECTED} == EXPECTED
 
 
+def test_replies_without_usage_are_counted_as_such_not_as_zero_tokens(tmp_path):
+    cand, base = make_outputs(tmp_path, n=3)
+    out = tmp_path / "out"
+    with FakeJudgeServer(prefer_marker(), send_usage=False) as server:
+        judge = JudgeConfig(base_url=server.base_url, model="fake", concurrency=2, **FAST)
+        result = evaluate_win_rate(cand, base, judge=judge, output_dir=out, config=QUIET, progress=False)
+    stats = result.stats
+    assert stats["requests"] == stats["replies"] == stats["replies_without_usage"] == 6
+    assert stats["prompt_tokens"] == stats["completion_tokens"] == 0
+    assert "0 / 0 (6 of 6 replies did not report usage)" in (out / "report.md").read_text()
+
+
 def test_sigkill_midway_then_rerun_serves_every_finished_call_from_cache(tmp_path):
     cand, base = make_outputs(tmp_path)
     out = tmp_path / "out"
-    with FakeJudgeServer(prefer_marker(), delay_s=0.05) as server:
+    evaluator: list[subprocess.Popen] = []
+
+    def kill_at_the_20th_answer(answered: int) -> None:  # in the server, before that answer's reply is sent
+        if answered == 20:
+            evaluator[0].send_signal(signal.SIGKILL)
+
+    with FakeJudgeServer(prefer_marker(), delay_s=0.05, on_answer=kill_at_the_20th_answer) as server:
         command = [
             sys.executable, str(REPO / "eval" / "win_rate.py"), "--candidate", str(cand), "--baseline", str(base),
             "--judge-base-url", server.base_url, "--judge-model", "fake", "--judge-concurrency", "2",
             "--output-dir", str(out), "--quiet", "--bootstrap-samples", "100",
         ]  # fmt: skip
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while sum(server.answered.values()) < 20:
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the evaluator never got going"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        time.sleep(0.5)  # let the server finish the requests that were in flight (it answers into a closed socket)
+        evaluator.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        output, _ = evaluator[0].communicate(timeout=300)
+        assert evaluator[0].returncode == -signal.SIGKILL, output.decode()[-3000:]
+        assert server.wait_idle()  # the requests in flight at the kill are answered (into closed sockets)
         answered_before_kill = sum(server.answered.values())
         cached = len(cache_lines(out / "judge_cache.jsonl"))
         assert 10 <= cached < 2 * N
@@ -288,18 +304,21 @@ def test_cli_error_without_a_stop_is_not_an_interrupt(monkeypatch):
 def test_cli_sigterm_exits_cleanly_and_resume_finishes(tmp_path):
     cand, base = make_outputs(tmp_path, n=20)
     out = tmp_path / "out"
-    with FakeJudgeServer(prefer_marker(), delay_s=0.05) as server:
+    evaluator: list[subprocess.Popen] = []
+
+    def terminate_at_the_5th_answer(answered: int) -> None:  # in the server, before that answer's reply is sent
+        if answered == 5:
+            os.kill(evaluator[0].pid, signal.SIGTERM)
+
+    with FakeJudgeServer(prefer_marker(), delay_s=0.05, on_answer=terminate_at_the_5th_answer) as server:
         command = [
             sys.executable, str(REPO / "eval" / "win_rate.py"), "--candidate", str(cand), "--baseline", str(base),
             "--judge", server.base_url, "--judge-model", "fake", "--judge-concurrency", "1", "--output-dir", str(out),
             "--quiet",
         ]  # fmt: skip
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while sum(server.answered.values()) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        evaluator.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        process = evaluator[0]
+        _, err = process.communicate(timeout=300)
         assert process.returncode == 130, err.decode()
         assert b"rerun the same command to resume" in err and b"Traceback" not in err
         from alignkit.judge.cli import main

@@ -72,6 +72,10 @@ class JudgeStats:
     cache_hits: int = 0
     retries: Counter = field(default_factory=Counter)  # reason -> count
     parse_failures: int = 0
+    # Token counts come from the replies' `usage`. A reply without it (some servers leave it out, e.g. on streamed or
+    # proxied replies) is counted in `replies_without_usage`, so that 0 tokens never stands for "not reported".
+    replies: int = 0  # HTTP 200 replies whose body was JSON (`requests` minus those that failed on the way)
+    replies_without_usage: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     budget_exhausted: bool = False
@@ -84,6 +88,8 @@ class JudgeStats:
             "cache_hits": self.cache_hits,
             "retries": dict(self.retries),
             "parse_failures": self.parse_failures,
+            "replies": self.replies,
+            "replies_without_usage": self.replies_without_usage,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "budget_exhausted": self.budget_exhausted,
@@ -334,6 +340,7 @@ class ChatRunner:
             raise _Rejected(f"HTTP {e.status_code}: {e.message}") from e
         except ValueError as e:  # a body that is not JSON
             raise _Transient("malformed") from e
+        self._count_usage(reply)
         try:
             choice = reply["choices"][0]
             content = choice["message"]["content"]
@@ -342,11 +349,19 @@ class ChatRunner:
                 raise TypeError("content is not text")
         except (AttributeError, IndexError, KeyError, TypeError) as e:
             raise _Transient("malformed") from e
-        usage = reply.get("usage")
-        if isinstance(usage, dict):
-            self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
-            self.stats.completion_tokens += usage.get("completion_tokens") or 0
         return content or "", tokens
+
+    def _count_usage(self, reply) -> None:
+        """Adds one reply's token counts; a reply that does not report them is counted as such, not as 0 tokens."""
+        self.stats.replies += 1
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if not isinstance(prompt, int) or isinstance(prompt, bool):
+            self.stats.replies_without_usage += 1
+            return
+        self.stats.prompt_tokens += prompt
+        completion = usage.get("completion_tokens")
+        self.stats.completion_tokens += completion if isinstance(completion, int) else 0
 
 
 class JudgeRunner(ChatRunner):

@@ -128,8 +128,14 @@ def _headline_rows(result) -> list[tuple[str, str]]:
         ("Cached unparseable answers read again by the current parser (no request)", str(stats.get("rescued", 0))),
         ("Raw verdicts naming position A / B / tie", " / ".join(_pct(shares[k]) for k in ("A", "B", "tie"))),
         ("Retries (reason: count) / parse failures", f"{retries} / {stats['parse_failures']}"),
-        ("Judge tokens this run (prompt / completion)", f"{stats['prompt_tokens']} / {stats['completion_tokens']}"),
+        ("Judge tokens this run (prompt / completion)", _tokens(stats)),
     ]  # fmt: skip
+
+
+def _tokens(stats: dict) -> str:
+    text = f"{stats['prompt_tokens']} / {stats['completion_tokens']}"
+    missing = stats.get("replies_without_usage", 0)  # results.json files written before the count existed lack it
+    return text + (f" ({missing} of {stats['replies']} replies did not report usage)" if missing else "")
 
 
 def _judge_rows(result) -> list[tuple[str, str]]:
