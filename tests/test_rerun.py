@@ -258,3 +258,24 @@ def test_preflight_scores_are_reused_only_for_the_same_pairs_and_model(tiny_mode
         if expected:
             assert expected in caplog.text
     assert json.loads((folder / "preflight_complete.json").read_text())["fingerprint"]["max_length"] == 96
+
+
+def test_the_guard_state_is_one_record_saved_and_restored_whole(tmp_path):
+    from dataclasses import asdict, fields
+
+    from alignkit.monitors.stage_files import GUARD_STATE, GuardState, load_guard_state, save_guard_state
+
+    state = GuardState(stage="preference", offset=8, start_metrics={"mech/off_target_fall": 0.0}, above=True,
+                       guard_acted=True, stopped_early=True, sft_weight=1.0, probe_keep=[0, 2],
+                       events=[{"stage": "preference", "step": 2}])  # fmt: skip
+    save_guard_state(tmp_path, state)
+    assert set(json.loads((tmp_path / GUARD_STATE).read_text())) == {f.name for f in fields(GuardState)}
+    assert load_guard_state(tmp_path) == state and load_guard_state(tmp_path / "none") is None
+    # a file from before a field existed: that field takes its default
+    older = {k: v for k, v in asdict(state).items() if k not in ("negative_floor", "probe_keep")}
+    (tmp_path / GUARD_STATE).write_text(json.dumps(older))
+    assert load_guard_state(tmp_path).probe_keep is None
+    # a field this version does not know: refused, not restored in part
+    (tmp_path / GUARD_STATE).write_text(json.dumps({**asdict(state), "future_field": 1}))
+    with pytest.raises(AlignkitError, match="field 'future_field'"):
+        load_guard_state(tmp_path)

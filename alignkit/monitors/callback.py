@@ -43,6 +43,7 @@ from alignkit.monitors.scoring import auto_probe_due, plan_capped, spaced_probe_
 from alignkit.monitors.stage_files import (
     GUARD_STATE,
     PROBE_RECORDS,
+    GuardState,
     append_evaluation,
     append_probe_records,
     load_guard_state,
@@ -281,29 +282,30 @@ class SqueezingCallback(TrainerCallback):
 
     # --- state across a resume
 
-    def guard_state(self, args=None) -> dict:
-        """Everything a resumed stage needs to judge and guard exactly as if it had not stopped."""
+    def guard_state(self, args=None) -> GuardState:
+        """Everything a resumed stage needs to judge and guard exactly as if it had not stopped (one record, saved and
+        restored whole: `stage_files.GuardState`)."""
         slot = sft_weight_slot(self.trainer, args)
-        return {
-            "stage": self.stage,
-            "offset": self._offset,
-            "start_metrics": self._start_metrics,
-            "start_values": self._start_values,
-            "start_texts": self._start_texts,
-            "above": self._above,
-            "guard_acted": self._guard_acted,
-            "stopped_early": self.stopped_early,
-            "sft_weight": slot[0][slot[1]] if slot is not None else None,
-            "negative_floor": getattr(getattr(self.trainer, "objective", None), "negative_floor", None),
-            "events": [e for e in self.monitor.events if e["stage"] == self.stage],
-            "probe_seconds": self.probe_seconds,
-            "last_probe_seconds": self._last_probe_seconds,
-            "train_seconds": self._train_seconds,
-            "trained_steps": self._trained_steps,
-            "full_seconds": self._full_seconds,
-            "step_seconds": self._step_seconds,
-            "probe_keep": self._keep,
-        }
+        return GuardState(
+            stage=self.stage,
+            offset=self._offset,
+            start_metrics=self._start_metrics,
+            start_values=self._start_values,
+            start_texts=self._start_texts,
+            above=self._above,
+            guard_acted=self._guard_acted,
+            stopped_early=self.stopped_early,
+            sft_weight=slot[0][slot[1]] if slot is not None else None,
+            negative_floor=getattr(getattr(self.trainer, "objective", None), "negative_floor", None),
+            events=[e for e in self.monitor.events if e["stage"] == self.stage],
+            probe_seconds=self.probe_seconds,
+            last_probe_seconds=self._last_probe_seconds,
+            train_seconds=self._train_seconds,
+            trained_steps=self._trained_steps,
+            full_seconds=self._full_seconds,
+            step_seconds=self._step_seconds,
+            probe_keep=self._keep,
+        )
 
     def _restore(self, args, state) -> bool:
         """Read the guard state of the checkpoint being resumed; False (with a warning) when there is none."""
@@ -315,32 +317,32 @@ class SqueezingCallback(TrainerCallback):
                 self.stage, state.global_step, checkpoint / GUARD_STATE,
             )  # fmt: skip
             return False
-        self._offset = saved["offset"]
-        self._start_metrics = saved["start_metrics"]
-        self._start_values = saved["start_values"]
-        self._start_texts = saved["start_texts"]
-        self._above = saved["above"]
-        self._guard_acted = saved["guard_acted"]
-        self.stopped_early = saved["stopped_early"]
-        self.probe_seconds = saved.get("probe_seconds", 0.0)
-        self._last_probe_seconds = saved.get("last_probe_seconds", 0.0)
-        self._train_seconds = saved.get("train_seconds", 0.0)
-        self._trained_steps = saved.get("trained_steps", 0)
-        self._full_seconds = saved.get("full_seconds", self._last_probe_seconds)
-        self._step_seconds = saved.get("step_seconds")
-        self._keep = saved.get("probe_keep")  # start values were saved for these probes only
+        self._offset = saved.offset
+        self._start_metrics = saved.start_metrics
+        self._start_values = saved.start_values
+        self._start_texts = saved.start_texts
+        self._above = saved.above
+        self._guard_acted = saved.guard_acted
+        self.stopped_early = saved.stopped_early
+        self.probe_seconds = saved.probe_seconds
+        self._last_probe_seconds = saved.last_probe_seconds
+        self._train_seconds = saved.train_seconds
+        self._trained_steps = saved.trained_steps
+        self._full_seconds = saved.full_seconds if saved.full_seconds is not None else saved.last_probe_seconds
+        self._step_seconds = saved.step_seconds
+        self._keep = saved.probe_keep  # start values were saved for these probes only
         self._planned = True  # the cap planned (and cut) at step 1, before any checkpoint
         known = {(e["stage"], e["step"]) for e in self.monitor.events}
-        self.monitor.events += [e for e in saved["events"] if (e["stage"], e["step"]) not in known]
-        if saved["sft_weight"] is not None and (slot := sft_weight_slot(self.trainer, args)) is not None:
-            slot[0][slot[1]] = saved["sft_weight"]  # in place: the list the trainer reads at every step
-        if saved.get("negative_floor") is not None:  # a floor the guard turned on (alignkit/monitors/guard.py)
-            switch_on_floor(self.trainer, saved["negative_floor"])
+        self.monitor.events += [e for e in saved.events if (e["stage"], e["step"]) not in known]
+        if saved.sft_weight is not None and (slot := sft_weight_slot(self.trainer, args)) is not None:
+            slot[0][slot[1]] = saved.sft_weight  # in place: the list the trainer reads at every step
+        if saved.negative_floor is not None:  # a floor the guard turned on (alignkit/monitors/guard.py)
+            switch_on_floor(self.trainer, saved.negative_floor)
         self._reload_records(state.global_step)
         self.resumed_guard_state = True
         logger.warning(
             "[%s] resumed the guard state of step %d: baseline kept, %d alert(s), sft weight %s%s",
-            self.stage, state.global_step, len(saved["events"]), saved["sft_weight"],
+            self.stage, state.global_step, len(saved.events), saved.sft_weight,
             ", stopped early by the guard" if self.stopped_early else "",
         )  # fmt: skip
         return True

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, read_jsonl_cache, write_jsonl_atomic
 from alignkit.monitors.probes import Probe
 
@@ -53,15 +55,50 @@ def records_up_to(path: Path, step: int, rewrite: bool) -> list[dict]:
     return kept
 
 
-def save_guard_state(checkpoint: Path, state: dict) -> None:
+@dataclass
+class GuardState:
+    """Everything a resumed stage needs to judge and guard exactly as if it had not stopped, as one record: the
+    callback builds it whole (`SqueezingCallback.guard_state`), it is saved whole in every checkpoint and restored
+    whole (`SqueezingCallback._restore`). A field added here is saved and restored with the rest; a file written before
+    a field existed gives that field its default."""
+
+    stage: str
+    offset: int = 0  # the stage's first step on the run's global step axis
+    start_metrics: dict | None = None  # the stage-start evaluation's metrics: the baseline
+    start_values: list | None = None  # per probe: family -> probe values, at stage start
+    start_texts: list | None = None  # per probe: the stage-start greedy decoding
+    above: bool = False  # the alert metric is at or above its threshold
+    guard_acted: bool = False
+    stopped_early: bool = False  # the guard stopped the stage
+    sft_weight: float | None = None  # the SFT-on-y+ loss weight, as `mitigate` may have raised it
+    negative_floor: float | None = None  # the negative-gradient floor the guard turned on, if it did
+    events: list[dict] = field(default_factory=list)  # the stage's alerts
+    probe_seconds: float = 0.0
+    last_probe_seconds: float = 0.0
+    train_seconds: float = 0.0
+    trained_steps: int = 0
+    full_seconds: float | None = None  # the cost of a full evaluation (the cost cap); None: the last evaluation's
+    step_seconds: float | None = None
+    probe_keep: list | None = None  # the probes the cost cap kept (start values were saved for these only)
+
+
+def save_guard_state(checkpoint: Path, state: GuardState) -> None:
     """The guard's state beside the checkpoint the trainer has just written."""
-    (checkpoint / GUARD_STATE).write_text(json.dumps(json_safe(state), ensure_ascii=False), encoding="utf-8")
+    text = json.dumps(json_safe(asdict(state)), ensure_ascii=False)
+    (checkpoint / GUARD_STATE).write_text(text, encoding="utf-8")
 
 
-def load_guard_state(checkpoint: Path) -> dict | None:
-    """What `save_guard_state` wrote beside `checkpoint`; None when there is nothing."""
+def load_guard_state(checkpoint: Path) -> GuardState | None:
+    """What `save_guard_state` wrote beside `checkpoint`; None when there is nothing. A key that is no field of
+    GuardState is an error naming it: a state this version cannot restore whole is not restored in part."""
     path = checkpoint / GUARD_STATE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if unknown := sorted(set(saved) - {f.name for f in fields(GuardState)}):
+        raise AlignkitError(f"{path}: field '{unknown[0]}' is not part of the guard state this alignkit restores; "
+                            "resume with the alignkit that wrote it, or delete the checkpoint")  # fmt: skip
+    return GuardState(**saved)
 
 
 def _round(value):
