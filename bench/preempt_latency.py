@@ -15,8 +15,9 @@ exited. The three points are the slow cases for a stop:
 
 The run is the demo shortened to 4 + 4 steps with 8 probe prompts per split so that the bench fits a few minutes; the
 latency does not depend on either (a step is one step, an interrupted evaluation stops at its next token or batch).
-Every run must exit 75. Figures: bench/results/preempt_latency/result.json (bench/_results.py); Kubernetes' default
-grace period is 30 s, Docker's 10 s.
+Every run must exit 75. Figures: bench/results/preempt_latency/result.json (bench/_results.py), rewritten after each
+case; Kubernetes' default grace period is 30 s, Docker's 10 s. On a loaded machine a probe evaluation's scoring batch
+(the interruption's unit there) takes longer: read the load average in the file's `machine`.
 """
 
 from __future__ import annotations
@@ -109,15 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    cases = {name: run_case(name, stage, point) for name, stage, point in CASES}
-    worst = max(c["signal_to_exit_seconds"] for c in cases.values())
-    figures = {"cases": cases, "max_signal_to_exit_seconds": worst, "recipe_args": " ".join(ARGS),
-               "fits_grace_seconds": {k: worst <= v for k, v in GRACE.items()}}  # fmt: skip
+    cases: dict[str, dict] = {}
+    for name, stage, point in CASES:  # the figures are written after each case: a run cut short keeps what it had
+        cases[name] = run_case(name, stage, point)
+        worst = max(c["signal_to_exit_seconds"] for c in cases.values())
+        figures = {
+            "cases": cases, "complete": len(cases) == len(CASES), "max_signal_to_exit_seconds": worst,
+            "recipe_args": " ".join(ARGS), "fits_grace_seconds": {k: worst <= v for k, v in GRACE.items()},
+        }  # fmt: skip
+        write_result("preempt_latency", argv, figures)
     if args.finish:
         done = subprocess.run([sys.executable, "recipes/extended_dpo.py", *ARGS, "--output_dir", str(OUT / "run")],
                               capture_output=True, text=True, cwd=ROOT, timeout=900)  # fmt: skip
         figures["finished_after_resume"] = done.returncode == 0 and (OUT / "run" / "report.md").exists()
-    write_result("preempt_latency", argv, figures)
+        write_result("preempt_latency", argv, figures)
     print(json.dumps(figures, indent=1))
     return 0
 

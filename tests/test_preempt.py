@@ -245,3 +245,36 @@ def test_handlers_are_restored_and_a_signal_only_sets_the_flag():
         signal.raise_signal(signal.SIGUSR2)  # handled in this thread before raise_signal returns
         assert preemption.requested() and preemption.agreed() and preemption.signal_name == "SIGUSR2"
     assert signal.getsignal(signal.SIGUSR2) is before
+
+
+def test_two_processes_save_together_when_one_gets_the_signal(tiny_model_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): only rank 1 gets SIGTERM, during preference step 2. Both processes agree at
+    that step's end, save checkpoint-2 together (model once, one RNG state each) and exit 75 (torchrun then exits 1),
+    with no deadlock; the rerun resumes there and ends with the uninterrupted 2-process run's adapters."""
+    script = tmp_path / "signal_at_step.py"
+    script.write_text(SIGNAL_AT_STEP.replace("os.kill(", "int(os.environ['RANK']) == 1 and os.kill("))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+    def launch(out: Path, *cmd, **env) -> subprocess.CompletedProcess:
+        args = [*run_args(tiny_model_dir, out), "--per_device_train_batch_size", "1"]
+        return subprocess.run([*launcher, *cmd, *args], env={**ENV, **env}, capture_output=True, text=True,
+                              timeout=900, cwd=ROOT)  # fmt: skip
+
+    reference = tmp_path / "uninterrupted"
+    proc = launch(reference, str(RECIPE))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    out = tmp_path / "out"
+    proc = launch(out, str(script), PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2")
+    assert proc.returncode == 1 and proc.stderr.count("exitcode  : 75") == 2, proc.stderr[-4000:]  # torchrun's summary
+    marker = json.loads((out / PREEMPTED_MARKER).read_text())
+    checkpoint = out / "preference" / "checkpoint-2"
+    assert marker["checkpoint"] == str(checkpoint) and marker["signal"] == "a signal in another process"
+    for name in ("trainer_state.json", "adapter_model.safetensors", "rng_state_0.pth", "rng_state_1.pth"):
+        assert (checkpoint / name).exists(), name
+    assert not (out / "preference" / SAVE_DIR).exists()
+
+    rerun = launch(out, str(RECIPE))
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"[preference] resuming from {checkpoint}" in rerun.stderr
+    assert_same_adapters(out, reference)
