@@ -30,15 +30,17 @@ from alignkit.preempt import (
 
 from .test_recipe import ENV, RECIPE, ROOT, tiny_args
 
-# The recipe, run by `python -c`, with a callback added to the stage PREEMPT_STAGE that sends PREEMPT_SIGNAL to its own
-# process: during optimizer step PREEMPT_STEP (at its start); with PREEMPT_STEP=end, once the stage's last step is done
-# (the stage then finishes and the signal is seen between the stages); with PREEMPT_STEP=begin, as the stage starts,
-# before the monitor's first probe evaluation (the callback goes first). PREEMPT_DURING_SAVE=signal|kill sends the
-# same signal again, or SIGKILL, while the preemption checkpoint is being written (its RNG state, the last file).
+# The recipe, run by `python -c`, with a callback added to the stage PREEMPT_STAGE ("sft", "preference", or a round:
+# "preference round 2") that sends PREEMPT_SIGNAL to its own process: during optimizer step PREEMPT_STEP (at its
+# start); with PREEMPT_STEP=end, once the stage's last step is done (the stage then finishes and the signal is seen
+# after it); with PREEMPT_STEP=begin, as the stage starts, before the monitor's first probe evaluation (the callback
+# goes first). PREEMPT_DURING_SAVE=signal|kill sends the same signal again, or SIGKILL, while the preemption
+# checkpoint is being written (its RNG state, the last file).
 SIGNAL_AT_STEP = """
 import os, signal, sys
 import transformers
 from transformers import TrainerCallback
+import alignkit.onpolicy.stage as onpolicy_stage
 import alignkit.stages as stages
 from alignkit.preempt import SAVE_DIR
 from alignkit.recipe import main
@@ -77,7 +79,7 @@ def with_signal(callbacks, name, stage_dir):
         callbacks.insert(0 if step == "begin" else len(callbacks), SignalAtStep())
     return callbacks
 
-stages.callbacks_for_stage = with_signal
+stages.callbacks_for_stage = onpolicy_stage.callbacks_for_stage = with_signal  # stages, on-policy rounds
 main(sys.argv[1:])
 """
 
@@ -277,4 +279,36 @@ def test_two_processes_save_together_when_one_gets_the_signal(tiny_model_dir, tm
     rerun = launch(out, str(RECIPE))
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert f"[preference] resuming from {checkpoint}" in rerun.stderr
+    assert_same_adapters(out, reference)
+
+
+def test_on_policy_rounds_stop_during_sampling_and_during_training(tiny_model_dir, tmp_path):
+    """Two on-policy rounds of 2 steps. A signal as round 1 ends is seen when round 2 samples: the run ends there
+    (round 1 complete, nothing of round 2 kept but what it saved); a signal during round 2's step 1 checkpoints it.
+    Each rerun resumes, and the last ends with the uninterrupted run's adapters."""
+
+    def args(out: Path) -> list[str]:
+        return tiny_args(tiny_model_dir, out, sampling="on_policy", ranker="callable",
+                         ranker_path="tests.test_onpolicy:length_ranker", onpolicy_prompts_per_round=4,
+                         onpolicy_num_samples=2, onpolicy_max_new_tokens=6, preference_max_steps=4, sft_max_steps=2,
+                         probe_every=1000, save_steps=1000)  # fmt: skip
+
+    reference = tmp_path / "uninterrupted"
+    proc = run(args(reference))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    out = tmp_path / "out"
+    stage = out / "preference"
+    marker = preempted(out, run(args(out), PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference round 1",
+                                PREEMPT_STEP="end"))  # fmt: skip
+    assert marker["where"].startswith("during ") and marker["checkpoint"] == ""  # round 2's sampling
+    assert (stage / "round-1" / "round_complete.json").exists() and not (stage / "round-2" / "pairs.jsonl").exists()
+
+    marker = preempted(out, run(args(out), PREEMPT_SIGNAL="SIGUSR1", PREEMPT_STAGE="preference round 2",
+                                PREEMPT_STEP="1"))  # fmt: skip
+    assert marker["checkpoint"] == str(stage / "round-2" / "checkpoint-1")
+
+    rerun = run(args(out))
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resuming from {stage / 'round-2' / 'checkpoint-1'}" in rerun.stderr
     assert_same_adapters(out, reference)
