@@ -200,7 +200,9 @@ def test_bad_input_exits_with_a_message_not_a_traceback(args, message):
 @pytest.mark.real_model
 def test_real_smollm2_few_steps(tmp_path):
     smollm2_or_skip()  # the recipe's default model is this wheel's GGUF
-    args = ["--output_dir", str(tmp_path / "out"), "--sft_max_steps", "2", "--preference_max_steps", "2",
+    # 8 pairs: the precomputed reference pass scores every training pair, not just the 2 steps' worth
+    args = ["--output_dir", str(tmp_path / "out"), "--max_train_samples", "8", "--sft_max_steps", "2",
+            "--preference_max_steps", "2",
             "--per_device_train_batch_size", "2", "--probe_num_prompts", "2", "--probe_max_new_tokens", "8",
             "--use_cpu", "true"]  # fmt: skip
     out = run_recipe_in_process(args)
