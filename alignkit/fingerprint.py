@@ -187,7 +187,7 @@ def check_reuse(
     else:
         detail = "was made without a settings fingerprint (by an older alignkit), so it cannot be checked"
     if overwrite:
-        logger.warning("[%s] %s %s\noverwrite is set: deleting it and training it again", what, where, detail)
+        logger.warning("%s in %s %s\noverwrite is set: deleting it and making it again", what, where, detail)
         return False
     raise StaleWork(f"{what} in {where} {detail}\nNothing was reused. {ways}")
 
