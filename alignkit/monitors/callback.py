@@ -27,6 +27,7 @@ from alignkit.callbacks import stop_training
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, write_jsonl_atomic
 from alignkit.monitors.config import MonitorConfig
+from alignkit.monitors.grpo import GRPO_STAGE, grpo_probe_rows
 from alignkit.monitors.guard import alert_message, check_mitigation, mitigate, sft_weight_slot, switch_on_floor
 from alignkit.monitors.measure import (
     Handover,
@@ -181,17 +182,25 @@ class SqueezingCallback(TrainerCallback):
         if isinstance(heldout, dict):  # several eval sets: the first one
             heldout = next(iter(heldout.values()), None)
         out = Path(args.output_dir)
-        eos = tokenizer.eos_token
-        probe_set = build_probe_set(
-            probe_rows(train, eos, "training"),
-            probe_rows(heldout, eos, "evaluation") or None,
-            self.config,
-            seed=args.seed if self.seed is None else self.seed,
-            cache_dir=out,
-        )
+        seed = args.seed if self.seed is None else self.seed
+        self.stage = self.stage or trainer_stage(trainer)
+        notes = []
+        if self.stage == GRPO_STAGE:  # prompts only: completions sampled now, split by the trainer's rewards
+            c = self.config
+            sample = (trainer, model, tokenizer)
+            options = (c.probe_num_prompts, c.probe_max_new_tokens, c.probe_generate_batch_size, seed)
+            train_rows, note = grpo_probe_rows(*sample, train, *options)
+            heldout_rows, held = grpo_probe_rows(*sample, heldout, *options) if heldout is not None else ([], "")
+            notes = [note] + ([f"held-out split: {held}"] if heldout_rows else [])
+        else:
+            train_rows = probe_rows(train, tokenizer.eos_token, "training")
+            heldout_rows = probe_rows(heldout, tokenizer.eos_token, "evaluation")
+        if not train_rows:
+            raise AlignkitError(f"SqueezingCallback: no probe rows could be made from the trainer's data ({notes})")
+        probe_set = build_probe_set(train_rows, heldout_rows or None, self.config, seed=seed, cache_dir=out)
+        probe_set.notes[:0] = notes
         self.monitor = SqueezingMonitor(probe_set, self.config, tokenizer, out)
         self.tokenizer = tokenizer
-        self.stage = self.stage or trainer_stage(trainer)
         self.stage_dir = self.stage_dir or out
 
     # --- trainer events
