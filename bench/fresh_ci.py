@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                "HF_HOME": str(caches / "huggingface")}  # fmt: skip
         env.pop("VIRTUAL_ENV", None)
         load = [subprocess.Popen([args.python, "-c", LOAD]) for _ in range(2)] if args.beside_load else []
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         try:
             proc = subprocess.run(["bash", ".ci/run"], cwd=clone, env=env, capture_output=True, text=True)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "beside_load": args.beside_load, "wall_s": round(wall, 1), "pytest_s": pytest_s, "pytest": line,
             "rc": proc.returncode, "cores": os.cpu_count(),
+            # other work on the machine shows here even without --beside_load: 1-minute load at the start and the end
+            "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }  # fmt: skip
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
