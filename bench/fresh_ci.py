@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         caches.mkdir()
         env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(caches), "PIP_CACHE_DIR": str(caches / "pip"),
                "HF_HOME": str(caches / "huggingface")}  # fmt: skip
-        env.pop("VIRTUAL_ENV", None)
+        env.pop("VIRTUAL_ENV", None)  # a new user's shell: no virtualenv active, none on PATH
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not Path(p, "activate").exists())
         load = [subprocess.Popen([args.python, "-c", LOAD]) for _ in range(2)] if args.beside_load else []
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
