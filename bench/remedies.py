@@ -1,6 +1,6 @@
 """The squeezing remedies side by side on far-y⁻ pairs: does each do what its formula says?
 
-    nice -n 10 python bench/remedies.py                       # 3 seeds x 6 arms, ~20 min on 2 CPU cores
+    nice -n 10 python bench/remedies.py                       # 3 seeds x 6 arms, 4 pairs, 8 steps, 1 thread
     python bench/remedies.py --seeds 0 --arms dpo floor       # a subset
 
 Per seed: the study's far-y⁻ pairs (alignkit.study.run.seed_data: `num_pairs` training pairs whose y⁻ is another
@@ -68,7 +68,7 @@ def config(args, seed: int, folder: Path, **arm):
         **model, output_dir=str(folder), seed=seed, sft_mode="chosen", sft_max_steps=args.sft_steps,
         max_train_samples=None, preference_max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         logging_steps=args.steps, save_steps=1_000_000, probe_num_prompts=args.num_pairs, probe_every=args.steps,
-        probe_families=list(STEP_FAMILIES),
+        probe_families=list(STEP_FAMILIES), cpu_threads=args.cpu_threads,
         preflight_dynamics_pairs=0, report_to=["none"], **arm,
     )  # fmt: skip
 
@@ -155,11 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--num_pairs", type=int, default=8)
-    parser.add_argument("--num_heldout", type=int, default=16)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=12, help="preference steps per arm (the one stage length)")
-    parser.add_argument("--sft_steps", type=int, default=8)
+    parser.add_argument("--num_pairs", type=int, default=4)
+    parser.add_argument("--num_heldout", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="preference steps per arm (the one stage length)")
+    parser.add_argument("--sft_steps", type=int, default=4)
+    parser.add_argument("--cpu_threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)")
     parser.add_argument("--work", default="outputs/bench_remedies")
     parser.add_argument("--summarise", action="store_true", help="only summarise the runs.json already written")
     parser.add_argument("--model", default=None, help="another model (tests: a tiny one); default: the CPU demo's")
