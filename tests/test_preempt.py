@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.config import parse_recipe_config
+from alignkit.errors import AlignkitError
+from alignkit.fingerprint import stage_fingerprint
 from alignkit.generation import generate
 from alignkit.monitors.stage_files import GUARD_STATE
 from alignkit.preempt import (
@@ -223,6 +225,13 @@ def test_signal_names_and_the_config_field():
             signal_names([bad])
     assert parse_recipe_config([]).run.preempt_signals == ["SIGTERM", "SIGUSR1"]
     assert parse_recipe_config(["--preempt_signals", "USR2"]).run.preempt_signals == ["SIGUSR2"]
+    with pytest.raises(AlignkitError, match="'preempt_signals': 'KILL'"):
+        parse_recipe_config(["--preempt_signals", "KILL"])
+    with pytest.raises(AlignkitError, match="use preempt_signals"):  # transformers' own handler would compete
+        parse_recipe_config(["--sft_trainer_args", '{"enable_jit_checkpoint": true}'])
+    # a rerun may change the signals: they decide when a stage stops, not what it trains
+    on, off = parse_recipe_config([]), parse_recipe_config(["--preempt_signals", "none"])
+    assert stage_fingerprint(on, "sft", {"rows": 1}, [], 1) == stage_fingerprint(off, "sft", {"rows": 1}, [], 1)
 
 
 def test_decoding_stops_at_the_next_batch_or_token(tiny_model, tiny_tokenizer):
