@@ -196,6 +196,10 @@ class PreemptionCallback(TrainerCallback):
         self.preemption = preemption
         self.stage_dir: Path | None = None  # set while a checkpoint is being saved into SAVE_DIR
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if _is_main_process():  # what a kill during an earlier save left (never resumed from: it was not renamed)
+            shutil.rmtree(Path(args.output_dir) / SAVE_DIR, ignore_errors=True)
+
     def on_step_end(self, args, state, control, **kwargs):
         if not self.preemption.agreed():
             return

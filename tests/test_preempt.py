@@ -214,6 +214,7 @@ def test_kill_during_the_save_leaves_no_checkpoint_to_resume_from(tiny_model_dir
     rerun = run(args)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "[preference] resuming from" not in rerun.stderr  # trained again from its start
+    assert not (stage / SAVE_DIR).exists()  # the torn save is removed as the stage starts again
     assert_same_adapters(out, uninterrupted)
 
 
