@@ -45,7 +45,7 @@ def last_dpo_metrics(run: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warm_cache", action="store_true", help="reuse the GGUF conversion cache instead of a new one")
+    parser.add_argument("--warm_cache", action="store_true", help="reuse the GGUF cache, not a new one")
     parser.add_argument("--extra", nargs="*", default=[], help="more recipe flags, e.g. --extra --sft_max_steps 2")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="alignkit_demo_") as tmp:

@@ -1,4 +1,4 @@
-"""The pre-flight's pass as the preference stage's reference pass: one forward, two uses (the pre-flight's cost target).
+"""The pre-flight's pass as the preference stage's reference pass: one forward, two uses (its cost target).
 
 After SFT the pre-flight scores exactly the model the preference stage starts from, and TRL's DPOTrainer (a fresh
 LoRA adapter, no `ref_model`) uses that same model as its reference. With `precompute_ref_log_probs` TRL then runs a
