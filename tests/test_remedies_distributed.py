@@ -1,15 +1,20 @@
-"""The squeezing remedies (DPOP with the negative-gradient floor) under two CPU processes (torchrun, gloo) match the
-single-process run with the same effective batch: the loss history and every logged `loss/*` term, step by step.
+"""The squeezing remedies under two CPU processes (torchrun, gloo) match the single-process run with the same
+effective batch: the loss history and every logged `loss/*` term, step by step. Two cases: DPOP with the
+negative-gradient floor from the start, and DPO whose floor the guard turns on mid-stage (`guard_action: mitigate`,
+`guard_mitigation: negative_floor`), which every process must do at the same step.
 
 One process takes 4 pairs a step, two take 2 each: accelerate deals the batches of the one seeded sampler out in
 turn, so a global step sees the same 4 pairs (tests/test_distributed.py). alignkit/objectives.py gathers each step's
 per-pair terms over the processes before it logs their mean, checks its log-prob sums against TRL's (also gathered)
-metrics, and returns the local per-pair mean, which DDP's gradient averaging turns into the mean over the 4 pairs.
+metrics, and returns the local per-pair mean, which DDP's gradient averaging turns into the mean over the 4 pairs. The
+guard decides from probe values that every process gathers in full (alignkit/monitors/measure.py), so all decide alike.
 
-The settings make both remedy paths run: the preference learning rate 5e-2 pushes y+ below the reference at steps 3
-and 4 (`loss/dpop_penalty` 0.71 and 0.25 nats) and one pair in four of those steps has its y- more than the floor
-below the reference (`loss/negative_floor_active` 0.25: gated and ungated pairs in one batch). Measured 2026-12-06:
-the two runs agree to 1e-6 absolute on every compared value (5e-7 relative on the losses), the floor shares exactly.
+The settings make every remedy path run: the preference learning rate 5e-2 pushes y+ below the reference at steps 3
+and 4 (`loss/dpop_penalty` 0.71 and 0.25 nats) and one pair in four at step 3 has its y- more than the floor below the
+reference (`loss/negative_floor_active` 0.25: gated and ungated pairs in one batch); the guard's alert at step 2 (a
+threshold below any reading) turns the floor on from step 3. Measured 2026-12-06: the two runs' losses and `loss/*`
+terms agree within 1e-6 absolute (5e-7 relative), their summed log-probs within 3e-5 nats (1.5e-7 relative), and
+their floor shares exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from .test_distributed import outputs
 from .test_recipe import ENV, RECIPE, ROOT, tiny_args
 
 BETA, DPOP_LAMBDA, FLOOR = 0.1, 50.0, 0.01
-REMEDY = {"loss": "dpop", "beta": BETA, "dpop_lambda": DPOP_LAMBDA, "negative_floor": FLOOR}
+CASES = {  # the recipe options of each case (probes only where the guard needs them)
+    "dpop_floor": {"loss": "dpop", "dpop_lambda": DPOP_LAMBDA, "negative_floor": FLOOR, "probe_enabled": False},
+    "guard_floor": {"loss": "dpo", "squeeze_threshold": -100.0, "guard_action": "mitigate",
+                    "guard_mitigation": "negative_floor", "guard_negative_floor": FLOOR},
+}  # fmt: skip
+FLOOR_FROM = {"dpop_floor": 1, "guard_floor": 3}  # the first step trained with the floor on (the alert is at step 2)
 PAIRS_PER_STEP = 4  # the effective batch of both runs
 STEPS = 4
 
@@ -36,32 +46,34 @@ STEPS = 4
 # sums run in another order; fp32 rounds each partial sum (eps = 2**-23 = 1.2e-7), which moves a sum by a small
 # multiple of eps relative to S: SUM_RTOL = 1e-6 (~8 eps, tests/test_distributed.py's STEP0_RTOL). A value then
 # moves by SUM_RTOL * S times its largest slope in the four sums (SLOPE): the DPOP argument
-# beta((1 + lambda)(c - c0) - (r - r0)) has coefficients summing to beta(4 + 2 lambda) in absolute value, and
-# -log sigmoid has slope < 1; the penalty max(0, c0 - c) has 2. Later steps start from weights that differ by the
-# previous steps' rounding (Adam magnifies it: 1e-4 relative on the adapters in tests/test_distributed.py), hence
-# RTOL 1e-4 of the value on top. Training moves these values by O(0.1-1) a step; a term logged from one process's
-# pairs only (not gathered) is off by 0.4 nats of penalty at step 3 here.
+# beta((1 + lambda)(c - c0) - (r - r0)) has coefficients summing to beta(4 + 2 lambda) in absolute value, DPO's
+# beta((c - c0) - (r - r0)) 4 beta, and -log sigmoid has slope < 1; the penalty max(0, c0 - c) has 2. Later steps
+# start from weights that differ by the previous steps' rounding (Adam magnifies it: 1e-4 relative on the adapters
+# in tests/test_distributed.py), hence RTOL 1e-4 of the value on top. Training moves these values by O(0.1-1) a
+# step; a term logged from one process's pairs only (not gathered) is off by 0.4 nats of penalty at step 3 here,
+# and a learning rate 1% off in the two-process run fails the comparison from step 3 (tried once, by hand).
 SUM_RTOL = 1e-6
 RTOL = 1e-4
-SLOPE = {
-    "loss": BETA * (4 + 2 * DPOP_LAMBDA),
+SLOPE = {  # `loss` (the step's total) takes the slope of its preference loss, `loss/dpop` or `loss/dpo`
     "loss/dpop": BETA * (4 + 2 * DPOP_LAMBDA),
     "loss/dpop_penalty": 2.0,
+    "loss/dpo": 4 * BETA,
     "logps/chosen": 1.0,
     "logps/rejected": 1.0,
 }
 # `loss/negative_floor_active` is the share of a step's pairs whose y- per-token log-ratio (r - r0)/|y-| is below
 # -FLOOR: a step function, compared exactly (a share of the 4 pairs). A pair flips only if its ratio lies within
-# 2 * SUM_RTOL * S / |y-| (< 1e-5 nats/token) of -FLOOR; measured 2026-12-06, the nearest pair sat 8e-3 away, and
-# at steps 1-2 (policy = reference, ratios at rounding noise ~1e-7) every ratio sits FLOOR away.
+# 2 * SUM_RTOL * S / |y-| (< 1e-5 nats/token) of -FLOOR; measured 2026-12-06, the nearest pair sat 3.6e-3 away
+# (guard case, step 3; 7.9e-3 in the DPOP case), and at steps 1-2 (policy = reference: ratios at rounding noise,
+# ~1e-7 nats/token) every ratio sits FLOOR away.
 FLOOR_SHARE = "loss/negative_floor_active"
 
 
-def run(tiny_model_dir, out: Path, processes: int) -> subprocess.CompletedProcess:
+def run(tiny_model_dir, out: Path, processes: int, case: str) -> subprocess.CompletedProcess:
     args = tiny_args(
-        tiny_model_dir, out, sft_mode="none", probe_enabled=False, max_train_samples=PAIRS_PER_STEP * STEPS,
-        preference_max_steps=STEPS, preference_learning_rate=5e-2,
-        per_device_train_batch_size=PAIRS_PER_STEP // processes, **REMEDY,
+        tiny_model_dir, out, sft_mode="none", max_train_samples=PAIRS_PER_STEP * STEPS, preference_max_steps=STEPS,
+        preference_learning_rate=5e-2, beta=BETA, per_device_train_batch_size=PAIRS_PER_STEP // processes,
+        **CASES[case],
     )  # fmt: skip
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     proc = subprocess.run(
@@ -71,12 +83,13 @@ def run(tiny_model_dir, out: Path, processes: int) -> subprocess.CompletedProces
     return proc
 
 
-@pytest.fixture(scope="module")
-def single_and_double(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("remedies_dist")
-    one = run(tiny_model_dir, root / "one", 1)
-    two = run(tiny_model_dir, root / "two", 2)
-    return root / "one", root / "two", one, two
+@pytest.fixture(scope="module", params=list(CASES))
+def single_and_double(request, tiny_model_dir, tmp_path_factory):
+    """(case, one-process output, two-process output, their processes)."""
+    root = tmp_path_factory.mktemp(request.param)
+    one = run(tiny_model_dir, root / "one", 1, request.param)
+    two = run(tiny_model_dir, root / "two", 2, request.param)
+    return request.param, root / "one", root / "two", one, two
 
 
 def steps(out: Path) -> list[dict]:
@@ -99,14 +112,16 @@ def mismatches(one: list[dict], two: list[dict]) -> list[str]:
         assert {k for k in a if k.startswith("loss")} == {k for k in b if k.startswith("loss")}, a["step"]
         if a[FLOOR_SHARE] != b[FLOOR_SHARE]:
             bad.append(f"step {a['step']} {FLOOR_SHARE}: {a[FLOOR_SHARE]} vs {b[FLOOR_SHARE]}")
-        for key, slope in SLOPE.items():
+        slopes = {k: v for k, v in SLOPE.items() if k in a}
+        slopes["loss"] = next(v for k, v in slopes.items() if k in ("loss/dpop", "loss/dpo"))
+        for key, slope in slopes.items():
             if not math.isclose(a[key], b[key], rel_tol=RTOL, abs_tol=SUM_RTOL * scale * slope):
                 bad.append(f"step {a['step']} {key}: {a[key]} vs {b[key]}")
     return bad
 
 
 def test_both_runs_finish_and_write_one_set_of_files(single_and_double):
-    one, two, proc_one, proc_two = single_and_double
+    case, one, two, proc_one, proc_two = single_and_double
     assert "effective batch 4 = 4 per device x 1 accumulation x 1 process(es)" in proc_one.stderr
     assert "effective batch 4 = 2 per device x 1 accumulation x 2 process(es)" in proc_two.stderr
     for out in (one, two):
@@ -114,38 +129,45 @@ def test_both_runs_finish_and_write_one_set_of_files(single_and_double):
         assert done["steps"] == STEPS
     assert outputs(one) == outputs(two)  # one set of files: nothing per rank, nothing written twice
     assert proc_two.stderr.count("done: ") == 1  # only the main process reports
-    remedies = [
-        next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("- squeezing remedies"))
-        for out in (one, two)
-    ]
-    for line in remedies:  # the report of each run names the remedies and their logged terms
-        for part in ("DPOP (dpop_lambda 50)", "negative-gradient floor 0.01 nats/token", "`loss/dpop_penalty`",
-                     f"`{FLOOR_SHARE}`"):  # fmt: skip
-            assert part in line, line
+    for out in (one, two):  # each run's report names the remedy and its logged terms, or the guard's action
+        report = (out / "report.md").read_text()
+        if case == "dpop_floor":
+            line = next(x for x in report.splitlines() if x.startswith("- squeezing remedies"))
+            for part in ("DPOP (dpop_lambda 50)", "negative-gradient floor 0.01 nats/token", "`loss/dpop_penalty`",
+                         f"`{FLOOR_SHARE}`"):  # fmt: skip
+                assert part in line, line
+        else:
+            assert "turned on the negative-gradient floor at 0.01 nats/token (was off)" in report
 
 
-def test_remedy_terms_are_logged_and_both_paths_run(single_and_double):
-    one, two, _, _ = single_and_double
+def test_remedy_terms_are_logged_and_every_path_runs(single_and_double):
+    case, one, two, _, _ = single_and_double
+    loss = CASES[case]["loss"]
     for out in (one, two):
         history = steps(out)
-        assert len(history) == STEPS
+        assert [e["step"] for e in history] == list(range(1, STEPS + 1))
         for entry in history:
-            assert {"loss/dpop", "loss/dpop_penalty", FLOOR_SHARE} <= entry.keys(), entry
+            assert {f"loss/{loss}", FLOOR_SHARE} <= entry.keys(), entry
             assert entry[FLOOR_SHARE] * PAIRS_PER_STEP in range(PAIRS_PER_STEP + 1), entry  # a share of the pairs
-            assert entry["loss/dpop"] == pytest.approx(entry["loss"], abs=1e-6)  # no SFT term: the loss is DPOP's
-        assert max(e["loss/dpop_penalty"] for e in history) > 0.1  # y+ fell below the reference: the penalty acts
-        assert 0 < max(e[FLOOR_SHARE] for e in history) < 1  # gated and ungated y- in one batch
+            # no SFT term: the step's loss is alignkit's (TRL's own sigmoid term has weight 0)
+            assert entry[f"loss/{loss}"] == pytest.approx(entry["loss"], abs=1e-6)
+        active = [e[FLOOR_SHARE] for e in history]
+        assert 0 < max(active[FLOOR_FROM[case] - 1 :]) < 1  # gated and ungated y- in one batch
+        assert max(active[: FLOOR_FROM[case] - 1], default=0.0) == 0.0  # no floor before the guard turns it on
+        if loss == "dpop":
+            assert max(e["loss/dpop_penalty"] for e in history) > 0.1  # y+ fell below the reference: it acts
 
 
 def test_loss_history_and_remedy_terms_match_one_process(single_and_double):
-    one, two, _, _ = single_and_double
+    _, one, two, _, _ = single_and_double
     assert mismatches(steps(one), steps(two)) == []
     train_loss = [
         next(e["train_loss"] for e in json.loads((out / "metrics.json").read_text())["preference"]["log_history"]
              if "train_loss" in e)
         for out in (one, two)
     ]  # fmt: skip
-    assert math.isclose(*train_loss, rel_tol=RTOL, abs_tol=SUM_RTOL * logsum_scale(steps(one)) * SLOPE["loss"])
+    slope = SLOPE["loss/dpop"]  # the larger of the two losses' slopes
+    assert math.isclose(*train_loss, rel_tol=RTOL, abs_tol=SUM_RTOL * logsum_scale(steps(one), steps(two)) * slope)
 
 
 def test_the_comparison_catches_a_term_from_one_process_only():
@@ -159,3 +181,8 @@ def test_the_comparison_catches_a_term_from_one_process_only():
         "step 3 loss/dpop_penalty: 0.7076 vs 1.0979"
     ]
     assert mismatches([entry], [entry | {FLOOR_SHARE: 0.5}]) == [f"step 3 {FLOOR_SHARE}: 0.25 vs 0.5"]
+    dpo = {"step": 3, "loss": 0.7066, "loss/dpo": 0.7066, FLOOR_SHARE: 0.25, "logps/chosen": -234.0,
+           "logps/rejected": -176.8}  # fmt: skip
+    assert mismatches([dpo], [dpo | {"loss": 0.7166, "loss/dpo": 0.7166}]) == [
+        "step 3 loss/dpo: 0.7066 vs 0.7166", "step 3 loss: 0.7066 vs 0.7166"
+    ]
