@@ -60,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
             for p in load:
                 p.kill()
         wall = time.perf_counter() - start
-        (Path(tmp) / "out.txt").write_text(proc.stdout + proc.stderr)
-        line, pytest_s = summary_line(proc.stdout + proc.stderr)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        output = "\n".join(s for s in lines if not s.startswith("WARNING: Location"))  # pip's local-index noise
+        log = ROOT / "outputs" / "fresh_ci" / f"{commit}_{int(time.time())}.log"  # the whole run, for a trace
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(output)
+        line, pytest_s = summary_line(output)
         record = {
             "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "beside_load": args.beside_load, "wall_s": round(wall, 1), "pytest_s": pytest_s, "pytest": line,
             "rc": proc.returncode, "cores": os.cpu_count(),
+            "failed": [s.split()[1] for s in output.splitlines() if s.startswith(("FAILED ", "ERROR "))],
             # other work on the machine shows here even without --beside_load: 1-minute load at the start and the end
             "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }  # fmt: skip
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record))
         if proc.returncode:
-            print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
+            print(output[-6000:], file=sys.stderr)
+            print(f"the whole output: {log}", file=sys.stderr)
     return proc.returncode
 
 
