@@ -200,8 +200,10 @@ def check_finished_runs(args, out: Path) -> None:
         return
     listing = "\n".join(f"{path}:\n{why}" for path, why in stale)
     if not args.overwrite:
-        raise SystemExit(f"error: {out} holds runs made with other settings:\n{listing}\nNothing was reused or "
-                         "changed. To keep them, rerun with a new --out; to replace them, rerun with --overwrite.")
+        raise SystemExit(
+            f"error: {out} holds runs made with other settings:\n{listing}\nNothing was reused or "
+            "changed. To keep them, rerun with a new --out; to replace them, rerun with --overwrite."
+        )
     log.warning("--overwrite: these runs are run again:\n%s", listing)
     for path, _ in stale:
         path.unlink()
@@ -436,8 +438,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--probes", type=int, default=8, help="probe prompts per split")
     parser.add_argument("--probe-every", type=int, default=0, help="0: only at the start and the end")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="run again the finished runs in --out made with other settings (else: stop)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run again the finished runs in --out made with other settings (else: stop)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders under --work")
     parser.add_argument("--analyze", action="store_true", help="only recompute the table and figure")

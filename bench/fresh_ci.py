@@ -2,6 +2,7 @@
 
     python bench/fresh_ci.py                     # one run, alone
     python bench/fresh_ci.py --beside_load       # one run with a CPU-heavy process beside it (a shared machine)
+    python bench/fresh_ci.py --beside "python bench/remedy_demos.py"   # ... or with real work beside it
 
 Clones the repository's HEAD into a temporary folder, points XDG_CACHE_HOME, PIP_CACHE_DIR and HF_HOME at an empty
 folder, runs `CI=true bash .ci/run` there, and appends one JSON line to bench/results/fresh_ci/runs.jsonl: the commit,
@@ -39,6 +40,11 @@ def summary_line(output: str) -> tuple[str, float | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beside_load", action="store_true", help="run two CPU-heavy processes beside the suite")
+    parser.add_argument(
+        "--beside",
+        help="a shell command run beside the suite instead of the synthetic load; it is "
+        "recorded, and waited for after the suite (its own work is kept)",
+    )
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the load processes")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -51,15 +57,18 @@ def main(argv: list[str] | None = None) -> int:
                "HF_HOME": str(caches / "huggingface")}  # fmt: skip
         env.pop("VIRTUAL_ENV", None)  # a new user's shell: no virtualenv active, none on PATH
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not Path(p, "activate").exists())
-        load = [subprocess.Popen([args.python, "-c", LOAD]) for _ in range(2)] if args.beside_load else []
+        if args.beside:
+            load = [subprocess.Popen(args.beside, shell=True, cwd=ROOT)]
+        else:
+            load = [subprocess.Popen([args.python, "-c", LOAD]) for _ in range(2)] if args.beside_load else []
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
         try:
             proc = subprocess.run(["bash", ".ci/run"], cwd=clone, env=env, capture_output=True, text=True)
         finally:
+            wall = time.perf_counter() - start
             for p in load:
-                p.kill()
-        wall = time.perf_counter() - start
+                p.wait() if args.beside else p.kill()
         lines = (proc.stdout + proc.stderr).splitlines()
         output = "\n".join(s for s in lines if not s.startswith("WARNING: Location"))  # pip's local-index noise
         log = ROOT / "outputs" / "fresh_ci" / f"{commit}_{int(time.time())}.log"  # the whole run, for a trace
@@ -68,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         line, pytest_s = summary_line(output)
         record = {
             "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "beside_load": args.beside_load, "wall_s": round(wall, 1), "pytest_s": pytest_s, "pytest": line,
+            "beside_load": args.beside_load or bool(args.beside),
+            **({"beside": args.beside} if args.beside else {}),
+            "wall_s": round(wall, 1), "pytest_s": pytest_s, "pytest": line,
             "rc": proc.returncode, "cores": os.cpu_count(),
             "failed": [s.split()[1] for s in output.splitlines() if s.startswith(("FAILED ", "ERROR "))],
             # other work on the machine shows here even without --beside_load: 1-minute load at the start and the end
