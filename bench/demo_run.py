@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="alignkit_demo_") as tmp:
         run = Path(tmp) / "demo"
-        cmd = ["accelerate", "launch", "recipes/extended_dpo.py", "--config", "recipes/configs/demo.yaml",
+        accelerate = str(Path(sys.executable).parent / "accelerate")  # the venv's, active or not
+        cmd = [accelerate, "launch", "recipes/extended_dpo.py", "--config", "recipes/configs/demo.yaml",
                "--output_dir", str(run), *([] if args.warm_cache else ["--gguf_cache_dir", str(Path(tmp) / "gguf")]),
                *args.extra]  # fmt: skip
         start = time.perf_counter()

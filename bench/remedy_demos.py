@@ -56,7 +56,8 @@ def summary(run: Path) -> dict:
 
 
 def run_one(name: str, flags: list[str]) -> dict:
-    cmd = ["accelerate", "launch", "recipes/extended_dpo.py", "--config", "recipes/configs/demo.yaml",
+    accelerate = str(Path(sys.executable).parent / "accelerate")  # the venv's, active or not
+    cmd = [accelerate, "launch", "recipes/extended_dpo.py", "--config", "recipes/configs/demo.yaml",
            "--output_dir", str(RUN), *flags, "--overwrite"]  # fmt: skip
     print(f"[remedy_demos] {name}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
@@ -70,7 +71,7 @@ def run_one(name: str, flags: list[str]) -> dict:
         if (RUN / keep).exists():
             shutil.copy(RUN / keep, out / keep)
     shutil.copy(RUN / "preference" / "probes.jsonl", out / "preference.probes.jsonl")
-    return {"command": " ".join(cmd[cmd.index("recipes/extended_dpo.py") - 2 :]).replace(str(ROOT) + "/", ""),
+    return {"command": " ".join(["accelerate", *cmd[1:]]).replace(str(ROOT) + "/", ""),
             "wall_seconds": round(wall, 1), **summary(RUN)}  # fmt: skip
 
 
