@@ -260,12 +260,14 @@ def test_handlers_are_restored_and_a_signal_only_sets_the_flag():
 
 
 def test_two_processes_save_together_when_one_gets_the_signal(tiny_model_dir, tmp_path):
-    """torchrun, 2 CPU processes (gloo): only rank 1 gets SIGTERM, during preference step 2. Both processes agree at
-    that step's end, save checkpoint-2 together (model once, one RNG state each) and exit 75 (torchrun then exits 1),
+    """`accelerate launch --multi_gpu --num_processes 2`, 2 CPU processes (gloo): only rank 1 gets SIGTERM, during
+    preference step 2. Both processes agree at that step's end, save checkpoint-2 together (model once, one RNG state
+    each) and exit 75 (the launcher, torch.distributed's, then exits 1: preempted.json says what happened),
     with no deadlock; the rerun resumes there and ends with the uninterrupted 2-process run's adapters."""
     script = tmp_path / "signal_at_step.py"
     script.write_text(SIGNAL_AT_STEP.replace("os.kill(", "int(os.environ['RANK']) == 1 and os.kill("))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", "0"]  # fmt: skip
 
     def launch(out: Path, *cmd, **env) -> subprocess.CompletedProcess:
         args = [*run_args(tiny_model_dir, out), "--per_device_train_batch_size", "1"]
@@ -278,7 +280,7 @@ def test_two_processes_save_together_when_one_gets_the_signal(tiny_model_dir, tm
 
     out = tmp_path / "out"
     proc = launch(out, str(script), PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2")
-    assert proc.returncode == 1 and proc.stderr.count("exitcode  : 75") == 2, proc.stderr[-4000:]  # torchrun's summary
+    assert proc.returncode == 1 and proc.stderr.count("exitcode  : 75") == 2, proc.stderr[-4000:]  # its summary
     marker = json.loads((out / PREEMPTED_MARKER).read_text())
     checkpoint = out / "preference" / "checkpoint-2"
     assert marker["checkpoint"] == str(checkpoint) and marker["signal"] == "a signal in another process"

@@ -1,7 +1,7 @@
 """The squeezing remedies under two CPU processes (torchrun, gloo) match the single-process run with the same
-effective batch: the loss history and every logged `loss/*` term, step by step. Two cases: DPOP with the
-negative-gradient floor from the start, and DPO whose floor the guard turns on mid-stage (`guard_action: mitigate`,
-`guard_mitigation: negative_floor`), which every process must do at the same step.
+effective batch: the loss history and every logged `loss/*` term, step by step. Three cases: DPOP with the
+negative-gradient floor from the start, Cal-DPO, and DPO whose floor the guard turns on mid-stage (`guard_action:
+mitigate`, `guard_mitigation: negative_floor`), which every process must do at the same step.
 
 One process takes 4 pairs a step, two take 2 each: accelerate deals the batches of the one seeded sampler out in
 turn, so a global step sees the same 4 pairs (tests/test_distributed.py). alignkit/objectives.py gathers each step's
@@ -33,10 +33,12 @@ from .test_recipe import ENV, RECIPE, ROOT, tiny_args
 BETA, DPOP_LAMBDA, FLOOR = 0.1, 50.0, 0.01
 CASES = {  # the recipe options of each case (probes only where the guard needs them)
     "dpop_floor": {"loss": "dpop", "dpop_lambda": DPOP_LAMBDA, "negative_floor": FLOOR, "probe_enabled": False},
+    "cal_dpo": {"loss": "cal_dpo", "probe_enabled": False},
     "guard_floor": {"loss": "dpo", "squeeze_threshold": -100.0, "guard_action": "mitigate",
                     "guard_mitigation": "negative_floor", "guard_negative_floor": FLOOR},
 }  # fmt: skip
-FLOOR_FROM = {"dpop_floor": 1, "guard_floor": 3}  # the first step trained with the floor on (the alert is at step 2)
+# the first step trained with the floor on (the alert is at step 2); the cal_dpo case has no floor
+FLOOR_FROM = {"dpop_floor": 1, "guard_floor": 3}
 PAIRS_PER_STEP = 4  # the effective batch of both runs
 STEPS = 4
 
@@ -60,7 +62,12 @@ SLOPE = {  # `loss` (the step's total) takes the slope of its preference loss, `
     "loss/dpo": 4 * BETA,
     "logps/chosen": 1.0,
     "logps/rejected": 1.0,
+    # Cal-DPO on h+ = c - c0, h- = r - r0 (no beta): -log sigmoid(h+ - h-) has slopes summing to < 4 over the four
+    # sums; the calibration term (h+ - t)^2 + (h- + t)^2 has 2|h+ - t| on c and c0 and 2|h- + t| on r and r0, which
+    # for a mean over pairs sum to at most 4 sqrt(2 V), V the logged term (Cauchy-Schwarz, then Jensen): see slopes().
+    "loss/cal_dpo_preference": 4.0,
 }
+CALIBRATION = "loss/cal_dpo_calibration"
 # `loss/negative_floor_active` is the share of a step's pairs whose y- per-token log-ratio (r - r0)/|y-| is below
 # -FLOOR: a step function, compared exactly (a share of the 4 pairs). A pair flips only if its ratio lies within
 # 2 * SUM_RTOL * S / |y-| (< 1e-5 nats/token) of -FLOOR; measured 2026-12-06, the nearest pair sat 3.6e-3 away
@@ -103,6 +110,16 @@ def logsum_scale(*histories: list[dict]) -> float:
     return max(abs(e[k]) for h in histories for e in h for k in ("logps/chosen", "logps/rejected"))
 
 
+def slopes(a: dict, b: dict) -> dict[str, float]:
+    """The compared keys of a step's entry with their slopes (SLOPE; Cal-DPO's from the logged calibration term)."""
+    out = {k: v for k, v in SLOPE.items() if k in a}
+    if CALIBRATION in a:
+        out[CALIBRATION] = 4 * math.sqrt(2 * max(a[CALIBRATION], b[CALIBRATION]))
+        out["loss/cal_dpo"] = out["loss/cal_dpo_preference"] + out[CALIBRATION]
+    out["loss"] = next(v for k, v in out.items() if k in ("loss/dpop", "loss/dpo", "loss/cal_dpo"))
+    return out
+
+
 def mismatches(one: list[dict], two: list[dict]) -> list[str]:
     """Every compared value of `two` outside the tolerance of `one`'s (entries paired by step)."""
     assert [e["step"] for e in one] == [e["step"] for e in two]
@@ -110,11 +127,9 @@ def mismatches(one: list[dict], two: list[dict]) -> list[str]:
     bad = []
     for a, b in zip(one, two):
         assert {k for k in a if k.startswith("loss")} == {k for k in b if k.startswith("loss")}, a["step"]
-        if a[FLOOR_SHARE] != b[FLOOR_SHARE]:
+        if a.get(FLOOR_SHARE) != b.get(FLOOR_SHARE):
             bad.append(f"step {a['step']} {FLOOR_SHARE}: {a[FLOOR_SHARE]} vs {b[FLOOR_SHARE]}")
-        slopes = {k: v for k, v in SLOPE.items() if k in a}
-        slopes["loss"] = next(v for k, v in slopes.items() if k in ("loss/dpop", "loss/dpo"))
-        for key, slope in slopes.items():
+        for key, slope in slopes(a, b).items():
             if not math.isclose(a[key], b[key], rel_tol=RTOL, abs_tol=SUM_RTOL * scale * slope):
                 bad.append(f"step {a['step']} {key}: {a[key]} vs {b[key]}")
     return bad
@@ -131,10 +146,13 @@ def test_both_runs_finish_and_write_one_set_of_files(single_and_double):
     assert proc_two.stderr.count("done: ") == 1  # only the main process reports
     for out in (one, two):  # each run's report names the remedy and its logged terms, or the guard's action
         report = (out / "report.md").read_text()
+        line = next((x for x in report.splitlines() if x.startswith("- squeezing remedies")), "")
         if case == "dpop_floor":
-            line = next(x for x in report.splitlines() if x.startswith("- squeezing remedies"))
             for part in ("DPOP (dpop_lambda 50)", "negative-gradient floor 0.01 nats/token", "`loss/dpop_penalty`",
                          f"`{FLOOR_SHARE}`"):  # fmt: skip
+                assert part in line, line
+        elif case == "cal_dpo":
+            for part in ("Cal-DPO (calibration targets +-5)", f"`{CALIBRATION}`", "`loss/cal_dpo_preference`"):
                 assert part in line, line
         else:
             assert "turned on the negative-gradient floor at 0.01 nats/token (was off)" in report
@@ -147,10 +165,19 @@ def test_remedy_terms_are_logged_and_every_path_runs(single_and_double):
         history = steps(out)
         assert [e["step"] for e in history] == list(range(1, STEPS + 1))
         for entry in history:
-            assert {f"loss/{loss}", FLOOR_SHARE} <= entry.keys(), entry
-            assert entry[FLOOR_SHARE] * PAIRS_PER_STEP in range(PAIRS_PER_STEP + 1), entry  # a share of the pairs
             # no SFT term: the step's loss is alignkit's (TRL's own sigmoid term has weight 0)
-            assert entry[f"loss/{loss}"] == pytest.approx(entry["loss"], abs=1e-6)
+            assert entry[f"loss/{loss}"] == pytest.approx(entry["loss"], rel=1e-6, abs=1e-6)  # fp32 rounding
+            if loss == "cal_dpo":
+                parts = entry["loss/cal_dpo_preference"] + entry[CALIBRATION]
+                assert entry["loss/cal_dpo"] == pytest.approx(parts, rel=1e-5)
+                assert FLOOR_SHARE not in entry
+                continue
+            assert FLOOR_SHARE in entry, entry
+            assert entry[FLOOR_SHARE] * PAIRS_PER_STEP in range(PAIRS_PER_STEP + 1), entry  # a share of the pairs
+        if loss == "cal_dpo":
+            calibration = [e[CALIBRATION] for e in history]
+            assert calibration[-1] < calibration[0], calibration  # the calibration term acts: h's move to +-5
+            continue
         active = [e[FLOOR_SHARE] for e in history]
         assert 0 < max(active[FLOOR_FROM[case] - 1 :]) < 1  # gated and ungated y- in one batch
         assert max(active[: FLOOR_FROM[case] - 1], default=0.0) == 0.0  # no floor before the guard turns it on
@@ -166,7 +193,7 @@ def test_loss_history_and_remedy_terms_match_one_process(single_and_double):
              if "train_loss" in e)
         for out in (one, two)
     ]  # fmt: skip
-    slope = SLOPE["loss/dpop"]  # the larger of the two losses' slopes
+    slope = max(SLOPE["loss/dpop"], *(slopes(e, e)["loss"] for e in steps(one)))  # the largest of the losses\
     assert math.isclose(*train_loss, rel_tol=RTOL, abs_tol=SUM_RTOL * logsum_scale(steps(one), steps(two)) * slope)
 
 

@@ -1,5 +1,7 @@
-"""`SqueezingCallback()` alone in a DPO script under two processes (torchrun, gloo, CPU): one report, written by
-rank 0, and the same readings as one process with the same effective batch."""
+"""`SqueezingCallback()` alone in a DPO script under two processes, started as a user starts them
+(`accelerate launch --multi_gpu --num_processes 2`: accelerate's name for its torch.distributed launcher, which on a
+CPU-only machine runs gloo processes): one report, written by rank 0, and the same readings as one process with the
+same effective batch."""
 
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def _run(tmp_path: Path, processes: int) -> Path:
     script.write_text(SCRIPT.format(root=str(ROOT)))
     out = tmp_path / f"p{processes}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", str(processes),
+                *(["--multi_gpu", "--main_process_port", "0"] if processes > 1 else [])]  # port 0: a free one
     proc = subprocess.run([*launcher, str(script), str(out), str(processes)], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
