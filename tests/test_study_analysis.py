@@ -36,6 +36,7 @@ from alignkit.study.stats import (
     ratio_difference,
     ratio_of_means,
     spearman,
+    wilson_interval,
 )
 
 OFF_TARGET = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
@@ -401,3 +402,12 @@ def test_extra_loss_arms_are_read_from_their_fields(tmp_path):
     assert any("B_far_ipo finished seeds [0] only" in c for c in summary["caveats"])
     assert summary["primary_loss"] == "dpo" and summary["baseline_arm"] == "A_near"
     assert write_report(root, summary).is_file()
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    """Wilson score intervals, computed by hand from p, n and z = 1.96: 5/10 -> [0.2366, 0.7634]; 0/9 -> upper
+    z^2/(n + z^2) = 3.8415/12.8415 = 0.2991; n/n -> lower n/(n + z^2) = 12/15.8415 = 0.7575; 0 of 0 -> undefined."""
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson_interval(0, 9) == pytest.approx((0.0, 0.29915), abs=1e-5)
+    assert wilson_interval(12, 12) == pytest.approx((0.75751, 1.0), abs=1e-5)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))

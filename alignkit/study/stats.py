@@ -169,3 +169,20 @@ def merge(parts: list[dict[Key, object]]) -> dict[Key, object]:
 
 def estimate(units: dict, statistic=mean_of, n_boot: int = N_BOOT) -> dict:
     return bootstrap_interval(units, statistic, n=n_boot).to_dict()
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion `successes / n` (95% by default): unlike the normal approximation it
+    stays inside [0, 1] and is informative at 0 or n successes, the case of a detector's false alarms.
+
+    >>> [round(x, 4) for x in wilson_interval(0, 9)]  # 0 false alarms in 9 nulls: the true rate may be up to 30%
+    [0.0, 0.2991]
+    >>> [round(x, 4) for x in wilson_interval(12, 12)]
+    [0.7575, 1.0]
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
