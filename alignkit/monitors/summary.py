@@ -10,7 +10,13 @@ import math
 
 from alignkit.monitors.config import ALL_FAMILIES, MonitorConfig
 from alignkit.monitors.probes import SPLITS, ProbeSet
-from alignkit.monitors.scoring import CONCENTRATION_FAMILIES, FIXED_GREEDY, MECHANISM_METRICS, metric_key
+from alignkit.monitors.scoring import (
+    CONCENTRATION_FAMILIES,
+    FIXED_GREEDY,
+    MECHANISM_METRICS,
+    RATIO_MIN_FALL,
+    metric_key,
+)
 
 MECHANISM_UNITS = {
     "off_target_fall": "nats/token",
@@ -42,6 +48,7 @@ def summary_markdown(
         return "\n".join([*lines, "", "No evaluation was recorded."]) + "\n"
     stages = list(dict.fromkeys(r["stage"] for r in records))
     lines += ["", *verdict_lines(config, records, events, stages)]
+    lines += comparable_lines(records, stages)
     if figure:
         lines += ["", f"![probe families through training]({figure})"]
     first = records[0]
@@ -121,6 +128,71 @@ def verdict_lines(config: MonitorConfig, records: list[dict], events: list[dict]
             f"{config.squeeze_threshold:g}."
         )
     return ["Verdict (the alert reads the change since each stage began; 95% interval over probes):", "", *lines]
+
+
+def comparable_lines(records: list[dict], stages: list[str]) -> list[str]:
+    """Per stage with a change: the reading that compares runs (`collateral_ratio`: off-target fall per nat of y-
+    fall, flat across learning rates where the off-target fall itself grows ~8x: docs/monitors.md, "Detector v2"),
+    and a sentence on what the stage did to its stage-start greedy answer."""
+    lines = []
+    for stage in stages:
+        own = [r for r in records if r["stage"] == stage and "mech/off_target_fall" in r]
+        if not own:
+            continue
+        end = own[-1]
+        ratio, lo, hi = (end.get(f"mech/collateral_ratio{x}") for x in ("", "_lo", "_hi"))
+        fall = end.get("mech/rejected_fall")
+        if _finite(ratio):
+            bracket = f" [{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else ""
+            reading = f"`collateral_ratio` {ratio:.3f}{bracket} nats of off-target fall per nat of y⁻ fall"
+        elif _finite(fall):
+            moved = f"rose by {-fall:.3f}" if fall < 0 else f"fell by only {fall:.3f}"
+            reading = (
+                f"`collateral_ratio` undefined: y⁻ {moved} nats/token (a fall below {RATIO_MIN_FALL:g} defines none), "
+                "no negative gradient at work for squeezing to be a side effect of"
+            )
+        else:
+            reading = "`collateral_ratio` not measured (no rejected probes)"
+        lines.append(f"- **{stage}**, the reading that compares runs: {reading}.")
+        if sentence := greedy_start_sentence(own[0], end, records, stage):
+            lines.append(f"  {sentence}")
+    if not lines:
+        return []
+    return ["", "Comparable reading and the stage-start greedy answer (change since each stage began):", "", *lines]
+
+
+def greedy_start_sentence(first: dict, end: dict, records: list[dict], stage: str) -> str | None:
+    """What a stage did to the greedy answers decoded at its start, scored as fixed text, against the greedy answers
+    decoded at its end; None when the stage has no greedy probes. Uses the training split (the held-out one where
+    the training split has none)."""
+    for split in SPLITS:
+        fixed = metric_key(split, FIXED_GREEDY, "logp")
+        greedy = metric_key(split, "greedy", "logp")
+        stage_records = [r for r in records if r["stage"] == stage and fixed in r and greedy in r]
+        if len(stage_records) >= 2:
+            break
+    else:
+        return None
+    start, now = stage_records[0], stage_records[-1]
+    d_fixed, d_greedy = now[fixed] - start[fixed], now[greedy] - start[greedy]
+    rise, lo, hi = (end.get(f"mech/greedy_start_rise{x}") for x in ("", "_lo", "_hi"))
+    per_token = ""
+    if _finite(rise) and _finite(lo) and _finite(hi):
+        per_token = f"; `greedy_start_rise` {rise:+.3f} [{lo:+.3f}, {hi:+.3f}] nats/token"
+    if d_fixed >= 0 and d_greedy >= 0:
+        meaning = "the model reinforced its stage-start answers: mass moved onto them, as squeezing predicts"
+    elif d_fixed < 0 <= d_greedy:
+        meaning = ("the model moved away from its stage-start answers to other, now more likely, ones: a change of "
+                   "answer, not mass piling onto the old argmax")  # fmt: skip
+    elif d_fixed < 0 and d_greedy < 0:
+        meaning = "both fell: the model became less sure of its answers, old and new (broad damage, not concentration)"
+    else:
+        meaning = "the new answers are less likely than the old ones were, while the old ones gained"
+    return (
+        f"Stage-start greedy answers ({split} prompts), scored as fixed text: {d_fixed:+.2f} nats per answer"
+        f"{per_token}; the answers decoded at the stage's end score {d_greedy:+.2f} nats against the start's: "
+        f"{meaning}."
+    )
 
 
 def mechanism_table(config: MonitorConfig, records: list[dict], stages: list[str]) -> list[str]:
