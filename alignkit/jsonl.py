@@ -17,6 +17,7 @@ old file or the new one, never half of either.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import json
 import logging
 import math
@@ -65,9 +66,16 @@ def _parse_line(text: str, path: str | os.PathLike, line: int) -> Record:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; a `.gz` file's decompressed (committed probe records are gzipped)."""
     if not path.is_file():
         raise AlignkitError(f"{path} does not exist")
-    return path.read_bytes()
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise AlignkitError(f"{path}: not a readable gzip file ({err})") from None
+    return data
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Record]]:

@@ -60,7 +60,7 @@ from alignkit.models import load_model, load_tokenizer
 from alignkit.monitors import MonitorConfig, SqueezingMonitor, build_probe_set
 from alignkit.monitors.config import ALERT_METRICS
 from alignkit.stages import run_preference_stage, run_sft_stage
-from alignkit.study.stats import wilson_interval
+from alignkit.stats import wilson_interval
 
 
 @dataclass(frozen=True)

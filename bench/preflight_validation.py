@@ -40,10 +40,10 @@ from _results import write_result
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
+from alignkit.stats import bootstrap_interval, mean_within_group_spearman, spearman
 from alignkit.study.analysis import arm_mechanisms
 from alignkit.study.config import parse_arm
 from alignkit.study.records import load_runs, read_records
-from alignkit.study.stats import bootstrap_interval, mean_within_group_spearman, spearman
 
 SCORES = ("rejected_logp_per_token", "rejected_min_logp", "chosen_logp_per_token", "margin_per_token", "ches")
 ONE_STEP = ("offtarget_delta", "offtarget_argmax_delta")

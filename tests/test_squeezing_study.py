@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from alignkit.errors import AlignkitError
+from alignkit.stats import bootstrap_interval, paired_difference
 from alignkit.study.config import PRIMARY_ARMS, parse_study_config
-from alignkit.study.stats import bootstrap_interval, paired_difference
 
 ROOT = Path(__file__).parents[1]
 STUDY = ROOT / "recipes" / "squeezing_study.py"

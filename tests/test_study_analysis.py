@@ -23,11 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignkit.study.analysis import analyze
-from alignkit.study.claims import directional, gate
-from alignkit.study.quality import win_units
-from alignkit.study.report import write_report
-from alignkit.study.stats import (
+from alignkit.stats import (
     Estimate,
     bootstrap_interval,
     mean_within_group_spearman,
@@ -38,6 +34,10 @@ from alignkit.study.stats import (
     spearman,
     wilson_interval,
 )
+from alignkit.study.analysis import analyze
+from alignkit.study.claims import directional, gate
+from alignkit.study.quality import win_units
+from alignkit.study.report import write_report
 
 OFF_TARGET = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
 TRAIN = ["p0", "p1", "p2", "p3"]

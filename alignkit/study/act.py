@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from alignkit.stats import Key, estimate, merge, paired_difference
 from alignkit.study.config import parse_arm
 from alignkit.study.quality import score_units, win_rate, win_units
 from alignkit.study.records import Run
-from alignkit.study.stats import Key, estimate, merge, paired_difference
 
 Units = Mapping[Key, float]
 

@@ -6,7 +6,7 @@ Inputs, under `<study_dir>/runs/s<seed>/`, one set per finished (seed, arm): `<a
 (`sft_mode` chosen|extended = A|B, `rejected` near|far, `loss`), never off its name.
 
 Units: (seed, probe) for probe metrics, (seed, prompt) for generations, (seed, arm, probe) for the pooled
-dose–response; every interval is a 95% percentile bootstrap over units (alignkit.study.stats). Comparisons between
+dose–response; every interval is a 95% percentile bootstrap over units (alignkit.stats). Comparisons between
 arms are paired: one difference per unit, on the units both arms have.
 
 `analyze(study_dir)` writes `<study_dir>/summary.json`, a dict with these keys (an *estimate* is
@@ -44,6 +44,19 @@ import numpy as np
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
 from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.stats import (
+    LEVEL,
+    N_BOOT,
+    Key,
+    estimate,
+    mean_of,
+    mean_within_group_spearman,
+    merge,
+    paired_difference,
+    ratio_difference,
+    ratio_of_means,
+    spearman,
+)
 from alignkit.study.act import act_comparison
 from alignkit.study.claims import decide_claims, finite
 from alignkit.study.quality import quality
@@ -56,19 +69,6 @@ from alignkit.study.records import (
     load_runs,
     probe_splits,
     snapshots,
-)
-from alignkit.study.stats import (
-    LEVEL,
-    N_BOOT,
-    Key,
-    estimate,
-    mean_of,
-    mean_within_group_spearman,
-    merge,
-    paired_difference,
-    ratio_difference,
-    ratio_of_means,
-    spearman,
 )
 
 CHECK_MIN_NATS = 1.0  # nats/token: the gap M1 demands between the valleys and the lift M2 demands from extended SFT

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
+from alignkit.stats import Estimate
 from alignkit.study.quality import PAPER_WIN_RATES
-from alignkit.study.stats import Estimate
 
 
 def finite(x: float | None) -> bool:

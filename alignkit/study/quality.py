@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from alignkit.stats import Key, estimate, merge, ratio_of_means
 from alignkit.study.records import Run
-from alignkit.study.stats import Key, estimate, merge, ratio_of_means
 
 PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
 

@@ -1,4 +1,5 @@
-"""The study's statistics as pure numpy functions: bootstrap intervals over units, paired differences, Spearman ρ.
+"""Statistics as pure numpy functions: bootstrap intervals (flat, or nested: seeds, then probes), paired differences,
+Spearman ρ, Wilson intervals.
 
 A *unit* is one independent-enough observation, keyed by a tuple whose first element is the seed: `(seed, probe)` for
 probe metrics, `(seed, prompt)` for generations, `(seed, arm, probe)` for the pooled dose–response. A unit's value is
@@ -47,18 +48,19 @@ class Estimate:
         return 1 if self.lo > value else -1 if self.hi < value else 0
 
 
-def unit_array(units: Units) -> tuple[list[Key], np.ndarray]:
+def unit_array(units: Units, drop_nonfinite: bool = True) -> tuple[list[Key], np.ndarray]:
     """Keys in sorted order and their values as an (n_units, n_components) float array, non-finite units dropped.
 
     Sorting makes the result independent of dict order, so an interval recomputed from the raw files with the same
     bootstrap seed is the same number. A unit with any non-finite component is a missing pair (e.g. a probe with no
     y⁻, an uncheckable answer): it is dropped before resampling, so every replicate has the same kind of units.
+    With `drop_nonfinite` False a unit is kept while any component is finite, for a NaN-aware statistic.
     """
     keys = sorted(units, key=lambda k: tuple(str(part) for part in k))
     rows = np.array([np.atleast_1d(np.asarray(units[k], dtype=float)) for k in keys], dtype=float)
     if rows.size == 0:
         return [], np.zeros((0, 1))
-    keep = np.isfinite(rows).all(axis=1)
+    keep = np.isfinite(rows).all(axis=1) if drop_nonfinite else np.isfinite(rows).any(axis=1)
     return [k for k, ok in zip(keys, keep) if ok], rows[keep]
 
 
@@ -117,6 +119,52 @@ def bootstrap_interval(
         if len(draws) >= n / 2:
             lo, hi = (float(q) for q in np.quantile(draws, [(1 - level) / 2, (1 + level) / 2]))
     return Estimate(float(point), lo, hi, len(values), len(seeds), per_seed)
+
+
+def nested_draws(
+    units: Units, statistic: Statistic = mean_of, n: int = N_BOOT, seed: int = 0, drop_nonfinite: bool = True
+) -> np.ndarray:
+    """`n` bootstrap replicates of `statistic` with seeds as the unit: each replicate draws as many seeds as there
+    are, with replacement, then within each drawn seed as many of its units (probes) as it has, with replacement, and
+    pools them. A shift shared by all probes of one seed (a training run is one draw) widens the interval, which flat
+    resampling misses; with one seed it is the bootstrap over probes. Undefined replicates are NaN.
+    `drop_nonfinite`: as in `unit_array`."""
+    keys, values = unit_array(units, drop_nonfinite)
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(str(k[0]), []).append(i)
+    members = [np.array(ix) for _, ix in sorted(groups.items())]
+    rng = np.random.default_rng(seed)
+    draws = np.full(n, math.nan)
+    if not members:
+        return draws
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for b in range(n):
+            picked = rng.integers(0, len(members), size=len(members))
+            rows = np.concatenate([rng.choice(members[g], size=len(members[g])) for g in picked])
+            draws[b] = statistic(values[rows])
+    return draws
+
+
+def interval_of(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates, NaN ones left out (NaN if most are)."""
+    finite = draws[np.isfinite(draws)]
+    if len(finite) < len(draws) / 2 or not len(finite):
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def nested_bootstrap(
+    units: Units, statistic: Statistic = mean_of, n: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> Estimate:
+    """Statistic over all units with the seed-level interval of `nested_draws`, and the per-seed values."""
+    keys, values = unit_array(units)
+    seeds = sorted({k[0] for k in keys}, key=str)
+    per_seed = {str(s): statistic(values[[k[0] == s for k in keys]]) for s in seeds}
+    lo, hi = interval_of(nested_draws(units, statistic, n, seed), level)
+    return Estimate(float(statistic(values)), lo, hi, len(values), len(seeds), per_seed)
 
 
 def paired_difference(x: Mapping[Key, float], y: Mapping[Key, float]) -> dict[Key, float]:
