@@ -168,7 +168,10 @@ def figure(arms: list[Arm], rows: list[dict], path: Path) -> Path:
         for s in seeds:
             pts = np.array([v for (seed, _), v in arm.units.items() if seed == s])
             label = arm.name if s == seeds[0] else None
-            right.plot(pts[:, 1].mean(), pts[:, 0].mean(), "o", color=f"C{i}", label=label)
+            right.plot(np.nanmean(pts[:, 1]), np.nanmean(pts[:, 0]), "o", color=f"C{i}", label=label)
+        if math.isfinite(entry["value"]):  # the arm's ratio as a slope through the origin
+            reach = max(np.nanmean(np.array([v[1] for v in arm.units.values()], dtype=float)) * 1.3, 0.0)
+            right.plot([0, reach], [0, entry["value"] * reach], "--", color=f"C{i}", lw=1)
     left.set_xticks(range(len(arms)), [a.name for a in arms])
     left.set_ylabel("collateral ratio (off-target fall per nat of y⁻ fall)")
     left.set_title("The reading that compares runs (95% interval)", fontsize=9)
@@ -176,7 +179,7 @@ def figure(arms: list[Arm], rows: list[dict], path: Path) -> Path:
     right.axvline(0, color="grey", lw=0.5)
     right.set_xlabel("y⁻ fall (nats/token): how hard the negative gradient pushed")
     right.set_ylabel("off-target fall (nats/token)")
-    right.set_title("Each run: a slope through the origin is its ratio", fontsize=9)
+    right.set_title("Each run (dot) and each arm's ratio (dashed slope)", fontsize=9)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
