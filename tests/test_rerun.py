@@ -217,20 +217,12 @@ def test_a_study_run_is_reused_only_with_the_same_settings(tiny_model_dir, tmp_p
 
 def test_the_calibration_bench_reuses_a_run_only_with_the_same_settings(tmp_path):
     import argparse
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    bench = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench))  # the bench's own helper modules
-    try:
-        spec = importlib.util.spec_from_file_location("detector_calibration", bench / "detector_calibration.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["detector_calibration"] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-        sys.modules.pop("detector_calibration", None)
+    from .conftest import load_bench
+
+    module = load_bench("detector_calibration")
+    sys.modules.pop("detector_calibration", None)
     args = argparse.Namespace(seeds=[0], conditions=["null_sft", "far_lr1e-4"], steps=24, batch=2, probes=8,
                               probe_every=0)  # fmt: skip
     per_run = tmp_path / "per_run"
