@@ -6,7 +6,8 @@
 The plain run is `accelerate launch recipes/extended_dpo.py --config recipes/configs/demo.yaml`. Each remedy reruns the
 same command in the same output folder with its flag (docs/remedies.md's table) and `--overwrite`: the stale-rerun
 check keeps the unchanged SFT stage and retrains the preference stage, as a user who saw the alert would. After each
-run the report, metrics, figure and probe records are copied to bench/results/remedy_demos/<name>/, and
+run the report, metrics, figure and probe records (per evaluation, and gzipped per probe for
+`python -m alignkit.monitors.compare`) are copied to bench/results/remedy_demos/<name>/, and
 bench/results/remedy_demos/result.json collects, per run, the remedy line of the report, the last logged `loss/*`
 terms, the DPO margin and accuracy, the alert's step and the off-target fall with its interval.
 
@@ -16,6 +17,7 @@ This is the remedies' run-through on the real model; their three-seed comparison
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import subprocess
@@ -71,6 +73,8 @@ def run_one(name: str, flags: list[str]) -> dict:
         if (RUN / keep).exists():
             shutil.copy(RUN / keep, out / keep)
     shutil.copy(RUN / "preference" / "probes.jsonl", out / "preference.probes.jsonl")
+    records = (RUN / "preference" / "probe_records.jsonl").read_bytes()
+    (out / "preference.probe_records.jsonl.gz").write_bytes(gzip.compress(records, mtime=0))
     return {"command": " ".join(["accelerate", *cmd[1:]]).replace(str(ROOT) + "/", ""),
             "wall_seconds": round(wall, 1), **summary(RUN)}  # fmt: skip
 
