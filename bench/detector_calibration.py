@@ -654,12 +654,12 @@ def main(argv: list[str] | None = None) -> None:
     if heldout:
         summary = analyze_heldout(out)
         if summary is not None:
-            write_result(name, argv, summary | {"per_run_folder": str(out / "per_run")})
+            write_result("detector_heldout", argv, summary | {"per_run_folder": str(out / "per_run")})
         return
     summary = analyze(out)
     if summary is not None:
         figures = {k: summary[k] for k in ("runs", "conditions", "best")} | {"per_run_folder": str(out / "per_run")}
-        write_result(name, argv, figures)
+        write_result("detector_calibration", argv, figures)
 
 
 if __name__ == "__main__":

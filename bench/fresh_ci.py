@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a shell command run beside the suite instead of the synthetic load; it is "
         "recorded, and waited for after the suite (its own work is kept)",
     )
+    parser.add_argument("--beside_note", help="what else runs on the machine, started separately (recorded only)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the load processes")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         line, pytest_s = summary_line(output)
         record = {
             "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "beside_load": args.beside_load or bool(args.beside),
+            "beside_load": args.beside_load or bool(args.beside or args.beside_note),
             **({"beside": args.beside} if args.beside else {}),
+            **({"beside_note": args.beside_note} if args.beside_note else {}),
             "wall_s": round(wall, 1), "pytest_s": pytest_s, "pytest": line,
             "rc": proc.returncode, "cores": os.cpu_count(),
             "failed": [s.split()[1] for s in output.splitlines() if s.startswith(("FAILED ", "ERROR "))],

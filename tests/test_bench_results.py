@@ -18,8 +18,10 @@ import pytest
 from .test_bench_paths import BENCH, bench
 
 # Benches that write their committed file themselves: fresh_ci.py keeps a log, one line per run of the README's test
-# command; remedies.py writes the helper's record format with its own code.
-OWN_WRITERS = {"fresh_ci": "bench/results/fresh_ci/runs.jsonl", "remedies": "bench/results/remedies/result.json"}
+# command; remedies.py writes the helper's record format with its own code; detector_freeze.py writes the frozen
+# detector beside the calibration's files.
+OWN_WRITERS = {"fresh_ci": "bench/results/fresh_ci/runs.jsonl", "remedies": "bench/results/remedies/result.json",
+               "detector_freeze": "bench/results/detector_calibration/frozen.json"}  # fmt: skip
 PY_BENCHES = sorted(p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.stem not in OWN_WRITERS)
 SH_BENCHES = sorted(p.stem for p in BENCH.glob("*.sh"))
 
