@@ -6,6 +6,7 @@ by a timer."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -280,7 +281,11 @@ def test_two_processes_save_together_when_one_gets_the_signal(tiny_model_dir, tm
 
     out = tmp_path / "out"
     proc = launch(out, str(script), PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2")
-    assert proc.returncode == 1 and proc.stderr.count("exitcode  : 75") == 2, proc.stderr[-4000:]  # its summary
+    # The launcher's summary: rank 0 exits 75 once the checkpoint and preempted.json are written. Rank 1 leaves the
+    # same collective save and exits 75 too, unless the launcher, seeing rank 0 gone first, terminates it in the
+    # milliseconds between (exitcode -15: seen once under load); either way after the save, which the files check.
+    codes = re.findall(r"exitcode\s*: (-?\d+)", proc.stderr)
+    assert proc.returncode == 1 and "75" in codes and set(codes) <= {"75", "-15"}, proc.stderr[-4000:]
     marker = json.loads((out / PREEMPTED_MARKER).read_text())
     checkpoint = out / "preference" / "checkpoint-2"
     assert marker["checkpoint"] == str(checkpoint) and marker["signal"] == "a signal in another process"
