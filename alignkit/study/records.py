@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.jsonl import decode_utf8, json_safe, location
+from alignkit.jsonl import json_safe, read_jsonl
 
 PRIMARY_LOSS = "dpo"
 
@@ -48,16 +48,7 @@ class Run:
 
 def read_records(path: Path) -> list[dict]:
     """The objects of a JSON Lines file, gzipped (`.gz`) or not; blank lines skipped, a bad line raises naming it."""
-    data = path.read_bytes()
-    text = decode_utf8(gzip.decompress(data) if path.suffix == ".gz" else data, path)
-    rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError as err:
-                raise AlignkitError(f"{location(path, line)}: invalid JSON ({err.msg})") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def write_records(path: Path, records: list[dict]) -> None:
