@@ -26,6 +26,11 @@ def response_text(response: Response) -> str:
     return "".join(m["content"] for m in response if m.get("role", "assistant") == "assistant")
 
 
+def user_text(prompt: Prompt) -> str:
+    """The user's words of a prompt (its user turns joined by spaces; a string prompt is its own text)."""
+    return prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt if m.get("role") == "user")
+
+
 def render_prompt(tokenizer, prompt: Prompt) -> str:
     """The prompt as the model sees it: chat-templated (with the generation prompt) for a list of messages."""
     if isinstance(prompt, str):

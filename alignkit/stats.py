@@ -216,7 +216,9 @@ def merge(parts: list[dict[Key, object]]) -> dict[Key, object]:
 
 
 def estimate(units: dict, statistic=mean_of, n_boot: int = N_BOOT) -> dict:
-    return bootstrap_interval(units, statistic, n=n_boot).to_dict()
+    """The study's estimate: the statistic with its seed-level interval (`nested_bootstrap`: seeds, then the
+    probes or prompts inside each), as a dict."""
+    return nested_bootstrap(units, statistic, n=n_boot).to_dict()
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -27,6 +27,7 @@ from alignkit.stats import (
     Estimate,
     bootstrap_interval,
     mean_within_group_spearman,
+    nested_bootstrap,
     paired_difference,
     ranks,
     ratio_difference,
@@ -36,7 +37,8 @@ from alignkit.stats import (
 )
 from alignkit.study.analysis import analyze
 from alignkit.study.claims import directional, gate
-from alignkit.study.quality import win_units
+from alignkit.study.quality import text_readings, win_units
+from alignkit.study.records import Run
 from alignkit.study.report import write_report
 
 OFF_TARGET = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
@@ -348,7 +350,7 @@ def test_summary_interval_recomputes_from_the_raw_files(study):
                 seed = int(path.parent.name[1:])
                 levels[(path.name.split(".")[0], seed, r["probe"])] = r["words_logp_per_token"]
     diff = {(s, p): v - levels[("A_near", s, p)] for (arm, s, p), v in levels.items() if arm == "A_far"}
-    expect = bootstrap_interval(diff, n=N_BOOT)
+    expect = nested_bootstrap(diff, n=N_BOOT)  # seeds as the unit, probes resampled inside each
     on_disk = json.loads((root / "summary.json").read_text())["manipulation"]["checks"]["M1"]["estimate"]
     assert on_disk["lo"] < on_disk["hi"]  # the jitter makes a real interval
     assert (on_disk["mean"], on_disk["lo"], on_disk["hi"]) == pytest.approx((expect.mean, expect.lo, expect.hi))
@@ -411,3 +413,25 @@ def test_wilson_interval_matches_hand_computed_values():
     assert wilson_interval(0, 9) == pytest.approx((0.0, 0.29915), abs=1e-5)
     assert wilson_interval(12, 12) == pytest.approx((0.75751, 1.0), abs=1e-5)
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_text_readings_per_arm_and_checkpoint_by_hand():
+    def run(seed: int, answers: list[tuple[str, bool | None]]) -> Run:
+        gens = [{"checkpoint": "epoch2", "prompt_id": f"p{i}", "response": text, "prompt_text": "say the cat",
+                 **({} if cap is None else {"cap_hit": cap})} for i, (text, cap) in enumerate(answers)]  # fmt: skip
+        return Run(meta={"arm": "A_far", "seed": seed}, generations=gens)
+
+    runs = {
+        (0, "A_far"): run(0, [("The cat sat.", None), ("the cat the cat the cat", None)]),
+        (1, "A_far"): run(1, [("no stop here", False), ("Ends well.", True)]),
+    }
+    text = text_readings(runs, n_boot=200)["A_far"]["epoch2"]
+    # ended: seed 0 by the text (1, 0), seed 1 by the stop reason (1, 0)
+    assert text["terminated"]["mean"] == pytest.approx(0.5)
+    assert text["terminated"]["per_seed"] == {"0": 0.5, "1": 0.5}
+    # 3-grams of "the cat the cat the cat": 4, the last two repeat the first two
+    assert text["repetition"]["mean"] == pytest.approx((0 + 0.5 + 0 + 0) / 4)
+    assert text["words"]["mean"] == pytest.approx((3 + 6 + 3 + 2) / 4)
+    # echo: only "the cat the cat the cat" has a 4-gram (NaN units are left out), and the prompt has none
+    assert (text["echo"]["mean"], text["echo"]["n_units"]) == (0.0, 1)
+    assert text["repetition"]["n_seeds"] == 2

@@ -26,7 +26,7 @@ from alignkit.monitors.config import (
     MonitorConfig,
 )
 from alignkit.monitors.rephrase import Rephraser
-from alignkit.sequences import Prompt, response_text
+from alignkit.sequences import Prompt, response_text, user_text
 
 FORMAT_TAG = "alignkit_probe_set"
 FORMAT_VERSION = 1
@@ -113,8 +113,7 @@ def _checked(row: dict, key: str, kind: type | tuple[type, ...], path: Path, lin
 
 def _prompt_sentences(prompt: Prompt) -> list[str]:
     """Fluent human-written sentences of a prompt (its user turns), for the `irrelevant_human` family."""
-    text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt if m.get("role") == "user")
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 3]
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", user_text(prompt)) if len(s.split()) >= 3]
 
 
 def _permuted_words(text: str, rng: random.Random) -> str:

@@ -1,7 +1,9 @@
-"""Held-out quality: verifier accuracy per arm and checkpoint, and paired win rates under two protocols.
+"""Held-out quality: verifier accuracy per arm and checkpoint, paired win rates under two protocols, and the text
+readings squeezing can move (alignkit.text_quality: termination, repetition, prompt echo, length).
 
-Units are (seed, prompt). A win rate is reported as *ours* (ties count half: mean outcome) and as the paper's
-protocol (ties dropped: wins / decisive pairs). With a verifier both presentation orders give the same verdict.
+Units are (seed, prompt); every interval has seeds as the unit, prompts resampled inside (`alignkit.stats.estimate`).
+A win rate is reported as *ours* (ties count half: mean outcome) and as the paper's protocol
+(ties dropped: wins / decisive pairs). With a verifier both presentation orders give the same verdict.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections import defaultdict
 
 from alignkit.stats import Key, estimate, merge, ratio_of_means
 from alignkit.study.records import Run
+from alignkit.text_quality import echo_share, repeated_ngram_share, terminated, word_count
 
 PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
 
@@ -21,6 +24,38 @@ def score_units(run: Run) -> dict[str, dict[Key, float]]:
     for g in run.generations:
         out[g["checkpoint"]][(run.seed, g["prompt_id"])] = math.nan if g.get("score") is None else float(g["score"])
     return dict(out)
+
+
+def text_units(run: Run) -> dict[str, dict[str, dict[Key, float]]]:
+    """{checkpoint: {reading: {(seed, prompt): value}}} from the answers alone. `terminated` uses the decoder's stop
+    reason when the record has it (`cap_hit`), else whether the text ends a sentence; `echo` needs the record's
+    prompt text (records written before it was stored have none: the reading is left out)."""
+    out: dict[str, dict[str, dict[Key, float]]] = defaultdict(lambda: defaultdict(dict))
+    for g in run.generations:
+        key, text = (run.seed, g["prompt_id"]), g["response"]
+        readings = out[g["checkpoint"]]
+        readings["terminated"][key] = terminated(text, g.get("cap_hit"))
+        readings["repetition"][key] = repeated_ngram_share(text)
+        readings["words"][key] = float(word_count(text))
+        if "prompt_text" in g:
+            readings["echo"][key] = echo_share(text, g["prompt_text"])
+    return {cp: dict(r) for cp, r in out.items()}
+
+
+def text_readings(runs: dict[tuple[int, str], Run], n_boot: int) -> dict[str, dict[str, dict[str, dict]]]:
+    """{arm: {checkpoint: {reading: estimate}}}: each reading's mean over (seed, prompt) with a seed-level interval."""
+    parts: dict[str, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs.values():
+        for cp, readings in text_units(run).items():
+            for name, units in readings.items():
+                parts[run.arm][cp][name].append(units)
+    return {
+        arm: {
+            cp: {name: estimate(merge(u), n_boot=n_boot) for name, u in sorted(r.items())}
+            for cp, r in sorted(cps.items())
+        }
+        for arm, cps in sorted(parts.items())
+    }
 
 
 def win_units(x: dict[Key, float], base: dict[Key, float]) -> dict[Key, tuple[float, float, float]]:
@@ -73,4 +108,9 @@ def quality(runs: dict[tuple[int, str], Run], grid: dict, loss: str, n_boot: int
         rates = {cp: win_rate(win_units(pooled[arm][cp], pooled[base][cp]), n_boot) for cp in common}
         if rates:
             wins[f"{arm}_vs_{base}"] = rates
-    return {"accuracy": accuracy, "win_rates": wins, "paper_reference": PAPER_WIN_RATES}
+    return {
+        "accuracy": accuracy,
+        "win_rates": wins,
+        "text": text_readings(runs, n_boot),
+        "paper_reference": PAPER_WIN_RATES,
+    }

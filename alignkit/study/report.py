@@ -246,7 +246,36 @@ def quality_section(summary: dict) -> list[str]:
             )
     lines += ["", WIN_RATE_NOTE, ""]
     lines += table(["comparison", "checkpoint", "ours", "paper's protocol", "W/T/L", "paper (ChatGPT judge)"], rows)
-    return lines + ["", "![quality](fig_quality.png)"]
+    return lines + ["", "![quality](fig_quality.png)", "", *text_section(q.get("text", {}))]
+
+
+TEXT_NOTE = (
+    "What the answers look like (alignkit/text_quality.py), mean over (seed, prompt) with a seed-level 95% interval: "
+    "*ended*, the share that end before the token cap (from the decoder's stop reason when recorded, else: the text "
+    "ends a sentence); *repetition*, the share of word 3-grams that repeat an earlier one of the same answer (the "
+    "paper's repeater phenomenon); *echo*, the share of word 4-grams copied from the prompt (only where the answers' "
+    "records carry the prompt); *words*, the mean length."
+)
+
+
+def text_section(text: dict) -> list[str]:
+    """One row per (arm, checkpoint): the text readings of the held-out answers; empty when there are none."""
+    if not text:
+        return []
+    names = [
+        n
+        for n in ("terminated", "repetition", "echo", "words")
+        if any(n in r for c in text.values() for r in c.values())
+    ]
+    heads = {"terminated": "ended", "repetition": "repetition", "echo": "echo", "words": "words"}
+    rows = [[arm, cp] + [fmt(r.get(n), 2) for n in names] for arm, cps in text.items() for cp, r in cps.items()]
+    return [
+        "Text of the held-out answers:",
+        "",
+        TEXT_NOTE,
+        "",
+        *table(["arm", "checkpoint", *(heads[n] for n in names)], rows),
+    ]
 
 
 ACT_NOTE = (

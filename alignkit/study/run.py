@@ -64,6 +64,7 @@ from alignkit.preflight.config import PreflightConfig
 from alignkit.preflight.passes import score_pairs
 from alignkit.preflight.run import PreflightResult
 from alignkit.preflight.scores import pair_scores
+from alignkit.sequences import user_text
 from alignkit.stages import StageResult, load_stage_model, run_preference_stage, run_sft_stage
 from alignkit.study.config import Arm, StudyConfig
 from alignkit.study.records import write_records
@@ -225,7 +226,8 @@ class HeldoutAnswers(TrainerCallback):
             model.train()
         for row, (text,) in zip(self.rows, texts):
             self.records.append({"checkpoint": f"epoch{epoch}", "epoch": epoch, "prompt_id": row["id"],
-                                 "task": row["task"], "response": text, "score": verify(text, row)})  # fmt: skip
+                                 "task": row["task"], "prompt_text": user_text(row["prompt"]), "response": text,
+                                 "score": verify(text, row)})  # fmt: skip
         self.seconds += time.perf_counter() - t0
         scores = [r["score"] for r in self.records if r["epoch"] == epoch and r["score"] is not None]
         logger.warning("[study] held-out accuracy at epoch %d: %.2f (%d answers, %.0f s)", epoch,
