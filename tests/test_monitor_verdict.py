@@ -21,7 +21,8 @@ def test_verdict_says_alert_or_not_with_the_end_interval():
         _record("preference", 24, 0.31, 0.27, 0.35),
     ]
     events = [{"stage": "preference", "step": 16, "action": "warn"}]
-    lines = verdict_lines(MonitorConfig(), records, events, ["sft", "preference"])
+    config = MonitorConfig(squeeze_metric="off_target_fall", squeeze_threshold=0.075)
+    lines = verdict_lines(config, records, events, ["sft", "preference"])
     assert lines[2] == (
         "- **sft**: no squeezing alert; `off_target_fall` at its end (step 24): -0.100 [-0.140, -0.070] nats/token, "
         "alert threshold 0.075."
@@ -34,7 +35,26 @@ def test_verdict_says_alert_or_not_with_the_end_interval():
 
 def test_verdict_without_a_change_says_not_measured():
     lines = verdict_lines(MonitorConfig(), [{"stage": "sft", "step": 0}], [], ["sft"])
-    assert lines[-1] == "- **sft**: `off_target_fall` was not measured (one evaluation only)."
+    assert lines[-1] == "- **sft**: `collateral_ratio` was not measured (one evaluation only)."
+
+
+def test_default_verdict_reads_the_collateral_ratio_and_says_when_it_is_undefined():
+    nan = float("nan")
+    records = [
+        {"stage": "sft", "step": 0},
+        {"stage": "sft", "step": 24, "mech/collateral_ratio": nan, "mech/collateral_ratio_lo": nan,
+         "mech/collateral_ratio_hi": nan},
+        {"stage": "preference", "step": 0},
+        {"stage": "preference", "step": 24, "mech/collateral_ratio": 0.61, "mech/collateral_ratio_lo": 0.5,
+         "mech/collateral_ratio_hi": 0.75},
+    ]  # fmt: skip
+    lines = verdict_lines(MonitorConfig(), records, [], ["sft", "preference"])
+    assert lines[2] == (
+        "- **sft**: no squeezing alert; `collateral_ratio` at its end (step 24): undefined (y⁻ did not fall by 0.05 "
+        "nats/token: nothing to alert on), alert threshold 0.183."
+    )
+    assert lines[3].endswith("`collateral_ratio` at its end (step 24): 0.610 [0.500, 0.750] nats per nat, alert "
+                             "threshold 0.183.")  # fmt: skip
 
 
 def _stage(stage: str, fixed: tuple[float, float], greedy: tuple[float, float], **end) -> list[dict]:

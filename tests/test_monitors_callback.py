@@ -107,6 +107,7 @@ def test_dpo_with_attached_monitor_logs_writes_and_mitigates(data, tiny_tokenize
     light = step_families == "default"  # mid-stage evaluations score only STEP_FAMILIES; the ends score every family
     config = MonitorConfig(
         probe_num_prompts=2, probe_every=2, probe_max_new_tokens=4, squeeze_threshold=-100.0, guard_action="mitigate",
+        squeeze_metric="off_target_fall",  # defined at every evaluation: the threshold below any reading fires
         **({} if light else {"probe_step_families": ["all"]}),
     )  # fmt: skip
     probes = build_probe_set(data["train"], data["test"], config, seed=0)
@@ -196,6 +197,7 @@ def test_stop_guard_ends_the_stage_early_with_a_checkpoint(data, tiny_tokenizer,
         probe_num_prompts=2,
         probe_families=FAST_FAMILIES,
         probe_every=2,
+        squeeze_metric="off_target_fall",  # defined at every evaluation, unlike the default ratio
         squeeze_threshold=-100.0,
         guard_action="stop",
     )

@@ -34,8 +34,8 @@ BETA, DPOP_LAMBDA, FLOOR = 0.1, 50.0, 0.01
 CASES = {  # the recipe options of each case (probes only where the guard needs them)
     "dpop_floor": {"loss": "dpop", "dpop_lambda": DPOP_LAMBDA, "negative_floor": FLOOR, "probe_enabled": False},
     "cal_dpo": {"loss": "cal_dpo", "probe_enabled": False},
-    "guard_floor": {"loss": "dpo", "squeeze_threshold": -100.0, "guard_action": "mitigate",
-                    "guard_mitigation": "negative_floor", "guard_negative_floor": FLOOR},
+    "guard_floor": {"loss": "dpo", "squeeze_metric": "off_target_fall", "squeeze_threshold": -100.0,
+                    "guard_action": "mitigate", "guard_mitigation": "negative_floor", "guard_negative_floor": FLOOR},
 }  # fmt: skip
 # the first step trained with the floor on (the alert is at step 2); the cal_dpo case has no floor
 FLOOR_FROM = {"dpop_floor": 1, "guard_floor": 3}

@@ -61,6 +61,7 @@ def test_guard_turns_on_the_floor_from_the_step_it_fires(tiny_model_dir, tmp_pat
     the floor (0 nats/token: no y- below the reference keeps its gradient) is on from step 3; the report says so."""
     args = tiny_args(
         tiny_model_dir, tmp_path / "out", sft_mode="none", preference_max_steps=4, squeeze_threshold=-100.0,
+        squeeze_metric="off_target_fall",
         guard_action="mitigate", guard_mitigation="negative_floor", guard_negative_floor=0.0,
     )  # fmt: skip
     out = run_recipe_in_process(args)

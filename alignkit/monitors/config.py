@@ -166,18 +166,19 @@ class MonitorConfig:
         metadata={"help": "JSONL cache of generated rewrites (default: ~/.cache/alignkit/rephrase_cache.jsonl)."},
     )
     squeeze_metric: str = field(
-        default="off_target_fall",
+        default="collateral_ratio",
         metadata={
             "help": "The metric the alert and the guard read (docs/monitors.md, 'Mechanism metrics' and "
             f"'Calibration'): one of {', '.join(ALERT_METRICS)}. 'score' is the original min(rise, fall)."
         },
     )
     squeeze_threshold: float = field(
-        default=0.075,
+        default=0.183,
         metadata={
             "help": "Alert when squeeze_metric (since the stage's first evaluation) reaches this value; its unit is "
-            "the metric's (nats/token, log-odds/token, or nats per nat for collateral_ratio). The default 0.075 "
-            "nats/token of off-target fall is the calibration's choice (docs/monitors.md, 'Calibration')."
+            "the metric's (nats/token, log-odds/token, or nats per nat for collateral_ratio). The default 0.183 "
+            "nats of off-target fall per nat of y- fall was frozen on development runs and tested on 24 held-out "
+            "runs (docs/monitors.md, 'Detector v2'); the earlier alert was off_target_fall >= 0.075."
         },
     )
     squeeze_alert_on: str = field(

@@ -115,16 +115,18 @@ def verdict_lines(config: MonitorConfig, records: list[dict], events: list[dict]
             lines.append(f"- **{stage}**: `{metric}` was not measured (one evaluation only).")
             continue
         end = own[-1]
-        value = _fmt(end[key], 3)
+        value = f"{_fmt(end[key], 3)} {unit}"
         if _finite(lo := end.get(f"{key}_lo")) and _finite(hi := end.get(f"{key}_hi")):
-            value += f" [{lo:.3f}, {hi:.3f}]"
+            value = f"{end[key]:.3f} [{lo:.3f}, {hi:.3f}] {unit}"
+        elif metric == "collateral_ratio" and not _finite(end[key]):
+            value = f"undefined (y⁻ did not fall by {RATIO_MIN_FALL:g} nats/token: nothing to alert on)"
         alerts = [e for e in events if e["stage"] == stage]
         if alerts:
             verdict = f"**squeezing** (alert at step {alerts[0]['step']}, guard: {alerts[0]['action']})"
         else:
             verdict = "no squeezing alert"
         lines.append(
-            f"- **{stage}**: {verdict}; `{metric}` at its end (step {end['step']}): {value} {unit}, alert threshold "
+            f"- **{stage}**: {verdict}; `{metric}` at its end (step {end['step']}): {value}, alert threshold "
             f"{config.squeeze_threshold:g}."
         )
     return ["Verdict (the alert reads the change since each stage began; 95% interval over probes):", "", *lines]
