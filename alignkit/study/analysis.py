@@ -28,6 +28,8 @@ intermediate evaluations named in the run JSON's `dpo.epoch_steps`, and `end`):
   points: [[seed, arm, probe, x, y], ...]} with x = begin y⁻ words_logp_per_token, y = off_target_fall at end.
 - `quality`: {accuracy: {arm: {checkpoint: estimate}}, win_rates: {"<x>_vs_<base>": {checkpoint: {ours, paper:
   estimate, wins, ties, losses}}}, paper_reference: {checkpoint: win rate}}.
+- `matched`: {contrast: {measure: {metric: estimate, matching: {seed: {level, t_x, t_y}}}}}: A − B at matched
+  held-out margin and at matched y⁻ fall (alignkit/study/matched.py).
 - `claims`: [{id, claim, verdict, evidence, rests_on, note}], verdicts from the rules in `decide_claims`.
 - `act` (only with `_act_` arms, which enter nothing above): {act arm: alignkit.study.act.compare_arm(...)}.
 """
@@ -43,7 +45,6 @@ import numpy as np
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
-from alignkit.monitors.scoring import mechanism_per_probe
 from alignkit.stats import (
     LEVEL,
     N_BOOT,
@@ -59,6 +60,7 @@ from alignkit.stats import (
 )
 from alignkit.study.act import act_comparison
 from alignkit.study.claims import decide_claims, finite
+from alignkit.study.matched import matched_contrasts
 from alignkit.study.quality import quality
 from alignkit.study.records import (
     PRIMARY_LOSS,
@@ -67,6 +69,7 @@ from alignkit.study.records import (
     arm_grid,
     checkpoints,
     load_runs,
+    mechanism_units,
     probe_splits,
     snapshots,
 )
@@ -92,22 +95,6 @@ def level_units(run: Run, snap: Snapshot, family: str, name: str = WORDS, split:
         value = families.get(family, {}).get(name)
         if splits.get(probe) == split:
             out[(run.seed, probe)] = math.nan if value is None else float(value)
-    return out
-
-
-def mechanism_units(run: Run, start: Snapshot, now: Snapshot) -> dict[str, dict[Key, float | tuple[float, float]]]:
-    """Per metric, {(seed, probe): value} of the change from `start` to `now` (alignkit.monitors.scoring).
-
-    Adds `chosen_change` = −chosen_fall (y⁺'s change, so a fall is negative as the paper plots it) and
-    `collateral_ratio` units (off_target_fall, rejected_fall) for a ratio of means: off-target fall per nat of y⁻
-    decrease, on training probes (where both are defined).
-    """
-    probes = sorted(start.keys() & now.keys())
-    splits = probe_splits(run.probes)
-    per_probe = mechanism_per_probe([start[p] for p in probes], [now[p] for p in probes], [splits[p] for p in probes])
-    out: dict[str, dict] = {name: dict(zip(((run.seed, p) for p in probes), vals)) for name, vals in per_probe.items()}
-    out["chosen_change"] = {k: -v for k, v in out["chosen_fall"].items()}
-    out["collateral_ratio"] = {k: (v, out["rejected_fall"][k]) for k, v in out["off_target_fall"].items()}
     return out
 
 
@@ -348,6 +335,12 @@ def caveats(runs: dict[tuple[int, str], Run], grid: dict, loss: str) -> list[str
     return out
 
 
+def matched_pairs(grid: dict, loss: str) -> dict[str, tuple[str, str]]:
+    """The arm pairs compared at matched learning: chosen-only (A) against extended (B) SFT, per kind of y⁻."""
+    pairs = {f"A-B|{r}": (grid.get(("chosen", r, loss)), grid.get(("extended", r, loss))) for r in ("near", "far")}
+    return {name: (x, y) for name, (x, y) in pairs.items() if x and y}
+
+
 def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     """Every number of the study from loaded runs (see the module docstring for the layout).
 
@@ -384,6 +377,7 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
         "trajectories": trajectories(runs),
         "dose_response": dose_response(dose_units(runs, mechanisms), n_boot),
         "quality": quality(runs, grid, loss, n_boot),
+        "matched": matched_contrasts(runs, matched_pairs(grid, loss), n_boot),
     }
     summary["claims"] = decide_claims(summary)
     if len(every) > len(runs):

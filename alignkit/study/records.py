@@ -1,4 +1,5 @@
-"""A squeezing study's raw files, loaded: one `Run` per finished (seed, arm), and its DPO evaluations by name.
+"""A squeezing study's raw files, loaded: one `Run` per finished (seed, arm), its DPO evaluations by name, and the
+per-probe changes between two of them (`mechanism_units`).
 
 `<study_dir>/runs/s<seed>/<arm>.json` says what ran; `<arm>.probe_records.jsonl.gz` holds one record per evaluation
 × probe × family of the DPO stage; `<arm>.generations.jsonl.gz` one verified held-out answer per checkpoint × prompt
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, read_jsonl
+from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.stats import Key
 
 PRIMARY_LOSS = "dpo"
 
@@ -104,3 +107,19 @@ def checkpoints(run: Run) -> dict[str, Snapshot]:
 
 def probe_splits(records: list[dict]) -> dict[str, str]:
     return {r["probe"]: r["split"] for r in records}
+
+
+def mechanism_units(run: Run, start: Snapshot, now: Snapshot) -> dict[str, dict[Key, float | tuple[float, float]]]:
+    """Per metric, {(seed, probe): value} of the change from `start` to `now` (alignkit.monitors.scoring).
+
+    Adds `chosen_change` = −chosen_fall (y⁺'s change, so a fall is negative as the paper plots it) and
+    `collateral_ratio` units (off_target_fall, rejected_fall) for a ratio of means: off-target fall per nat of y⁻
+    decrease, on training probes (where both are defined).
+    """
+    probes = sorted(start.keys() & now.keys())
+    splits = probe_splits(run.probes)
+    per_probe = mechanism_per_probe([start[p] for p in probes], [now[p] for p in probes], [splits[p] for p in probes])
+    out: dict[str, dict] = {name: dict(zip(((run.seed, p) for p in probes), vals)) for name, vals in per_probe.items()}
+    out["chosen_change"] = {k: -v for k, v in out["chosen_fall"].items()}
+    out["collateral_ratio"] = {k: (v, out["rejected_fall"][k]) for k, v in out["off_target_fall"].items()}
+    return out

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from alignkit.study.figures import FIGURES, arm_order, finite_number, fmt
+from alignkit.study.matched import MATCHED_METRICS as MATCHED_COLUMNS
 
 # collateral_ratio's contrasts are differences of ratios of means (no interaction: a ratio of ratios means little).
 CONTRAST_COLUMNS = ("off_target_fall", "chosen_change", "concentration_alt", "collateral_ratio")
@@ -223,6 +224,30 @@ def outcomes_section(summary: dict) -> list[str]:
     return lines
 
 
+MATCHED_NOTE = (
+    "Chosen-only (A) minus extended (B) SFT, each read where it had learned the same amount in the same seed, not at "
+    "the same step (alignkit/study/matched.py): at the held-out margin (mean over held-out probes of the change of "
+    "log π(y⁺)/token − log π(y⁻)/token since DPO began) or at the y⁻ fall (training probes) that both arms reached, "
+    "interpolated linearly between evaluations. Positive = A more. Seed-level 95% intervals; *at* gives each seed's "
+    "matched level and the two arms' positions in evaluations since begin (1 = the first mid-stage evaluation)."
+)
+
+
+def matched_section(summary: dict) -> list[str]:
+    """A − B at matched learning (alignkit/study/matched.py); empty without it."""
+    matched = summary.get("matched", {})
+    if not matched:
+        return []
+    rows = []
+    for contrast, by_measure in matched.items():
+        for measure, entry in by_measure.items():
+            matching = entry["matching"].items()
+            at = "; ".join(f"s{seed}: {m['level']:.3g} at {m['t_x']:.2f} / {m['t_y']:.2f}" for seed, m in matching)
+            rows.append([contrast, measure, *(fmt(entry.get(m)) for m in MATCHED_COLUMNS), at])
+    header = ["contrast", "matched on", *MATCHED_COLUMNS, "at"]
+    return ["## At matched learning", "", MATCHED_NOTE, "", *table(header, rows)]
+
+
 def quality_section(summary: dict) -> list[str]:
     q = summary.get("quality", {})
     acc = q.get("accuracy", {})
@@ -337,7 +362,7 @@ def write_report(study_dir: str | Path, summary: dict) -> Path:
         plot(summary, study_dir / name)
     sections = (
         header_section, settings_section, manipulation_section, claims_section, claim_sections, outcomes_section,
-        quality_section, act_section, recompute_section,
+        matched_section, quality_section, act_section, recompute_section,
     )  # fmt: skip
     lines: list[str] = []
     for section in sections:
