@@ -6,8 +6,9 @@ Inputs, under `<study_dir>/runs/s<seed>/`, one set per finished (seed, arm): `<a
 (`sft_mode` chosen|extended = A|B, `rejected` near|far, `loss`), never off its name.
 
 Units: (seed, probe) for probe metrics, (seed, prompt) for generations, (seed, arm, probe) for the pooled
-dose–response; every interval is a 95% percentile bootstrap over units (alignkit.stats). Comparisons between
-arms are paired: one difference per unit, on the units both arms have.
+dose–response; every interval is a 95% percentile bootstrap with seeds as the unit, units resampled inside each
+drawn seed (alignkit.stats.estimate). Comparisons between arms are paired: one difference per unit, on the units both
+arms have.
 
 `analyze(study_dir)` writes `<study_dir>/summary.json`, a dict with these keys (an *estimate* is
 `{mean, lo, hi, n_units, n_seeds, per_seed: {seed: value}}`; checkpoints are `begin`, `epoch<e>` for the
