@@ -60,11 +60,13 @@ def test_matched_difference_by_hand():
     # off-target fall is 0.5 (halfway from 0 to 1.0); B reaches 0.4 only at its end, with fall 0.3: A − B = 0.2.
     a = _run("A_far", 0, [0.0, 0.8, 1.2], [0.0, 2.0, 4.0], [0.0, 1.0, 2.0])
     b = _run("B_far", 0, [0.0, 0.2, 0.4], [0.0, 1.0, 2.0], [0.0, 0.1, 0.3])
-    diff, match = matched_units(a, b, "heldout_margin", "off_target_fall")
+    diffs, match = matched_units(a, b, "heldout_margin")
+    diff = diffs["off_target_fall"]
     assert match == {"level": pytest.approx(0.4), "t_x": pytest.approx(0.5), "t_y": pytest.approx(2.0)}
     assert diff == {(0, "t1"): pytest.approx(0.2), (0, "r1"): pytest.approx(0.2)}
     # matched on y⁻ fall: level min(4, 2) = 2, A at t=1 (fall 1.0), B at its end (0.3): A − B = 0.7
-    diff, match = matched_units(a, b, "rejected_fall", "off_target_fall")
+    diffs, match = matched_units(a, b, "rejected_fall")
+    diff = diffs["off_target_fall"]
     assert (match["t_x"], match["t_y"]) == (pytest.approx(1.0), pytest.approx(2.0))
     assert diff[(0, "r1")] == pytest.approx(0.7)
     summary = matched_contrasts({(0, "A_far"): a, (0, "B_far"): b}, {"A-B|far": ("A_far", "B_far")}, n_boot=100)

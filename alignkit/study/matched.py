@@ -91,9 +91,12 @@ def arm_curve(run: Run, measure: str) -> tuple[list[float], list[dict[str, dict[
     return curve, units
 
 
-def matched_units(x: Run, y: Run, measure: str, metric: str) -> tuple[dict[Key, float], dict]:
-    """Paired (seed, probe) differences x − y of `metric` at the matched level of `measure` in this seed, and the
-    matching itself ({level, t_x, t_y}); empty when either run has no curve or no common level."""
+def matched_units(
+    x: Run, y: Run, measure: str, metrics: tuple[str, ...] = MATCHED_METRICS
+) -> tuple[dict[str, dict[Key, float]], dict]:
+    """Per metric, paired (seed, probe) differences x − y at the matched level of `measure` in this seed, and the
+    matching itself ({level, t_x, t_y}); empty when either run has no curve or no common level. Each run's curve and
+    units are computed once for all metrics."""
     curve_x, units_x = arm_curve(x, measure)
     curve_y, units_y = arm_curve(y, measure)
     if not curve_x or not curve_y:
@@ -102,10 +105,12 @@ def matched_units(x: Run, y: Run, measure: str, metric: str) -> tuple[dict[Key, 
     tx, ty = crossing(curve_x, level), crossing(curve_y, level)
     if tx is None or ty is None or not math.isfinite(level) or level <= 0:
         return {}, {}
-    at_x = interpolate([u[metric] for u in units_x], tx)
-    at_y = interpolate([u[metric] for u in units_y], ty)
-    diff = {k: at_x[k] - at_y[k] for k in at_x.keys() & at_y.keys() if math.isfinite(at_x[k] - at_y[k])}
-    return diff, {"level": float(level), "t_x": tx, "t_y": ty}
+    out = {}
+    for metric in metrics:
+        at_x = interpolate([u[metric] for u in units_x], tx)
+        at_y = interpolate([u[metric] for u in units_y], ty)
+        out[metric] = {k: at_x[k] - at_y[k] for k in at_x.keys() & at_y.keys() if math.isfinite(at_x[k] - at_y[k])}
+    return out, {"level": float(level), "t_x": tx, "t_y": ty}
 
 
 def matched_contrasts(runs: dict[tuple[int, str], Run], pairs: dict[str, tuple[str, str]], n_boot: int) -> dict:
@@ -116,16 +121,15 @@ def matched_contrasts(runs: dict[tuple[int, str], Run], pairs: dict[str, tuple[s
     for name, (ax, ay) in pairs.items():
         for measure in MEASURES:
             entry: dict = {"matching": {}}
-            for metric in MATCHED_METRICS:
-                units: dict[Key, float] = {}
-                for seed in seeds:
-                    if (seed, ax) in runs and (seed, ay) in runs:
-                        diff, match = matched_units(runs[(seed, ax)], runs[(seed, ay)], measure, metric)
-                        units |= diff
-                        if match:
-                            entry["matching"][str(seed)] = match
-                if units:
-                    entry[metric] = estimate(units, n_boot=n_boot)
+            units: dict[str, dict[Key, float]] = {metric: {} for metric in MATCHED_METRICS}
+            for seed in seeds:
+                if (seed, ax) in runs and (seed, ay) in runs:
+                    diffs, match = matched_units(runs[(seed, ax)], runs[(seed, ay)], measure)
+                    for metric, diff in diffs.items():
+                        units[metric] |= diff
+                    if match:
+                        entry["matching"][str(seed)] = match
+            entry |= {metric: estimate(u, n_boot=n_boot) for metric, u in units.items() if u}
             if len(entry) > 1:
                 out.setdefault(name, {})[measure] = entry
     return out
