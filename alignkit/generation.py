@@ -29,7 +29,8 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
     with_stats: bool = False,
-) -> list[list[str]] | tuple[list[list[str]], list[list[dict[str, float]]]]:
+    with_cap_hit: bool = False,
+) -> list[list[str]] | tuple[list[list[str]], list[list[dict[str, float]]]] | tuple[list[list[str]], list[list[bool]]]:
     """Responses for each prompt: a list of `num_return_sequences` strings per prompt.
 
     Prompts are left-padded so that every row's new tokens start at the same column, and decoding uses the KV cache.
@@ -38,7 +39,12 @@ def generate(
     With `with_stats`, also the token statistics of each response (`alignkit.sequences.response_token_stats`)
     under the model's own logits, read off the decoding itself: the generated tokens up to their EOS, or the EOS alone
     when that came first. A second forward pass over the decoded text would cost as much as the decoding again.
+
+    With `with_cap_hit` (not with `with_stats`), also the decoder's stop reason of each response: True when it used
+    all `max_new_tokens` without producing EOS (cut at the cap), False when it ended itself.
     """
+    if with_stats and with_cap_hit:
+        raise ValueError("generate: ask for with_stats or with_cap_hit, not both")
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -48,6 +54,7 @@ def generate(
     texts = [render_prompt(tokenizer, p) for p in prompts]
     out: list[list[str]] = []
     stats: list[list[dict[str, float]]] = []
+    cap_hits: list[list[bool]] = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
@@ -75,11 +82,17 @@ def generate(
         k = num_return_sequences
         for i in range(len(chunk)):
             out.append([d.strip() for d in decoded[i * k : (i + 1) * k]])
+        if with_cap_hit:
+            hit = ~(new_tokens == tokenizer.eos_token_id).any(dim=1) if tokenizer.eos_token_id is not None else None
+            flags = [True] * len(decoded) if hit is None else hit.tolist()
+            cap_hits += [flags[i * k : (i + 1) * k] for i in range(len(chunk))]
         if with_stats:
             rows = _decoding_stats(torch.stack(generated.logits, dim=1), new_tokens, tokenizer.eos_token_id)
             stats += [rows[i * k : (i + 1) * k] for i in range(len(chunk))]
     if was_training:
         model.train()
+    if with_cap_hit:
+        return out, cap_hits
     return (out, stats) if with_stats else out
 
 

@@ -52,11 +52,17 @@ def _staggered_eos(model, tokenizer, prompts, steps):
     return best
 
 
-def test_greedy_stats_are_a_teacher_forced_pass_over_each_row_up_to_its_eos(tiny_tokenizer, prompts):
+def _model_with_staggered_eos(tiny_tokenizer, prompts, steps: int):
+    """The varied tiny model and a tokenizer whose EOS is `_staggered_eos`'s token."""
     model = _varied_model(tiny_tokenizer, 1)
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    steps = 10
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(_staggered_eos(model, tokenizer, prompts, steps))
+    return model, tokenizer
+
+
+def test_greedy_stats_are_a_teacher_forced_pass_over_each_row_up_to_its_eos(tiny_tokenizer, prompts):
+    steps = 10
+    model, tokenizer = _model_with_staggered_eos(tiny_tokenizer, prompts, steps)
     eos = tokenizer.eos_token_id
     texts, stats = generate(model, tokenizer, prompts, max_new_tokens=steps, batch_size=4, with_stats=True)
     kept = []
@@ -83,3 +89,20 @@ def test_sampling_is_reproducible_with_a_seed(tiny_tokenizer, prompts):
     c = generate(model, tiny_tokenizer, prompts[:5], seed=4, **kwargs)
     assert a == b and a != c
     assert [len(r) for r in a] == [3] * 5
+
+
+def test_cap_hit_is_true_exactly_for_rows_that_never_produced_eos(tiny_tokenizer, prompts):
+    steps = 10
+    model, tokenizer = _model_with_staggered_eos(tiny_tokenizer, prompts, steps)
+    eos = tokenizer.eos_token_id
+    texts, caps = generate(model, tokenizer, prompts, max_new_tokens=steps, batch_size=4, with_cap_hit=True)
+    expected = []
+    for prompt_ids in _ids(tokenizer, prompts):
+        with torch.inference_mode():
+            full = model.generate(torch.tensor([prompt_ids]), max_new_tokens=steps, do_sample=False,
+                                  pad_token_id=eos, eos_token_id=eos)  # fmt: skip
+        expected.append([eos not in full[0, len(prompt_ids) :].tolist()])
+    assert caps == expected and {c for (c,) in caps} == {True, False}  # some rows ended, some hit the cap
+    assert texts == generate(model, tokenizer, prompts, max_new_tokens=steps, batch_size=4)
+    with pytest.raises(ValueError, match="not both"):
+        generate(model, tokenizer, prompts, max_new_tokens=2, with_stats=True, with_cap_hit=True)

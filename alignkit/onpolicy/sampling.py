@@ -6,7 +6,6 @@ gets all the samples back in prompt order.
 
 from __future__ import annotations
 
-import copy
 import gc
 import shutil
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from accelerate.utils import gather_object
 
 from alignkit.config import check_vllm
 from alignkit.generation import generate
+from alignkit.models import merged_copy
 from alignkit.sequences import Prompt, render_prompt
 
 
@@ -69,7 +69,7 @@ def _sample_vllm(model, tokenizer, prompts, num_samples, max_new_tokens, tempera
     texts: list[list[str]] = []
     if state.is_main_process:
         folder = Path(work_dir or ".") / "vllm_policy"
-        weights = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        weights = merged_copy(model)
         weights.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         del weights
