@@ -8,7 +8,7 @@ recipe's pre-flight (`alignkit.preflight.run.run_preflight`) on each arm's 16 pa
 pre-flight records keyed by probe (`train/<id>`), which `bench/preflight_validation.py --onestep <out>` pairs with the
 study's measured per-pair fall.
 
-    python bench/preflight_onestep.py --study results/squeezing_study/full --out results/preflight_onestep
+    python bench/preflight_onestep.py --study results/squeezing_study/v1 --out results/preflight_onestep
 
 The timings it prints also go to bench/results/preflight_onestep/result.json (bench/_results.py).
 """
@@ -92,7 +92,7 @@ def predict(study_dir: Path, out: Path, arms: list[str], seeds: list[int]) -> di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", type=Path, default=Path("results/squeezing_study/full"))
+    p.add_argument("--study", type=Path, default=Path("results/squeezing_study/v1"))
     p.add_argument("--out", type=Path, default=Path("results/preflight_onestep"))
     p.add_argument("--arms", nargs="+", default=["A_near", "A_far"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -20,9 +20,9 @@ and a forward-mode pass per pair, so it exists for a sample only: the `_act_drop
 `_act_drop` started its DPO from, so its sampled pairs are that arm's pairs, with that arm's measured fall. On those
 pairs every score is compared, on the same units (`one_step` in the JSON, the second table).
 
-    python bench/preflight_validation.py --study results/squeezing_study/full
+    python bench/preflight_validation.py --study results/squeezing_study/v1
     python bench/preflight_validation.py --study results/preflight_act       # with the one-step sample
-    python bench/preflight_validation.py --study results/squeezing_study/full --onestep results/preflight_onestep \
+    python bench/preflight_validation.py --study results/squeezing_study/v1 --onestep results/preflight_onestep \
         --out results/preflight_onestep         # every pair of A_near and A_far (bench/preflight_onestep.py)
 
 The tables' figures also go to bench/results/preflight_validation/result.json (bench/_results.py).
@@ -168,7 +168,7 @@ def _rows_table(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", type=Path, default=Path("results/squeezing_study/full"))
+    p.add_argument("--study", type=Path, default=Path("results/squeezing_study/v1"))
     p.add_argument("--out", type=Path, help="folder for preflight_validation.{json,md} (default: --study)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--onestep", type=Path, help="bench/preflight_onestep.py's output (default: the _act_drop arms')")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import alignkit.study.run as study_run
 from alignkit.errors import AlignkitError
 from alignkit.stats import bootstrap_interval, paired_difference
-from alignkit.study.config import PRIMARY_ARMS, parse_study_config
+from alignkit.study.config import PRIMARY_ARMS, parse_arm, parse_study_config
 
 ROOT = Path(__file__).parents[1]
 STUDY = ROOT / "recipes" / "squeezing_study.py"
@@ -159,10 +160,15 @@ def test_a_bad_key_in_a_study_yaml_names_the_file_and_key(tmp_path):
 
 
 def test_profiles_parse_and_quick_is_the_full_studys_first_seed():
+    """The quick profile's runs are the full profile's first seed-0 runs (same settings, so the same fingerprints),
+    and the full profile has >= 5 seeds for its headline arms and >= 3 for the rest."""
     quick, full = parse_study_config(["--profile", "quick"]), parse_study_config(["--profile", "full"])
-    assert quick.seeds == [full.seeds[0]] and len(full.seeds) >= 3
+    assert quick.seeds == [full.seeds[0]] and len(full.seeds) >= 5 and full.extra_seeds >= 3
+    assert quick.arms == full.arms[: len(quick.arms)] and not quick.extra_arms
     differ = {k for k in vars(quick) if getattr(quick, k) != getattr(full, k)}
-    assert differ == {"seeds", "study_dir"}
+    assert differ == {"seeds", "study_dir", "arms", "extra_arms"}
+    v1 = parse_study_config(["--profile", "v1"])
+    assert v1.eval_prompts == "test" and v1.probe_step_families == ["all"] and v1.final_prompts == 32
 
 
 # --- pre-flight act arms: the recipe's own act paths inside the study
@@ -271,3 +277,70 @@ def test_seed_data_draws_the_committed_runs_pairs():
         r["probe"] for r in records(ROOT / "results" / "preflight_act" / "runs" / "s0" / "A_far.preflight.jsonl.gz")
     }
     assert picked == committed and len(picked) == study.num_train_pairs
+
+
+# --- study v2 arms: equal y⁺ exposure, variants (loss, remedy, on-policy), extra arms at fewer seeds
+
+
+@pytest.fixture(scope="module")
+def v2_study(tiny_model_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    study_dir = tmp_path_factory.mktemp("study_v2") / "study"
+    args = tiny_args(tiny_model_dir, study_dir)
+    # The tiny model never answers right, so the verifier ties every sample: rank by length instead.
+    ranker = {"ranker": "callable", "ranker_path": f"{__file__}:longest_first"}
+    args += ["--seeds", "0", "1", "--arms", "A_far", "Ah_far", "--extra_arms", "A_far_sftmix", "A_far_onpolicy",
+             "--extra_seeds", "1", "--eval_prompts", "heldout", "--final_eval_num_prompts", "5"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        verifier = study_run.onpolicy_fields
+        mp.setattr(study_run, "onpolicy_fields", lambda study: {**verifier(study), **ranker})
+        load_study_recipe().main(args)
+    return study_dir, args
+
+
+def longest_first(prompts, candidates):
+    return [[float(len(c)) for c in cands] for cands in candidates]
+
+
+def test_v2_arms_run_at_their_seeds_with_their_settings(v2_study):
+    study_dir, _ = v2_study
+    assert sorted(p.name for p in (study_dir / "runs" / "s1").glob("*.json")) == ["A_far.json", "Ah_far.json"]
+    meta = {p.stem: json.loads(p.read_text()) for p in (study_dir / "runs" / "s0").glob("*.json")}
+    assert set(meta) == {"A_far", "Ah_far", "A_far_sftmix", "A_far_onpolicy"}
+    # Ah: chosen-only SFT at half the steps, so each y⁺ is seen as often as under extended SFT
+    assert meta["Ah_far"]["sft"]["steps"] * 2 == meta["A_far"]["sft"]["steps"]
+    assert meta["Ah_far"]["sft"]["y_plus_exposure"] * 2 == pytest.approx(meta["A_far"]["sft"]["y_plus_exposure"])
+    assert meta["A_far_sftmix"]["preference_fields"] == {"sft_weight": 1.0}
+    assert meta["A_far_sftmix"]["baseline"] == "A_far" and not meta["A_far_sftmix"]["factorial"]
+    assert meta["A_far_onpolicy"]["onpolicy_rows"]["prompts"] >= 1
+    # the DPO evaluations land at every eval epoch on one step axis, on-policy included
+    for arm in ("A_far", "A_far_onpolicy"):
+        steps = sorted({r["step"] for r in records(study_dir / "runs" / "s0" / f"{arm}.probe_records.jsonl.gz")})
+        assert steps == [0, 2, 4], arm
+
+
+def test_v2_heldout_answers_are_untrained_prompts_with_stop_reasons(v2_study):
+    study_dir, _ = v2_study
+    gens = records(study_dir / "runs" / "s0" / "A_far.generations.jsonl.gz")
+    by_epoch = {e: [g for g in gens if g["epoch"] == e] for e in (0, 1, 2)}
+    assert [len(by_epoch[e]) for e in (0, 1, 2)] == [5, 3, 5]  # all at start and end, eval_num_prompts between
+    assert all(isinstance(g["cap_hit"], bool) for g in gens)
+    trained = {json.loads(line)["probe"].split("/", 1)[1]
+               for line in gzip.open(study_dir / "runs" / "s0" / "A_far.preflight.jsonl.gz", "rt")}  # fmt: skip
+    assert not trained & {g["prompt_id"] for g in gens}
+    pairs = records(study_dir / "runs" / "s0" / "A_far.heldout_pairs.jsonl.gz")
+    assert sorted({p["epoch"] for p in pairs}) == [0, 2] and len(pairs) == 10
+    # arms from the same SFT model share its stage-start answers (decoded once, then read back)
+    start = [g for g in records(study_dir / "runs" / "s0" / "A_far_sftmix.generations.jsonl.gz") if g["epoch"] == 0]
+    assert [g["response"] for g in start] == [g["response"] for g in by_epoch[0]]
+
+
+def test_v2_arm_names_parse_and_bad_ones_are_refused():
+    arm = parse_arm("Ah_near")
+    assert arm.half_sft and arm.sft_key == "chosen_half" and arm.baseline == "A_near" and not arm.factorial
+    assert parse_arm("A_far_caldpo").loss == "cal_dpo" and parse_arm("A_far_caldpo").baseline == "A_far"
+    assert parse_arm("B_far_ipo").factorial and parse_arm("A_far_act_drop").baseline == "A_far"
+    assert parse_arm("A_far_floor").preference_fields() == {"negative_floor": 0.5}
+    with pytest.raises(AlignkitError, match="A_far_rpo"):
+        parse_arm("A_far_rpo")
+    with pytest.raises(AlignkitError, match="extra_arms"):
+        parse_study_config(["--arms", "A_far", "--extra_arms", "A_far"])
