@@ -368,14 +368,14 @@ def test_report_and_figures_are_written(study, tmp_path):
         assert f"({name}.png)" in text
     assert text.index("## Manipulation checks") < text.index("## Claims")
     assert "position bias cannot arise" in text and "65.18%" in text
-    assert "| C3 |" in text and "intervals over probes only" not in text
+    assert "| C3 |" in text and "an interval over seeds needs" not in text
 
 
 def test_one_seed_missing_arm_report_says_so(tmp_path):
     root = write_study(tmp_path, seeds=(0,), arms=("A_near", "A_far"))
     summary = analyze(root, n_boot=50)
     text = write_report(root, summary).read_text()
-    assert "1 seed: intervals over probes only; comparisons need ≥ 3 seeds" in text
+    assert "1 seed: an interval over seeds needs ≥ 3 of them to mean much" in text
     assert "arm B_far (dpo) has no finished run" in text
     verdicts = {c["id"]: c["verdict"] for c in summary["claims"]}
     assert verdicts["C3"] == "untestable here" and verdicts["C7"] == "untestable here"

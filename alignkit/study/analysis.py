@@ -33,6 +33,17 @@ intermediate evaluations named in the run JSON's `dpo.epoch_steps`, and `end`):
   held-out margin and at matched y⁻ fall (alignkit/study/matched.py).
 - `claims`: [{id, claim, verdict, evidence, rests_on, note}], verdicts from the rules in `decide_claims`.
 - `act` (only with `_act_` arms, which enter nothing above): {act arm: alignkit.study.act.compare_arm(...)}.
+
+The factorial keys above read the arms marked `factorial` (A|B × near|far × DPO|IPO); the keys below read every arm
+(alignkit/study/comparisons.py):
+
+- `outcomes` also holds the other arms; `arm_seeds`: {arm: [seeds]}.
+- `comparisons`: {"<arm> vs <base>": {base, arm, seeds, raw, end, learned, matched, quality, win_rate, seconds}}.
+- `arm_quality`: {arm: {checkpoint: {reading: estimate}}}; `quality_change`: {arm: {reading: estimate}}
+  (last checkpoint − epoch0).
+- `sft_effect`: {arm: {yplus_change, yminus_change, gap}} (SFT model − base model on the held-out pairs).
+- `learning_curves`: {arm: [[held-out margin, off-target fall], ...]} per DPO evaluation.
+- `paper_claims`: [{id, claim, verdict, evidence, note}] (alignkit.study.claims.paper_verdicts).
 """
 
 from __future__ import annotations
@@ -44,8 +55,11 @@ from pathlib import Path
 
 import numpy as np
 
+from alignkit.config import DataConfig
+from alignkit.data import load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
+from alignkit.sequences import response_text
 from alignkit.stats import (
     LEVEL,
     N_BOOT,
@@ -60,7 +74,8 @@ from alignkit.stats import (
     spearman,
 )
 from alignkit.study.act import act_comparison
-from alignkit.study.claims import decide_claims, finite
+from alignkit.study.claims import decide_claims, finite, paper_verdicts
+from alignkit.study.comparisons import arm_quality, compare, learning_curves, quality_change, sft_effect
 from alignkit.study.matched import matched_contrasts
 from alignkit.study.quality import quality
 from alignkit.study.records import (
@@ -319,14 +334,15 @@ def caveats(runs: dict[tuple[int, str], Run], grid: dict, loss: str) -> list[str
     out = []
     if len(seeds) < MIN_SEEDS:
         plural = "s" if len(seeds) != 1 else ""
-        out.append(f"{len(seeds)} seed{plural}: intervals over probes only; comparisons need ≥ {MIN_SEEDS} seeds")
+        out.append(f"{len(seeds)} seed{plural}: an interval over seeds needs ≥ {MIN_SEEDS} of them to mean much")
     for arm in sorted(set(grid.values())):
         have = sorted(s for s, a in runs if a == arm)
         if have != seeds:
             out.append(f"arm {arm} finished seeds {have} only, of {seeds}: its paired comparisons use those")
+    kinds = {cell[1] for cell in grid}  # a study without any near (far) arm leaves those cells out by design
     for sft in ("chosen", "extended"):
         for rejected in ("near", "far"):
-            if (sft, rejected, loss) not in grid:
+            if rejected in kinds and (sft, rejected, loss) not in grid:
                 out.append(f"arm {'A' if sft == 'chosen' else 'B'}_{rejected} ({loss}) has no finished run")
     for (seed, arm), run in sorted(runs.items()):
         if not run.probes:
@@ -342,6 +358,12 @@ def matched_pairs(grid: dict, loss: str) -> dict[str, tuple[str, str]]:
     return {name: (x, y) for name, (x, y) in pairs.items() if x and y}
 
 
+def is_factorial(run: Run) -> bool:
+    """A cell of the SFT × y⁻ × loss factorial (alignkit.study.config.Arm.factorial; runs written before the JSON
+    said so are the arms without a pre-flight action)."""
+    return run.meta.get("factorial", not run.meta.get("act"))
+
+
 def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     """Every number of the study from loaded runs (see the module docstring for the layout).
 
@@ -349,7 +371,7 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     baseline arm in `act` (alignkit/study/act.py) and enter nothing else.
     """
     every = runs
-    runs = {k: run for k, run in every.items() if not run.meta.get("act")}
+    runs = {k: run for k, run in every.items() if is_factorial(run)}
     if not runs:
         raise AlignkitError("the study has only _act_ arms: run their baseline arm too (A_far beside A_far_act_drop)")
     grid = arm_grid(runs)
@@ -381,9 +403,26 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
         "matched": matched_contrasts(runs, matched_pairs(grid, loss), n_boot),
     }
     summary["claims"] = decide_claims(summary)
-    if len(every) > len(runs):
+    answers = training_answers()
+    summary["outcomes"] |= {arm: o for arm, o in outcomes(arm_mechanisms(every), n_boot).items()
+                            if arm not in summary["outcomes"]}  # fmt: skip
+    summary["comparisons"] = compare(every, answers, n_boot)
+    summary["arm_quality"] = arm_quality(every, answers, n_boot)
+    summary["quality_change"] = quality_change(every, answers, n_boot)
+    summary["sft_effect"] = sft_effect(every, n_boot)
+    summary["learning_curves"] = learning_curves(every)
+    summary["paper_claims"] = paper_verdicts(summary)
+    summary["arm_seeds"] = {arm: sorted(s for s, a in every if a == arm) for arm in sorted({a for _, a in every})}
+    acted = {k: run for k, run in every.items() if run.meta.get("act")}
+    if acted:
         summary["act"] = act_comparison(every, arm_mechanisms(every), arm_levels(every), n_boot)
     return summary
+
+
+def training_answers() -> dict[str, str]:
+    """id -> y⁺ text of the built-in training split, the study's pairs (for the copying reading)."""
+    data = load_preference_data(DataConfig(max_train_samples=None))
+    return {row["id"]: response_text(row["chosen"]) for row in data["train"]}
 
 
 def analyze(study_dir: str | Path, n_boot: int = N_BOOT) -> dict:

@@ -208,6 +208,63 @@ def plot_act(summary: dict, path: Path) -> None:
     _save(fig, path, plt)
 
 
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """The primary arms' colours, then colours none of them uses for the rest, in order."""
+    spare = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray", "black", "gold"])
+    return {a: ARM_COLORS.get(a) or next(spare, "black") for a in arms}
+
+
+def plot_squeeze_vs_margin(summary: dict, path: Path) -> None:
+    """Each arm's off-target fall against its held-out margin at every DPO evaluation (means over seeds): an arm
+    below another at the same margin squeezes less for the same preference learned."""
+    curves = summary.get("learning_curves") or {}
+    if not curves:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = arm_colors(list(curves))
+    for arm, points in curves.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", ms=4, color=colors[arm], label=arm)
+    ax.set_xlabel("held-out margin since DPO began (Δ log π(y⁺) − Δ log π(y⁻), nats/token)")
+    ax.set_ylabel("off-target fall (nats/token)")
+    ax.set_title("Squeezing against preference learned (one point per evaluation, mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, plt)
+
+
+QUALITY_PANELS = (
+    ("terminated", "Answers ending before the 64-token cap"),
+    ("repetition", "Repeated 3-gram share"),
+    ("ranking", "Held-out pairs ranked right (implicit reward)"),
+    ("accuracy", "Verifier accuracy"),
+)
+
+
+def plot_arm_quality(summary: dict, path: Path) -> None:
+    """Per arm at its last checkpoint, each quality reading with its seed-level interval; the SFT model's
+    (epoch0) value as an open marker where the reading has one."""
+    q = summary.get("arm_quality") or {}
+    if not q:
+        return
+    plt = _pyplot()
+    arms = list(q)
+    colors = arm_colors(arms)
+    fig, axes = plt.subplots(1, len(QUALITY_PANELS), figsize=(4 * len(QUALITY_PANELS), 4.5))
+    for ax, (reading, title) in zip(axes, QUALITY_PANELS):
+        for i, arm in enumerate(arms):
+            cps = q[arm]
+            last = max(cps, key=lambda c: int(c[5:]))
+            _errorbar(ax, i, cps[last].get(reading), colors[arm])
+            _errorbar(ax, i - 0.25, cps.get("epoch0", {}).get(reading), colors[arm], marker="s")
+        ax.set_xticks(range(len(arms)), arms, rotation=60, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Quality at the end of DPO (circles) and of the SFT model it started from (squares)", fontsize=10)
+    _save(fig, path, plt)
+
+
 def _save(fig, path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -221,4 +278,6 @@ FIGURES = {
     "fig_dose_response.png": plot_dose_response,
     "fig_quality.png": plot_quality,
     "fig_act.png": plot_act,
+    "fig_squeeze_vs_margin.png": plot_squeeze_vs_margin,
+    "fig_quality_arms.png": plot_arm_quality,
 }

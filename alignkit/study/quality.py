@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from alignkit.stats import Key, estimate, merge, ratio_of_means
 from alignkit.study.records import Run
-from alignkit.text_quality import echo_share, repeated_ngram_share, terminated, word_count
+from alignkit.text_quality import copy_share, echo_share, ngram_index, repeated_ngram_share, terminated, word_count
 
 PAPER_WIN_RATES = {"epoch2": 0.6518, "epoch4": 0.6928}  # extended-SFT DPO vs plain DPO, ChatGPT judge (paper)
 
@@ -26,10 +26,11 @@ def score_units(run: Run) -> dict[str, dict[Key, float]]:
     return dict(out)
 
 
-def text_units(run: Run) -> dict[str, dict[str, dict[Key, float]]]:
+def text_units(run: Run, index: set[tuple[str, ...]] | None = None) -> dict[str, dict[str, dict[Key, float]]]:
     """{checkpoint: {reading: {(seed, prompt): value}}} from the answers alone. `terminated` uses the decoder's stop
     reason when the record has it (`cap_hit`), else whether the text ends a sentence; `echo` needs the record's
-    prompt text (records written before it was stored have none: the reading is left out)."""
+    prompt text (records written before it was stored have none: the reading is left out); `copying` needs `index`,
+    the n-grams of the seed's training answers (`training_index`)."""
     out: dict[str, dict[str, dict[Key, float]]] = defaultdict(lambda: defaultdict(dict))
     for g in run.generations:
         key, text = (run.seed, g["prompt_id"]), g["response"]
@@ -39,6 +40,41 @@ def text_units(run: Run) -> dict[str, dict[str, dict[Key, float]]]:
         readings["words"][key] = float(word_count(text))
         if "prompt_text" in g:
             readings["echo"][key] = echo_share(text, g["prompt_text"])
+        if index is not None:
+            readings["copying"][key] = copy_share(text, index)
+    return {cp: dict(r) for cp, r in out.items()}
+
+
+def training_index(run: Run, answers: dict[str, str]) -> set[tuple[str, ...]] | None:
+    """The n-grams of the y⁺ this run trained on (its training probes' ids looked up in `answers`, id -> y⁺ text);
+    None when the run has no training probe ids there."""
+    ids = {r["probe"].partition("/")[2] for r in run.probes if r.get("split") == "train"}
+    texts = [answers[i] for i in sorted(ids) if i in answers]
+    return ngram_index(texts) if texts else None
+
+
+def pair_units(run: Run) -> dict[str, dict[str, dict[Key, float]]]:
+    """{checkpoint: {reading: {(seed, prompt): value}}} from the held-out pairs scored at DPO's begin and end:
+
+    yplus_logp      log π(y⁺|x) per token;
+    yplus_change    its change since DPO's begin (epoch0), at the end only;
+    ranking         1.0 when DPO's implicit reward ranks the pair right, (log π − log π_begin)(y⁺) >
+                    (log π − log π_begin)(y⁻) summed over tokens, else 0.0 (½ on a tie); at the end only.
+    """
+    by_cp: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in run.heldout_pairs:
+        by_cp[r["checkpoint"]][r["id"]] = r
+    out: dict[str, dict[str, dict[Key, float]]] = defaultdict(lambda: defaultdict(dict))
+    begin = by_cp.get("epoch0", {})
+    for cp, rows in by_cp.items():
+        for pid, r in rows.items():
+            key = (run.seed, pid)
+            out[cp]["yplus_logp"][key] = float(r["chosen_logp_per_token"])
+            if cp != "epoch0" and pid in begin:
+                b = begin[pid]
+                out[cp]["yplus_change"][key] = float(r["chosen_logp_per_token"] - b["chosen_logp_per_token"])
+                reward = (r["chosen_logp"] - b["chosen_logp"]) - (r["rejected_logp"] - b["rejected_logp"])
+                out[cp]["ranking"][key] = 1.0 if reward > 0 else 0.5 if reward == 0 else 0.0
     return {cp: dict(r) for cp, r in out.items()}
 
 

@@ -2,8 +2,10 @@
 per-probe changes between two of them (`mechanism_units`).
 
 `<study_dir>/runs/s<seed>/<arm>.json` says what ran; `<arm>.probe_records.jsonl.gz` holds one record per evaluation
-× probe × family of the DPO stage; `<arm>.generations.jsonl.gz` one verified held-out answer per checkpoint × prompt
-(alignkit/study/run.py writes them). An arm is read off its JSON's fields, never off its file name.
+× probe × family of the DPO stage; `<arm>.generations.jsonl.gz` one verified held-out answer per checkpoint × prompt;
+`<arm>.heldout_pairs.jsonl.gz` (when written) the held-out pairs' scores at DPO's begin and end, and the seed's
+`base.heldout_pairs.jsonl.gz` the same pairs under the base model (alignkit/study/run.py writes them). An arm is read
+off its JSON's fields, never off its file name.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Run:
     meta: dict
     probes: list[dict] = field(default_factory=list)
     generations: list[dict] = field(default_factory=list)
+    heldout_pairs: list[dict] = field(default_factory=list)  # held-out pairs scored at DPO's begin and end
+    base_pairs: list[dict] = field(default_factory=list)  # the same pairs under the base model (the seed's file)
 
     @property
     def arm(self) -> str:
@@ -69,10 +73,13 @@ def load_runs(study_dir: str | Path) -> dict[tuple[int, str], Run]:
         if "." in meta_path.stem or not isinstance(meta, dict) or "sft_mode" not in meta:
             continue  # not a run's own JSON (`<arm>.json` with the arm's fields)
         run = Run(meta)
-        for name, attr in (("probe_records", "probes"), ("generations", "generations")):
+        for name, attr in (("probe_records", "probes"), ("generations", "generations"),
+                           ("heldout_pairs", "heldout_pairs")):  # fmt: skip
             path = meta_path.with_name(f"{run.arm}.{name}.jsonl.gz")
             if path.is_file():
                 setattr(run, attr, read_records(path))
+        if (base := meta_path.with_name("base.heldout_pairs.jsonl.gz")).is_file():
+            run.base_pairs = read_records(base)
         runs[(run.seed, run.arm)] = run
     if not runs:
         raise AlignkitError(f"{Path(study_dir, 'runs')} has no finished run (runs/s<seed>/<arm>.json)")

@@ -27,7 +27,9 @@ INTRO = (
     "Ren & Sutherland (ICLR 2025, *Learning Dynamics of LLM Finetuning*): off-policy DPO pushes down a y⁻ that the "
     "model already finds unlikely, and the push squeezes probability mass out of nearly every response into the "
     "argmax. Their fix, *extended SFT* (SFT on y⁺ and y⁻ before DPO), lifts y⁻ out of the valley first. Arms: "
-    "y⁻ ∈ {NEAR (the data's near-miss), FAR (another task's answer)} × SFT ∈ {A = chosen-only, B = extended}."
+    "y⁻ ∈ {near (the data's near miss), far (another task's answer)} × SFT ∈ {A = chosen-only, Ah = chosen-only for "
+    "half the steps (B's y⁺ exposure), B = extended}, optionally with another loss, remedy or on-policy pairs "
+    "(`_ipo`, `_dpop`, `_caldpo`, `_sftmix`, `_floor`, `_onpolicy`) or the pre-flight's act (`_act_*`)."
 )
 MANIPULATION_NOTE = (
     "Per-token log π (EOS excluded) of the training pairs' responses right after SFT (the DPO `begin` evaluation), "
@@ -71,8 +73,9 @@ def header_section(summary: dict) -> list[str]:
         INTRO,
         "",
         f"Seeds: {', '.join(map(str, summary.get('seeds', [])))}. Intervals: {summary.get('level', 0.95):.0%} "
-        f"percentile bootstrap over units ({summary.get('n_boot')} replicates); units are (seed, probe) for probe "
-        "metrics and (seed, prompt) for answers; comparisons are paired per unit.",
+        f"percentile bootstrap ({summary.get('n_boot')} replicates) with seeds as the unit, units resampled inside "
+        "each seed: (seed, probe) for probe metrics, (seed, prompt) for answers; comparisons are paired per unit. "
+        f"Seeds per arm: {', '.join(f'{a} {len(s)}' for a, s in summary.get('arm_seeds', {}).items()) or 'n/a'}.",
     ]
     if summary.get("caveats"):
         lines += ["", "**Caveats:**", ""] + [f"- {c}" for c in summary["caveats"]]
@@ -361,8 +364,9 @@ def write_report(study_dir: str | Path, summary: dict) -> Path:
     for name, plot in FIGURES.items():
         plot(summary, study_dir / name)
     sections = (
-        header_section, settings_section, manipulation_section, claims_section, claim_sections, outcomes_section,
-        matched_section, quality_section, act_section, recompute_section,
+        header_section, settings_section, paper_claims_section, comparisons_section, arm_quality_section,
+        sft_section, manipulation_section, claims_section, claim_sections, outcomes_section, matched_section,
+        quality_section, act_section, recompute_section,
     )  # fmt: skip
     lines: list[str] = []
     for section in sections:
@@ -370,3 +374,109 @@ def write_report(study_dir: str | Path, summary: dict) -> Path:
     path = study_dir / "study.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# --- study v2: the paper's claims, each arm against its baseline, quality per arm (alignkit/study/comparisons.py)
+
+PAPER_CLAIMS_NOTE = (
+    "One row per claim of the paper (and the newsletter's win rate), decided by `alignkit.study.claims."
+    "paper_verdicts`: reproduced when the 95% interval (seeds as the unit, probes or prompts resampled inside) lies "
+    "on the predicted side; *partly* where the rule in the row's note says so; not reproduced otherwise, with the "
+    "largest effect the interval allows."
+)
+COMPARISON_NOTE = (
+    "Each arm against the arm it is compared with (a remedy, IPO or on-policy: the same SFT without it; Ah and B: "
+    "A; B against Ah: extended SFT at equal y⁺ exposure). Squeezing columns are base − arm of the off-target fall "
+    "(positive: the arm squeezes less), at DPO's end and at the level of held-out margin (or y⁻ fall) both reached "
+    "in the same seed (alignkit/study/matched.py). *learned* is each arm's held-out margin at the end (arm / base). "
+    "Quality columns are arm − base at the end over the held-out prompts, paired per (seed, prompt); *win* is the "
+    "verifier's win rate of the arm against the base, ties half. *time* is the arm's preference-training time over "
+    "the base's (probes and held-out answers excluded; on-policy includes its sampling). Seed-level 95% intervals."
+)
+QUALITY_NOTE = (
+    "At each arm's last evaluation (epoch0 rows: the SFT model DPO started from, the same for every arm from that "
+    "SFT), over the held-out prompts (never trained on), answers greedy and capped at the profile's token limit. "
+    "*ended*: share of answers with EOS before the cap (the decoder's stop reason); *repeat*: repeated word 3-gram "
+    "share; *echo*: share of 4-grams from the prompt; *copy*: share of 8-grams from the seed's training answers; "
+    "*acc*: the verifier; *y⁺ Δ*: held-out y⁺ log-likelihood per token since DPO began; *ranked*: held-out pairs "
+    "whose DPO implicit reward ranks y⁺ above the data's y⁻. Mean [seed-level 95% interval]."
+)
+QUALITY_COLUMNS = (
+    ("terminated", "ended"), ("repetition", "repeat"), ("echo", "echo"), ("copying", "copy"), ("words", "words"),
+    ("accuracy", "acc"), ("yplus_change", "y⁺ Δ"), ("ranking", "ranked"),
+)  # fmt: skip
+
+
+def paper_claims_section(summary: dict) -> list[str]:
+    rows = [[c["id"], c["claim"], c["verdict"], c["evidence"], c.get("note") or ""]
+            for c in summary.get("paper_claims", [])]  # fmt: skip
+    if not rows:
+        return []
+    lines = ["## The paper's claims", "", PAPER_CLAIMS_NOTE, ""]
+    return lines + table(["", "claim", "verdict", "evidence", "note"], rows)
+
+
+def _matched_fall(comp: dict, measure: str) -> str:
+    return fmt(comp.get("matched", {}).get(measure, {}).get("off_target_fall"))
+
+
+def comparisons_section(summary: dict) -> list[str]:
+    comps = summary.get("comparisons", {})
+    if not comps:
+        return []
+    rows = []
+    for name, c in comps.items():
+        learned = c.get("learned", {})
+        margin = [learned.get(who, {}).get("heldout_margin") for who in (c["arm"], c["base"])]
+        learned_text = " / ".join(_num(m["mean"]) if m and finite_number(m.get("mean")) else "n/a" for m in margin)
+        ratio = c.get("seconds", {}).get("ratio")
+        rows.append([
+            name, str(len(c["seeds"])), fmt(c["raw"].get("off_target_fall")), _matched_fall(c, "heldout_margin"),
+            _matched_fall(c, "rejected_fall"), learned_text, fmt(c["quality"].get("terminated")),
+            fmt(c["quality"].get("repetition")), fmt(c["quality"].get("ranking")),
+            fmt((c.get("win_rate") or {}).get("ours")), fmt(ratio, 2),
+        ])  # fmt: skip
+    header = ["arm vs base", "seeds", "off-target fall, base − arm: end", "at matched margin", "at matched y⁻ fall",
+              "learned (margin)", "ended Δ", "repeat Δ", "ranked Δ", "win", "time ×"]  # fmt: skip
+    return ["## Each arm against its baseline", "", COMPARISON_NOTE, "", *table(header, rows),
+            "", "![squeezing vs margin](fig_squeeze_vs_margin.png)"]  # fmt: skip
+
+
+def arm_quality_section(summary: dict) -> list[str]:
+    q = summary.get("arm_quality", {})
+    if not q:
+        return []
+    seeds = summary.get("arm_seeds", {})
+    rows, starts = [], {}
+    for arm, cps in q.items():
+        last = max(cps, key=lambda c: int(c[5:]))
+        rows.append([arm, last, str(len(seeds.get(arm, [])))] + [fmt(cps[last].get(k)) for k, _ in QUALITY_COLUMNS])
+        sft = (summary.get("settings", {}).get(arm) or {}).get("sft", {}).get("steps")
+        starts.setdefault(arm.split("_")[0] + "_" + arm.split("_")[1], (arm, sft))
+    for key, (arm, _) in starts.items():
+        cps = q[arm]
+        if "epoch0" in cps:
+            rows.append([f"SFT model of {key}", "epoch0", str(len(seeds.get(arm, [])))]
+                        + [fmt(cps["epoch0"].get(k)) for k, _ in QUALITY_COLUMNS])  # fmt: skip
+    header = ["arm", "at", "seeds", *(label for _, label in QUALITY_COLUMNS)]
+    return ["## Quality per arm", "", QUALITY_NOTE, "", *table(header, rows), "", "![quality](fig_quality_arms.png)"]
+
+
+SFT_NOTE = (
+    "The SFT model minus the base model on the held-out pairs (prompts no stage trained on), per token, paired per "
+    "(seed, prompt): how SFT on the training pairs moved other prompts' responses."
+)
+
+
+def sft_section(summary: dict) -> list[str]:
+    effect = summary.get("sft_effect", {})
+    if not effect:
+        return []
+    seen, rows = set(), []
+    for arm, e in effect.items():
+        key = "_".join(arm.split("_")[:2])
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append([key, fmt(e.get("yplus_change")), fmt(e.get("yminus_change")), fmt(e.get("gap"))])
+    return ["## The SFT stage", "", SFT_NOTE, "", *table(["SFT of", "held-out y⁺", "held-out y⁻", "y⁺ − y⁻"], rows)]
