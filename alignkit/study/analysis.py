@@ -379,8 +379,9 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     loss = PRIMARY_LOSS if PRIMARY_LOSS in losses else sorted(losses)[0]
     mechanisms = arm_mechanisms(runs)
     lowest = {}
-    for (_, arm), run in sorted(runs.items(), reverse=True):
-        lowest[arm] = {k: run.meta.get(k) for k in ("sft", "dpo", "settings")}
+    for (_, arm), run in sorted(every.items(), reverse=True):
+        keys = ("sft_mode", "rejected", "loss", "variant", "sft", "dpo", "settings")
+        lowest[arm] = {k: run.meta.get(k) for k in keys}
     summary = {
         "n_boot": n_boot,
         "level": LEVEL,
@@ -392,7 +393,7 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
             arm: {"sft_mode": c[0], "rejected": c[1], "loss": c[2], "seeds": sorted(s for s, a in runs if a == arm)}
             for c, arm in sorted(grid.items(), key=lambda kv: kv[1])
         },
-        "timing": timing(runs),
+        "timing": timing(every),
         "settings": dict(sorted(lowest.items())),
         "manipulation": manipulation(arm_levels(runs), runs, grid, loss, n_boot),
         "outcomes": outcomes(mechanisms, n_boot),
@@ -406,6 +407,10 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     answers = training_answers()
     summary["outcomes"] |= {arm: o for arm, o in outcomes(arm_mechanisms(every), n_boot).items()
                             if arm not in summary["outcomes"]}  # fmt: skip
+    # Every other arm's levels at DPO begin too (Ah: does half the SFT steps give extended SFT's y⁺ level?)
+    levels = summary["manipulation"]["levels"]
+    levels |= {arm: {f: estimate(u, n_boot=n_boot) for f, u in fams.items()}
+               for arm, fams in arm_levels(every).items() if arm not in levels}  # fmt: skip
     summary["comparisons"] = compare(every, answers, n_boot)
     summary["arm_quality"] = arm_quality(every, answers, n_boot)
     summary["quality_change"] = quality_change(every, answers, n_boot)

@@ -103,19 +103,23 @@ def finetuning_note(settings: dict) -> list[str]:
 def settings_section(summary: dict) -> list[str]:
     exposure = summary.get("manipulation", {}).get("exposure", {})
     rows = []
-    for arm in arm_order(summary):
-        info, s = summary["arms"][arm], summary.get("settings", {}).get(arm, {})
-        sft, dpo, exp = s.get("sft") or {}, s.get("dpo") or {}, exposure.get(summary["arms"][arm]["sft_mode"], {})
+    arms = arm_order(summary) + [a for a in summary.get("arm_seeds", {}) if a not in summary["arms"]]
+    for arm in arms:
+        s = summary.get("settings", {}).get(arm, {})
+        info = summary["arms"].get(arm) or {k: s.get(k) for k in ("sft_mode", "rejected", "loss")}
+        info["seeds"] = summary.get("arm_seeds", {}).get(arm, info.get("seeds", []))
+        sft, dpo = s.get("sft") or {}, s.get("dpo") or {}
+        exp = exposure.get(info["sft_mode"], {})
         rows.append(
             [
                 arm,
                 info["sft_mode"],
                 info["rejected"],
-                info["loss"],
+                info["loss"] + (f" ({s['variant']})" if s.get("variant") in ("onpolicy", "sftmix", "floor") else ""),
                 ", ".join(map(str, info["seeds"])),
                 sft.get("steps", ""),
-                _num(exp.get("y_plus")),
-                _num(exp.get("y_minus")),
+                _num(sft.get("y_plus_exposure", exp.get("y_plus"))),
+                _num(sft.get("y_minus_exposure", exp.get("y_minus"))),
                 dpo.get("steps", ""),
                 dpo.get("epochs", ""),
                 dpo.get("pairs", ""),
@@ -140,11 +144,11 @@ def settings_section(summary: dict) -> list[str]:
     )
     timing = summary.get("timing", {})
     trows = [
-        [seed, f"{t['total_s']:.0f}"] + [_num(t["runs"].get(a, {}).get("seconds"), ".0f") for a in arm_order(summary)]
+        [seed, f"{t['total_s']:.0f}"] + [_num(t["runs"].get(a, {}).get("seconds"), ".0f") for a in arms]
         for seed, t in sorted(timing.get("per_seed", {}).items())
     ]
     lines += ["", f"Time (seconds, whole runs; total {timing.get('total_s', 0):.0f} s):", ""]
-    lines += table(["seed", "total", *arm_order(summary)], trows)
+    lines += table(["seed", "total", *arms], trows)
     first = next(iter(summary.get("settings", {}).values()), {})
     lines += ["", *finetuning_note(first.get("settings") or {})]
     if first.get("settings"):
@@ -178,7 +182,8 @@ def manipulation_section(summary: dict) -> list[str]:
         )
     levels = man.get("levels", {})
     rows = [
-        [a, fmt(levels.get(a, {}).get("chosen")), fmt(levels.get(a, {}).get("rejected"))] for a in arm_order(summary)
+        [a, fmt(levels.get(a, {}).get("chosen")), fmt(levels.get(a, {}).get("rejected"))]
+        for a in arm_order(summary) + [a for a in levels if a not in summary.get("arms", {})]
     ]
     lines += ["", "Levels at DPO begin (nats/token):", ""]
     lines += table(["arm", "log π(y⁺)/token", "log π(y⁻)/token"], rows)
