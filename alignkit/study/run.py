@@ -245,7 +245,7 @@ class HeldoutAnswers(TrainerCallback):
     """Greedy answers to the held-out prompts, verified against their reference answers, with the decoder's stop
     reason (`cap_hit`): all `rows` at the start of DPO (`epoch0`: the SFT model) and after the last epoch, the first
     `mid_prompts` after each other epoch in `epochs`. At the start and the end it also scores the held-out pairs (the
-    rows' own y⁺ and y⁻, `pair_records`): y⁺'s log-likelihood and the pair's ranking.
+    rows' own y⁺ and y⁻, `preflight_records`): y⁺'s log-likelihood and the pair's ranking.
 
     Steps are counted here, not read off the trainer's state, so an on-policy stage's rounds (one trainer each) share
     one axis. `start`: the stage-start answers and pair scores of the same SFT model from an earlier arm
@@ -310,8 +310,10 @@ class StartCache:
         (head, *rest) = read_records(self.path)
         if head.get("key") != json_safe(self.key):
             return None
-        return {"generations": [r for r in rest if r["kind"] == "generation"],
-                "pairs": [r for r in rest if r["kind"] == "pair"]}  # fmt: skip
+        records = {"generation": [], "pair": []}
+        for r in rest:
+            records[r["kind"]].append({k: v for k, v in r.items() if k != "kind"})
+        return {"generations": records["generation"], "pairs": records["pair"]}
 
     def save(self, start: dict) -> None:
         rows = [{"key": self.key}] + [{"kind": "generation", **r} for r in start["generations"]]
