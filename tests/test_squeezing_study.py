@@ -145,6 +145,10 @@ def test_analyze_rewrites_the_report_from_the_files_and_trains_nothing(study, ca
         (["--profile", "quick", "--config", "x.yaml"], "not both"),
         (["--sedes", "1"], "did you mean '--seeds'"),
         (["--profile", "quick", "--lora_r", "0"], "'lora_r' must be positive"),
+        (["--extra_arms", "A_far_ipo", "--extra_seeds", "9"], "'extra_seeds' must lie in 1..3"),
+        (["--answer_epochs", "7"], "'answer_epochs' must lie in 1..dpo_epochs=4"),
+        (["--eval_prompts", "train"], "'eval_prompts' must be 'heldout' or 'test'"),
+        (["--eval_num_prompts", "40", "--final_eval_num_prompts", "20"], r"'final_eval_num_prompts' \(20\) must"),
     ],
 )
 def test_bad_study_settings_are_refused_by_name(argv, message):
