@@ -100,6 +100,7 @@ def test_paper_verdicts_give_partly_when_a_remedy_wins_only_at_the_end():
     }  # fmt: skip
     rows = {r["id"]: r for r in paper_verdicts(summary)}
     assert rows["P3"]["verdict"] == "partly" and rows["P4"]["verdict"] == "reproduced"
+    assert "learns less" in rows["P3"]["note"] and rows["P4"]["note"] == ""  # the caveat only where it applies
     assert rows["P5"]["verdict"] == "untestable here" and rows["P6"]["verdict"] == "untestable here"
     assert rows["P7"]["verdict"] == "reproduced"
     assert rows["P8"]["verdict"] == "reproduced"  # [0.55, 0.66] overlaps 65–69% and excludes 50%
