@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alignkit.errors import AlignkitError
 from alignkit.monitors.compare import load_arm, main, summarise
+from alignkit.monitors.stage_files import evaluations
 from alignkit.stats import nested_draws
 
 OFF_TARGET = ("irrelevant_test", "irrelevant_human", "shuffled", "non_human")
@@ -70,3 +72,17 @@ def test_the_command_names_a_missing_run_and_writes_a_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| plain | 2 | 4 | 0.500" in out and "| remedy | 1 | 2 | 0.200" in out
     assert figure.stat().st_size > 0
+
+
+def test_evaluations_order_begin_before_end_at_one_step_and_a_one_step_stage_is_refused(tmp_path):
+    rec = {"probe": "train/0", "split": "train", "family": "rejected", "words_logp_per_token": -1.0}
+    order = ((4, "end"), (4, "step"), (0, "begin"), (4, "begin"))
+    rows = [{**rec, "step": step, "event": event} for step, event in order]
+    assert [(s, e) for s, e, _ in evaluations(rows)] == [(0, "begin"), (4, "begin"), (4, "step"), (4, "end")]
+    assert evaluations(rows)[-1][2]["train/0"]["rejected"]["event"] == "end"
+    (tmp_path / "preference").mkdir()
+    (tmp_path / "preference" / "probe_records.jsonl").write_text(
+        "".join(json.dumps({**rec, "stage": "preference", "step": 0, "event": e}) + "\n" for e in ("begin", "end"))
+    )
+    with pytest.raises(AlignkitError, match="evaluations at 1 step"):
+        load_arm(str(tmp_path), None, "preference")

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, read_jsonl
 from alignkit.monitors.scoring import RATIO_MIN_FALL, mechanism_per_probe
+from alignkit.monitors.stage_files import evaluations
 from alignkit.stats import interval_of, mean_of, nested_draws, unit_array
 
 RECORDS = "probe_records.jsonl"
@@ -68,13 +68,11 @@ def records_path(path: Path, stage: str) -> Path:
 def stage_changes(path: Path, stage: str) -> dict[str, tuple[float, float]]:
     """{probe: (off-target fall, y⁻ fall)} from the stage's first to its last evaluation in one run, over the
     training and held-out probes alike, as the monitor's own `collateral_ratio` is (its report and this agree)."""
-    rows = [row for _, row in read_jsonl(path) if row.get("stage", stage) == stage]
-    by_step: dict[int, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        by_step[r["step"]][r["probe"]][r["family"]] = r
-    if len(by_step) < 2:
-        raise AlignkitError(f"{path}: stage '{stage}' has {len(by_step)} evaluation(s); a change needs two")
-    first, last = by_step[min(by_step)], by_step[max(by_step)]
+    evals = evaluations(row for _, row in read_jsonl(path) if row.get("stage", stage) == stage)
+    steps = {step for step, _, _ in evals}
+    if len(steps) < 2:
+        raise AlignkitError(f"{path}: stage '{stage}' has evaluations at {len(steps)} step(s); a change needs two")
+    first, last = evals[0][2], evals[-1][2]
     probes = sorted(first.keys() & last.keys())
     splits = [next(iter(first[p].values()))["split"] for p in probes]
     per = mechanism_per_probe([first[p] for p in probes], [last[p] for p in probes], splits)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from alignkit.monitors.probes import Probe
 GUARD_STATE = "squeezing_guard_state.json"  # saved in every checkpoint folder; read back on resume
 PROBE_RECORDS = "probe_records.jsonl"
 RECORD_DIGITS = 5  # significant digits kept per number in the per-probe records
+
+Evaluation = dict[str, dict[str, dict]]  # probe id -> family -> record, at one evaluation
+_EVENT_ORDER = {"begin": 0, "step": 1, "end": 2}  # at one step: the stage's begin first, its end last
 
 
 def append_evaluation(path: Path, record: dict) -> None:
@@ -39,6 +44,16 @@ def append_probe_records(path: Path, record: dict, probes: list[Probe], values: 
                 line = {**head, "probe": probe.probe_id, "split": probe.split, "family": family}
                 line.update({k: _round(x) for k, x in v.items()})
                 f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def evaluations(records: Iterable[dict]) -> list[tuple[int, str, Evaluation]]:
+    """probe_records lines grouped into the evaluations that wrote them, in order: (step, event, probe -> family ->
+    record)."""
+    grouped: dict[tuple[int, str], Evaluation] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        grouped[(r["step"], r["event"])][r["probe"]][r["family"]] = r
+    ordered = sorted(grouped.items(), key=lambda kv: (kv[0][0], _EVENT_ORDER.get(kv[0][1], 1)))
+    return [(step, event, dict(evaluation)) for (step, event), evaluation in ordered]
 
 
 def records_up_to(path: Path, step: int, rewrite: bool) -> list[dict]:

@@ -13,18 +13,18 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe, read_jsonl
 from alignkit.monitors.scoring import mechanism_per_probe
+from alignkit.monitors.stage_files import Evaluation, evaluations
 from alignkit.stats import Key
 
 PRIMARY_LOSS = "dpo"
 
-Snapshot = dict[str, dict[str, dict]]  # probe id -> family -> record, at one evaluation
+Snapshot = Evaluation  # probe id -> family -> record, at one evaluation
 
 
 @dataclass
@@ -93,11 +93,7 @@ def arm_grid(runs: dict[tuple[int, str], Run]) -> dict[tuple[str, str, str], str
 
 def snapshots(records: list[dict]) -> list[tuple[int, str, Snapshot]]:
     """The DPO stage's evaluations in order, each as (step, event, probe -> family -> record)."""
-    grouped: dict[tuple[int, str], Snapshot] = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        grouped[(r["step"], r["event"])][r["probe"]][r["family"]] = r
-    order = {"begin": 0, "step": 1, "end": 2}
-    return sorted(((s, e, dict(snap)) for (s, e), snap in grouped.items()), key=lambda t: (t[0], order.get(t[1], 1)))
+    return evaluations(records)
 
 
 def checkpoints(run: Run) -> dict[str, Snapshot]:
