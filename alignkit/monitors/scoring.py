@@ -146,7 +146,8 @@ def probe_values(family: str, stats: dict[str, float]) -> dict[str, float | int 
     }
 
 
-def _delta(start: dict | None, now: dict | None, name: str) -> float:
+def record_change(start: dict | None, now: dict | None, name: str) -> float:
+    """now[name] − start[name] for two `probe_values` records of one probe and family; NaN when either is missing."""
     if start is None or now is None or start.get(name) is None or now.get(name) is None:
         return math.nan
     return now[name] - start[name]
@@ -173,18 +174,19 @@ def mechanism_per_probe(
     """
     out: dict[str, list[float]] = {name: [] for name in MECHANISM_METRICS if name != "collateral_ratio"}
     for s, n, split in zip(start, now, splits):
-        off = [_delta(s.get(f), n.get(f), "words_logp_per_token") for f in OFF_TARGET_FAMILIES]
-        eos = [_delta(s.get(f), n.get(f), "eos_logp") for f in OFF_TARGET_FAMILIES]
+        off = [record_change(s.get(f), n.get(f), "words_logp_per_token") for f in OFF_TARGET_FAMILIES]
+        eos = [record_change(s.get(f), n.get(f), "eos_logp") for f in OFF_TARGET_FAMILIES]
         out["off_target_fall"].append(-_nanmean(off))
         out["off_target_eos_change"].append(_nanmean(eos))
         # Along the trained pair only on training probes (NaN elsewhere): that is where the gradient acts.
         pair = {f: (s.get(f), n.get(f)) if split == "train" else (None, None) for f in ("chosen", "rejected")}
-        out["rejected_fall"].append(-_delta(*pair["rejected"], "words_logp_per_token"))
-        out["chosen_fall"].append(-_delta(*pair["chosen"], "words_logp_per_token"))
-        out["concentration_alt"].append(_delta(*pair["rejected"], "alt_logodds"))
-        out["concentration_top"].append(_delta(*pair["rejected"], "top_logodds"))
-        out["greedy_start_rise"].append(_delta(s.get(FIXED_GREEDY), n.get(FIXED_GREEDY), "words_logp_per_token"))
-        out["greedy_rise"].append(_delta(s.get("greedy"), n.get("greedy"), "logp_per_token"))
+        out["rejected_fall"].append(-record_change(*pair["rejected"], "words_logp_per_token"))
+        out["chosen_fall"].append(-record_change(*pair["chosen"], "words_logp_per_token"))
+        out["concentration_alt"].append(record_change(*pair["rejected"], "alt_logodds"))
+        out["concentration_top"].append(record_change(*pair["rejected"], "top_logodds"))
+        fixed = (s.get(FIXED_GREEDY), n.get(FIXED_GREEDY))
+        out["greedy_start_rise"].append(record_change(*fixed, "words_logp_per_token"))
+        out["greedy_rise"].append(record_change(s.get("greedy"), n.get("greedy"), "logp_per_token"))
     return out
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from alignkit.monitors.scoring import record_change
 from alignkit.stats import Key, estimate
 from alignkit.study.records import Run, Snapshot, checkpoints, mechanism_units, probe_splits
 
@@ -35,8 +36,7 @@ WORDS = "words_logp_per_token"
 
 
 def _change(snap: Snapshot, begin: Snapshot, probe: str, family: str) -> float:
-    now, then = snap.get(probe, {}).get(family, {}).get(WORDS), begin.get(probe, {}).get(family, {}).get(WORDS)
-    return math.nan if now is None or then is None else float(now) - float(then)
+    return record_change(begin.get(probe, {}).get(family), snap.get(probe, {}).get(family), WORDS)
 
 
 def learning(run: Run, begin: Snapshot, snap: Snapshot, measure: str) -> float:
