@@ -709,6 +709,8 @@ CONFIG_CLASSES = (
 class RecipeConfig:
     """Everything the extended-DPO recipe needs, one part per concern: the flat YAML namespace of every field.
 
+    In Python:
+
         from alignkit import RecipeConfig, parse_recipe_config
 
         cfg: RecipeConfig = parse_recipe_config(["--config", "recipes/configs/demo.yaml", "--beta", "0.2"])
@@ -763,6 +765,8 @@ def config_keys() -> set[str]:
 
 def parse_recipe_config(argv: Sequence[str] | None = None) -> RecipeConfig:
     """Parse `--config file.yaml` plus `--field value` overrides into a validated `RecipeConfig` (alignkit.cli).
+
+    In Python:
 
         from alignkit import parse_recipe_config
 

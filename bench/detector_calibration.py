@@ -97,8 +97,9 @@ CONDITIONS = {
 # Labels come from the design. Nulls include drift that looks like squeezing; positives include weaker and other forms.
 HELDOUT_REGIME = {"steps": 24, "batch": 4, "probe_every": 8, "constant": True}
 HELDOUT = {
-    "null_sft_long": Condition("sft", "null", 2e-4, **HELDOUT_REGIME | {"steps": 48, "probe_every": 16},
-                               seeds=(10, 11, 12)),  # 48 steps at a constant 2e-4
+    "null_sft_long": Condition(
+        "sft", "null", 2e-4, **HELDOUT_REGIME | {"steps": 48, "probe_every": 16}, seeds=(10, 11, 12)
+    ),  # 48 steps at a constant 2e-4
     "null_sft_full": Condition("sft", "null", 2e-5, **HELDOUT_REGIME, full=True, seeds=(10, 11)),
     "null_sft_mixed_task": Condition("mixed_task", "null", 2e-4, **HELDOUT_REGIME, seeds=(10, 11)),  # 25% other task
     "null_ext_sft_far": Condition("sft", "null", 2e-4, **HELDOUT_REGIME, sft_mode="extended", seeds=(10, 11, 12)),
@@ -129,10 +130,13 @@ def recipe_config(args, cond: Condition, seed: int, run_dir: Path) -> RecipeConf
     return RecipeConfig(
         model=ModelConfig(use_lora=not cond.full),
         data=DataConfig(max_train_samples=None),  # the calibration's runs: every pair, as when it was measured
-        sft=SFTStageConfig(sft_mode=cond.sft_mode, sft_learning_rate=cond.lr, sft_max_steps=steps,
-                           sft_trainer_args=dict(schedule)),  # fmt: skip
+        sft=SFTStageConfig(
+            sft_mode=cond.sft_mode, sft_learning_rate=cond.lr, sft_max_steps=steps, sft_trainer_args=dict(schedule)
+        ),  # fmt: skip
         preference=PreferenceStageConfig(
-            loss=cond.loss, preference_learning_rate=cond.lr, preference_max_steps=steps,
+            loss=cond.loss,
+            preference_learning_rate=cond.lr,
+            preference_max_steps=steps,
             preference_trainer_args=dict(schedule),
         ),  # fmt: skip
         monitor=MonitorConfig(
@@ -611,8 +615,12 @@ def plot_heldout(runs: list[dict], order: list[str], path: Path, reading: str, t
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="dev", choices=["dev", "heldout"],
-                        help="dev: the development runs; heldout: the held-out runs, scored at frozen.json")
+    parser.add_argument(
+        "--set",
+        default="dev",
+        choices=["dev", "heldout"],
+        help="dev: the development runs; heldout: the held-out runs, scored at frozen.json",
+    )
     parser.add_argument("--out", help="default bench/results/detector_calibration (dev), .../detector_heldout")
     parser.add_argument("--work", help="default outputs/detector_calibration (dev), outputs/detector_heldout")
     parser.add_argument("--conditions", nargs="*", choices=list(ALL_CONDITIONS), help="default: the set's")

@@ -138,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         else "nats/token",
         "rule": "among readings that separate the development nulls from the positives, the least sensitive to the "
         "learning rate (CV of the per-rate positive means); threshold = sqrt(largest null x smallest positive)",
-        "development": {"runs": len(counted), "positives": sum(r["label"] == "positive" for r in counted),
-                        "nulls": sum(r["label"] == "null" for r in counted), "files": "per_run/*.json",
-                        "read_at_commit": commit},  # fmt: skip
+        "development": {
+            "runs": len(counted),
+            "positives": sum(r["label"] == "positive" for r in counted),
+            "nulls": sum(r["label"] == "null" for r in counted),
+            "files": "per_run/*.json",
+            "read_at_commit": commit,
+        },  # fmt: skip
         "candidates": assessed,
         "per_run": runs,
         "frozen_at": datetime.now(UTC).isoformat(timespec="seconds"),

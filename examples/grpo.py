@@ -51,8 +51,10 @@ def correctness(prompts, completions, reference_answer, task, **kwargs) -> list[
 
 
 def main(script_args, training_args, model_args, monitor_args):
-    dataset = load_builtin().filter(lambda row: row["task"] == "arithmetic").select_columns(
-        ["prompt", "reference_answer", "task"]
+    dataset = (
+        load_builtin()
+        .filter(lambda row: row["task"] == "arithmetic")
+        .select_columns(["prompt", "reference_answer", "task"])
     )  # prompts only (conversational), with what the verifier needs
 
     trainer = GRPOTrainer(

@@ -43,7 +43,7 @@ def test_every_bench_writes_its_figures_under_its_own_name():
         main = bench(name).main
         assert "argv" in inspect.signature(main).parameters, f"bench/{name}.py: main(argv) lets a test run it"
     for name in SH_BENCHES:
-        assert f"bench/_results.py\" {name} " in (BENCH / f"{name}.sh").read_text()
+        assert f'bench/_results.py" {name} ' in (BENCH / f"{name}.sh").read_text()
     for name, path in OWN_WRITERS.items():
         assert path in (BENCH / f"{name}.py").read_text(), f"bench/{name}.py does not name {path}"
 

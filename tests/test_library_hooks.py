@@ -85,8 +85,13 @@ def test_trl_dpo_loss_weights_is_the_configs_list(dpo_trainer):
 
 def test_trl_dpo_tokenized_columns_and_reference_attributes(dpo_trainer):
     columns = set(dpo_trainer.train_dataset.column_names)
-    require({"prompt_ids", "chosen_ids", "rejected_ids"} <= columns, "DPOTrainer's tokenized columns prompt_ids, "
-            "chosen_ids, rejected_ids", "alignkit/stages.py reference_digest", "trl", f"the columns are {columns}")
+    require(
+        {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns,
+        "DPOTrainer's tokenized columns prompt_ids, chosen_ids, rejected_ids",
+        "alignkit/stages.py reference_digest",
+        "trl",
+        f"the columns are {columns}",
+    )
     for name in ("ref_model", "ld_alpha"):
         require(hasattr(dpo_trainer, name), f"DPOTrainer.{name}", "alignkit/stages.py _reference_mismatch", "trl")
 
@@ -162,8 +167,13 @@ def test_openai_client_post_returns_the_raw_body():
     import openai
 
     post = getattr(openai.AsyncOpenAI, "post", None)
-    require(post is not None and {"cast_to", "body"} <= set(params(post)), "AsyncOpenAI.post(path, cast_to=bytes, "
-            "body=...)", "alignkit/judge/client.py ChatRunner._request", "openai", "no such method or parameters")
+    require(
+        post is not None and {"cast_to", "body"} <= set(params(post)),
+        "AsyncOpenAI.post(path, cast_to=bytes, body=...)",
+        "alignkit/judge/client.py ChatRunner._request",
+        "openai",
+        "no such method or parameters",
+    )
 
 
 def test_torch_version_in_range():

@@ -219,7 +219,10 @@ def test_unattached_callbacks_span_stages_on_one_step_axis(data, tiny_tokenizer,
     from trl import SFTConfig, SFTTrainer
 
     config = MonitorConfig(  # a time budget near 0: the automatic schedule probes only the first and last step
-        probe_num_prompts=2, probe_families=FAST_FAMILIES, guard_action="mitigate", probe_min_evaluations=2,
+        probe_num_prompts=2,
+        probe_families=FAST_FAMILIES,
+        guard_action="mitigate",
+        probe_min_evaluations=2,
         probe_time_budget=1e-9,
     )
     probes = build_probe_set(data["train"], data["test"], config, seed=0)

@@ -170,8 +170,9 @@ def test_signal_between_stages_finishes_sft_and_stops_before_preference(tiny_mod
 def test_signal_during_preference_and_again_during_the_save(tiny_model_dir, tmp_path, uninterrupted):
     out = tmp_path / "out"
     args = run_args(tiny_model_dir, out)
-    proc = run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2",
-               PREEMPT_DURING_SAVE="signal")
+    proc = run(
+        args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2", PREEMPT_DURING_SAVE="signal"
+    )
     marker = preempted(out, proc)
     assert "SIGTERM again while the checkpoint is being saved" in proc.stderr
     # probe_every 2: the evaluation at the end of step 2 stops at its first batch, so the checkpoint comes first
@@ -205,8 +206,9 @@ def test_signal_during_the_first_probe_evaluation_ends_the_run_at_once(tiny_mode
 def test_kill_during_the_save_leaves_no_checkpoint_to_resume_from(tiny_model_dir, tmp_path, uninterrupted):
     out = tmp_path / "out"
     args = run_args(tiny_model_dir, out)
-    proc = run(args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2",
-               PREEMPT_DURING_SAVE="kill")
+    proc = run(
+        args, PREEMPT_SIGNAL="SIGTERM", PREEMPT_STAGE="preference", PREEMPT_STEP="2", PREEMPT_DURING_SAVE="kill"
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
     stage = out / "preference"
     assert (stage / SAVE_DIR / "checkpoint-2").exists()  # the torn save stays in the temporary folder

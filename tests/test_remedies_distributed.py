@@ -211,5 +211,6 @@ def test_the_comparison_catches_a_term_from_one_process_only():
     dpo = {"step": 3, "loss": 0.7066, "loss/dpo": 0.7066, FLOOR_SHARE: 0.25, "logps/chosen": -234.0,
            "logps/rejected": -176.8}  # fmt: skip
     assert mismatches([dpo], [dpo | {"loss": 0.7166, "loss/dpo": 0.7166}]) == [
-        "step 3 loss/dpo: 0.7066 vs 0.7166", "step 3 loss: 0.7066 vs 0.7166"
+        "step 3 loss/dpo: 0.7066 vs 0.7166",
+        "step 3 loss: 0.7066 vs 0.7166",
     ]

@@ -49,9 +49,7 @@ def test_filter_fraction_config_errors(tiny_model_dir, tmp_path, overrides, mess
 
 
 def test_filter_fraction_needs_the_datasets_pairs(tiny_model_dir, tmp_path):
-    cfg = parse_recipe_config(
-        tiny_args(tiny_model_dir, tmp_path, preflight_filter_fraction=0.2, sampling="on_policy")
-    )
+    cfg = parse_recipe_config(tiny_args(tiny_model_dir, tmp_path, preflight_filter_fraction=0.2, sampling="on_policy"))
     with pytest.raises(AlignkitError, match="'preflight_filter_fraction' is 0.2 with sampling 'on_policy'"):
         check_preflight(cfg)
 

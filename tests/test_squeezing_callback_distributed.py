@@ -50,8 +50,13 @@ def _run(tmp_path: Path, processes: int) -> Path:
     script.write_text(SCRIPT.format(root=str(ROOT)))
     out = tmp_path / f"p{processes}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", str(processes),
-                *(["--multi_gpu", "--main_process_port", "0"] if processes > 1 else [])]  # port 0: a free one
+    launcher = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--num_processes",
+        str(processes),
+        *(["--multi_gpu", "--main_process_port", "0"] if processes > 1 else []),
+    ]  # port 0: a free one
     proc = subprocess.run([*launcher, str(script), str(out), str(processes)], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

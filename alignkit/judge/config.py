@@ -16,6 +16,8 @@ MODES = ("auto", "text", "logprobs")
 class JudgeConfig:
     """Which judge to ask and how hard to try. The API key is never stored here, only the name of its variable.
 
+    In Python:
+
         from alignkit import JudgeConfig, evaluate_win_rate
 
         offline = JudgeConfig(base_url="verifier")  # reference answers, no model: the built-in data's checkable tasks

@@ -466,7 +466,8 @@ class SqueezingCallback(TrainerCallback):
         cap = self.config.probe_max_overhead
         self._note(
             f"[{self.stage}] probing took {self.probe_seconds:.1f} s, {self.overhead:.1%} of the stage's "
-            f"{self._train_seconds:.1f} s of training" + (f" (probe_max_overhead {cap:.1%})" if cap else "")
+            f"{self._train_seconds:.1f} s of training"
+            + (f" (probe_max_overhead {cap:.1%})" if cap else "")
             + f"; evaluations at steps {', '.join(map(str, steps))}"
         )
 

@@ -196,7 +196,7 @@ def _load(folder: Path, fingerprint: dict) -> tuple[list[dict], float, float] | 
     if not marker.exists():
         return None
     done = json.loads(marker.read_text())
-    if (changes := changed_fields(done.get("fingerprint") or {"model": done.get("model")}, fingerprint)):
+    if changes := changed_fields(done.get("fingerprint") or {"model": done.get("model")}, fingerprint):
         logger.warning("[preflight] %s was scored with other settings: scoring again\n%s", folder,
                        describe_changes(changes))  # fmt: skip
         return None
@@ -264,8 +264,13 @@ def run_preflight(
         (folder / "preflight.md").write_text(preflight_markdown(records, header, line))
         title = f"pre-flight: {len(records)} pairs under {model_words}"
         histogram(records, threshold, title, folder / "preflight_hist.png")
-        done = {"model": model_words, "pairs": len(records), "seconds": seconds, "dynamics_seconds": dynamics_seconds,
-                "fingerprint": fingerprint}
+        done = {
+            "model": model_words,
+            "pairs": len(records),
+            "seconds": seconds,
+            "dynamics_seconds": dynamics_seconds,
+            "fingerprint": fingerprint,
+        }
         (folder / DONE).write_text(json.dumps(done, indent=1))
         logger.warning("[preflight] %s", line)
     return PreflightResult(records, model_words, threshold, seconds, dynamics_seconds, folder, pairs, header, line)

@@ -189,8 +189,11 @@ def paper_verdicts(summary: dict) -> list[dict]:
         raw_verdict = directional(raw, +1)
         verdict = _both(raw_verdict, directional(margin, +1)) if comp else "untestable here"
         # The caveat belongs only to a claim seen at the end of DPO and lost at matched learning.
-        note = "raw only: the arm may squeeze less because it learns less" if (
-            raw_verdict == "reproduced" and verdict == "partly") else ""
+        note = (
+            "raw only: the arm may squeeze less because it learns less"
+            if (raw_verdict == "reproduced" and verdict == "partly")
+            else ""
+        )
         row(cid, text, verdict, f"at the end {describe(raw, +1)}; at matched held-out margin {describe(margin, +1)}",
             note)  # fmt: skip
 
