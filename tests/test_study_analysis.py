@@ -404,6 +404,13 @@ def test_extra_loss_arms_are_read_from_their_fields(tmp_path):
     assert any("B_far_ipo finished seeds [0] only" in c for c in summary["caveats"])
     assert summary["primary_loss"] == "dpo" and summary["baseline_arm"] == "A_near"
     assert write_report(root, summary).is_file()
+    # Planned as an extra arm for the first seed only (`extra_arms`, `extra_seeds`), it is complete: no caveat.
+    path = root / "runs" / "s0" / "B_far_ipo.json"
+    meta = json.loads(path.read_text())
+    meta["settings"] = {**meta.get("settings", {}), "seeds": [0, 1], "arms": ["A_far", "B_far"],
+                        "extra_arms": ["B_far_ipo"], "extra_seeds": 1}  # fmt: skip
+    path.write_text(json.dumps(meta))
+    assert not any("B_far_ipo finished" in c for c in analyze(root, n_boot=50)["caveats"])
 
 
 def test_wilson_interval_matches_hand_computed_values():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from alignkit.study.claims import paper_verdicts
-from alignkit.study.comparisons import pairs_to_compare, quality_change, sft_effect
+from alignkit.study.comparisons import pairs_to_compare, quality_by_run, quality_change, sft_effect
 from alignkit.study.quality import pair_units, text_units, training_index
 from alignkit.study.records import Run
 
@@ -64,7 +64,8 @@ def test_quality_change_pairs_each_prompt_with_the_sft_models_answer():
         {"checkpoint": "epoch0", "prompt_id": "x", "response": "Paris is the capital.", "cap_hit": False, "score": 1},
         {"checkpoint": "epoch4", "prompt_id": "x", "response": "the cat the cat the cat", "cap_hit": True, "score": 0},
     ]  # fmt: skip
-    change = quality_change({(1, "A_far"): r}, {}, n_boot=200)["A_far"]
+    runs = {(1, "A_far"): r}
+    change = quality_change(runs, quality_by_run(runs, {}), n_boot=200)["A_far"]
     assert change["terminated"]["mean"] == -1.0 and change["accuracy"]["mean"] == -1.0
     # 4 word 3-grams, (the cat the) and (cat the cat) twice each: 2 repeats of 4; the SFT answer has none
     assert change["repetition"]["mean"] == pytest.approx(2 / 4)

@@ -75,7 +75,14 @@ from alignkit.stats import (
 )
 from alignkit.study.act import act_comparison
 from alignkit.study.claims import decide_claims, finite, paper_verdicts
-from alignkit.study.comparisons import arm_quality, compare, learning_curves, quality_change, sft_effect
+from alignkit.study.comparisons import (
+    arm_quality,
+    compare,
+    learning_curves,
+    quality_by_run,
+    quality_change,
+    sft_effect,
+)
 from alignkit.study.matched import matched_contrasts
 from alignkit.study.quality import quality
 from alignkit.study.records import (
@@ -329,16 +336,27 @@ def timing(runs: dict[tuple[int, str], Run]) -> dict:
     return {"total_s": sum(s["total_s"] for s in per_seed.values()), "per_seed": dict(per_seed)}
 
 
+def planned_seeds(run: Run, seeds: list[int]) -> list[int]:
+    """The seeds (of those with any run) the study meant `run.arm` for: an `extra_arms` arm only the first
+    `extra_seeds` of the study's seeds (its settings as recorded in the run), every other arm all of them."""
+    settings = run.meta.get("settings", {})
+    if run.arm in settings.get("extra_arms", []) and run.arm not in settings.get("arms", []):
+        first = settings.get("seeds", seeds)[: settings.get("extra_seeds", len(seeds))]
+        return [s for s in seeds if s in first]
+    return seeds
+
+
 def caveats(runs: dict[tuple[int, str], Run], grid: dict, loss: str) -> list[str]:
     seeds = sorted({seed for seed, _ in runs})
     out = []
     if len(seeds) < MIN_SEEDS:
         plural = "s" if len(seeds) != 1 else ""
         out.append(f"{len(seeds)} seed{plural}: an interval over seeds needs ≥ {MIN_SEEDS} of them to mean much")
-    for arm in sorted(set(grid.values())):
+    for arm in sorted({a for _, a in runs}):
         have = sorted(s for s, a in runs if a == arm)
-        if have != seeds:
-            out.append(f"arm {arm} finished seeds {have} only, of {seeds}: its paired comparisons use those")
+        planned = planned_seeds(runs[(have[0], arm)], seeds)
+        if set(planned) - set(have):
+            out.append(f"arm {arm} finished seeds {have} only, of {planned}: its paired comparisons use those")
     kinds = {cell[1] for cell in grid}  # a study without any near (far) arm leaves those cells out by design
     for sft in ("chosen", "extended"):
         for rejected in ("near", "far"):
@@ -411,9 +429,10 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     levels = summary["manipulation"]["levels"]
     levels |= {arm: {f: estimate(u, n_boot=n_boot) for f, u in fams.items()}
                for arm, fams in arm_levels(every).items() if arm not in levels}  # fmt: skip
-    summary["comparisons"] = compare(every, answers, n_boot)
-    summary["arm_quality"] = arm_quality(every, answers, n_boot)
-    summary["quality_change"] = quality_change(every, answers, n_boot)
+    readings = quality_by_run(every, answers)
+    summary["comparisons"] = compare(every, readings, n_boot)
+    summary["arm_quality"] = arm_quality(every, readings, n_boot)
+    summary["quality_change"] = quality_change(every, readings, n_boot)
     summary["sft_effect"] = sft_effect(every, n_boot)
     summary["learning_curves"] = learning_curves(every)
     summary["paper_claims"] = paper_verdicts(summary)

@@ -97,11 +97,19 @@ def per_seed_estimate(values: dict[int, float]) -> dict:
     return estimate({(seed, "-"): v for seed, v in values.items() if math.isfinite(v)})
 
 
-def arm_quality(runs: dict[tuple[int, str], Run], answers: dict[str, str], n_boot: int) -> dict:
+Quality = dict[tuple[int, str], dict[str, dict[str, dict[Key, float]]]]  # (seed, arm) -> `quality_units`
+
+
+def quality_by_run(runs: dict[tuple[int, str], Run], answers: dict[str, str]) -> Quality:
+    """Each run's `quality_units`, read once: a baseline enters several comparisons."""
+    return {key: quality_units(run, answers) for key, run in runs.items()}
+
+
+def arm_quality(runs: dict[tuple[int, str], Run], quality: Quality, n_boot: int) -> dict:
     """{arm: {checkpoint: {reading: estimate}}}: every quality reading per arm at each checkpoint it was read."""
     parts: dict[str, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for run in runs.values():
-        for cp, readings in quality_units(run, answers).items():
+    for key, run in runs.items():
+        for cp, readings in quality[key].items():
             for name, units in readings.items():
                 parts[run.arm][cp][name].append(units)
     return {
@@ -110,7 +118,7 @@ def arm_quality(runs: dict[tuple[int, str], Run], answers: dict[str, str], n_boo
     }
 
 
-def compare(runs: dict[tuple[int, str], Run], answers: dict[str, str], n_boot: int) -> dict:
+def compare(runs: dict[tuple[int, str], Run], quality: Quality, n_boot: int) -> dict:
     """{"<arm> vs <base>": {base, arm, seeds, raw, learned, matched, quality, seconds}} (see the module docstring)."""
     pairs = pairs_to_compare(runs)
     matched = matched_contrasts(runs, pairs, n_boot)
@@ -133,7 +141,7 @@ def compare(runs: dict[tuple[int, str], Run], answers: dict[str, str], n_boot: i
                 for m, v in learned(run).items():
                     learned_by[who][m][seed] = v
                 seconds[who][seed] = train_seconds(run)
-            qb, qa = quality_units(rb, answers), quality_units(ra, answers)
+            qb, qa = quality[(seed, base)], quality[(seed, arm)]
             cp = last_checkpoint(ra)
             for reading in QUALITY:
                 x, y = qa.get(cp, {}).get(reading), qb.get(cp, {}).get(reading)
@@ -178,13 +186,13 @@ def sft_effect(runs: dict[tuple[int, str], Run], n_boot: int) -> dict:
     return {arm: {m: estimate(merge(u), n_boot=n_boot) for m, u in ms.items()} for arm, ms in sorted(parts.items())}
 
 
-def quality_change(runs: dict[tuple[int, str], Run], answers: dict[str, str], n_boot: int) -> dict:
+def quality_change(runs: dict[tuple[int, str], Run], quality: Quality, n_boot: int) -> dict:
     """{arm: {reading: estimate}}: each text reading at the arm's last checkpoint minus the same prompt's at DPO's
     begin (the SFT model's answer), paired per (seed, prompt): what DPO did to the answers (the repeater phenomenon:
     repetition up, termination down)."""
     parts: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in runs.values():
-        units = quality_units(run, answers)
+    for key, run in runs.items():
+        units = quality[key]
         last, begin = units.get(last_checkpoint(run), {}), units.get("epoch0", {})
         if last is begin:
             continue
