@@ -91,6 +91,7 @@ from alignkit.study.records import (
     Snapshot,
     arm_grid,
     checkpoints,
+    load_judge,
     load_runs,
     mechanism_units,
     probe_splits,
@@ -382,7 +383,7 @@ def is_factorial(run: Run) -> bool:
     return run.meta.get("factorial", not run.meta.get("act"))
 
 
-def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
+def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT, judge: dict | None = None) -> dict:
     """Every number of the study from loaded runs (see the module docstring for the layout).
 
     The factorial's numbers come from the arms without a pre-flight action; `_act_` arms are compared with their
@@ -435,6 +436,8 @@ def summarize(runs: dict[tuple[int, str], Run], n_boot: int = N_BOOT) -> dict:
     summary["quality_change"] = quality_change(every, readings, n_boot)
     summary["sft_effect"] = sft_effect(every, n_boot)
     summary["learning_curves"] = learning_curves(every)
+    if judge is not None:
+        summary["judge_win_rates"] = judge  # an LLM judge's win rates (alignkit/study/judge.py)
     summary["paper_claims"] = paper_verdicts(summary)
     summary["arm_seeds"] = {arm: sorted(s for s, a in every if a == arm) for arm in sorted({a for _, a in every})}
     acted = {k: run for k, run in every.items() if run.meta.get("act")}
@@ -451,7 +454,8 @@ def training_answers() -> dict[str, str]:
 
 def analyze(study_dir: str | Path, n_boot: int = N_BOOT) -> dict:
     """Load every run under `study_dir`, compute the summary and write `<study_dir>/summary.json`."""
-    summary = json_safe({"study_dir": str(study_dir), **summarize(load_runs(study_dir), n_boot)})
+    judge = load_judge(study_dir)
+    summary = json_safe({"study_dir": str(study_dir), **summarize(load_runs(study_dir), n_boot, judge)})
     path = Path(study_dir, "summary.json")
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")

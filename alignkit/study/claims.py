@@ -211,19 +211,29 @@ def paper_verdicts(summary: dict) -> list[dict]:
         "SFT model, per prompt)", verdict if last else "untestable here",
         f"repeated 3-gram share {describe(rise, +1)}; answers ending before the cap {describe(stop, -1)}")  # fmt: skip
 
-    comp = _comparison(summary, "B_far vs A_far")
-    rate = (comp.get("win_rate") or {}).get("ours")
     lo, hi = NEWSLETTER_WIN_RATE
-    if rate is None or not (finite(rate["lo"]) and finite(rate["hi"])):
-        verdict = "untestable here"
-    elif rate["lo"] > 0.5 and rate["hi"] >= lo:
-        verdict = "reproduced" if rate["lo"] <= hi else "partly"
-    elif rate["lo"] > 0.5:
-        verdict = "partly"
-    else:
-        verdict = "not reproduced"
+    rate = (_comparison(summary, "B_far vs A_far").get("win_rate") or {}).get("ours")
     row("P8", f"Extended-SFT DPO wins {lo:.0%}–{hi:.0%} against plain DPO (here: B_far vs A_far, the verifier, ties "
-        "half)", verdict, describe(rate, +1, 0.5),
+        "half)", win_rate_verdict(rate), describe(rate, +1, 0.5),
         "the paper's judge is ChatGPT; here a verifier on checkable tasks: partly = better than 50% but below the "
         "quoted range")  # fmt: skip
+    judged = summary.get("judge_win_rates") or {}
+    rate = ((judged.get("comparisons", {}).get("B_far vs A_far") or {}).get("win_rate") or {}).get("ours")
+    if rate is not None:
+        model = judged.get("judge", {}).get("model") or judged.get("judge", {}).get("base_url")
+        row("P8j", f"... judged by an LLM (here: {model}, both orders, ties and inconsistent orders half)",
+            win_rate_verdict(rate), describe(rate, +1, 0.5),
+            "python -m alignkit.study.judge; complete" if judged.get("complete") else
+            "python -m alignkit.study.judge; incomplete: some pairs have no verdict yet")  # fmt: skip
     return rows
+
+
+def win_rate_verdict(rate: dict | None) -> str:
+    """The newsletter's win-rate claim against a seed-level estimate: reproduced when the interval excludes 50% and
+    reaches the quoted range, partly when it only excludes 50%."""
+    lo, hi = NEWSLETTER_WIN_RATE
+    if rate is None or not (finite(rate["lo"]) and finite(rate["hi"])):
+        return "untestable here"
+    if rate["lo"] > 0.5 and rate["hi"] >= lo:
+        return "reproduced" if rate["lo"] <= hi else "partly"
+    return "partly" if rate["lo"] > 0.5 else "not reproduced"

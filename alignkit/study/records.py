@@ -23,6 +23,7 @@ from alignkit.monitors.stage_files import Evaluation, evaluations
 from alignkit.stats import Key
 
 PRIMARY_LOSS = "dpo"
+JUDGE_RESULT = "judge_win_rates.json"  # written by alignkit.study.judge; the analysis reads it when present
 
 Snapshot = Evaluation  # probe id -> family -> record, at one evaluation
 
@@ -126,3 +127,18 @@ def mechanism_units(run: Run, start: Snapshot, now: Snapshot) -> dict[str, dict[
     out["chosen_change"] = {k: -v for k, v in out["chosen_fall"].items()}
     out["collateral_ratio"] = {k: (v, out["rejected_fall"][k]) for k, v in out["off_target_fall"].items()}
     return out
+
+
+def load_judge(study_dir: str | Path) -> dict | None:
+    """`<study_dir>/judge_win_rates.json` (an LLM judge's win rates, `python -m alignkit.study.judge`), or None."""
+    path = Path(study_dir, JUDGE_RESULT)
+    if not path.is_file():
+        return None
+    try:
+        judged = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        message = f"{path}:{err.lineno}: not valid JSON ({err.msg}); rerun python -m alignkit.study.judge"
+        raise AlignkitError(message) from None
+    if not isinstance(judged, dict) or not isinstance(judged.get("comparisons"), dict):
+        raise AlignkitError(f"{path}: field 'comparisons' is missing; rerun python -m alignkit.study.judge")
+    return judged

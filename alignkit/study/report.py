@@ -369,9 +369,9 @@ def write_report(study_dir: str | Path, summary: dict) -> Path:
     for name, plot in FIGURES.items():
         plot(summary, study_dir / name)
     sections = (
-        header_section, settings_section, paper_claims_section, comparisons_section, arm_quality_section,
-        sft_section, manipulation_section, claims_section, claim_sections, outcomes_section, matched_section,
-        quality_section, act_section, recompute_section,
+        header_section, settings_section, paper_claims_section, comparisons_section, judge_section,
+        arm_quality_section, sft_section, manipulation_section, claims_section, claim_sections, outcomes_section,
+        matched_section, quality_section, act_section, recompute_section,
     )  # fmt: skip
     lines: list[str] = []
     for section in sections:
@@ -445,6 +445,28 @@ def comparisons_section(summary: dict) -> list[str]:
               "learned (margin)", "ended Δ", "repeat Δ", "ranked Δ", "win", "time ×"]  # fmt: skip
     return ["## Each arm against its baseline", "", COMPARISON_NOTE, "", *table(header, rows),
             "", "![squeezing vs margin](fig_squeeze_vs_margin.png)"]  # fmt: skip
+
+
+JUDGE_NOTE = (
+    "An LLM judge's win rate of each arm against its base (`python -m alignkit.study.judge`, through the win-rate "
+    "evaluator): the same held-out answers as the verifier's *win* column, judged in both orders; per prompt 1, ½ "
+    "(tie or orders that disagree) or 0. *paper's protocol*: ties left out. Seed-level 95% intervals."
+)
+
+
+def judge_section(summary: dict) -> list[str]:
+    judged = summary.get("judge_win_rates")
+    if not judged:
+        return []
+    rows = []
+    for name, c in judged.get("comparisons", {}).items():
+        w = c.get("win_rate") or {}
+        counts = f"{w.get('wins', 0)}/{w.get('ties', 0)}/{w.get('losses', 0)}" if w else "n/a"
+        rows.append([name, str(len(c.get("seeds", []))), fmt(w.get("ours")), fmt(w.get("paper")), counts,
+                     "yes" if c.get("complete") else "no: rerun the judge"])  # fmt: skip
+    who = judged.get("judge", {})
+    lines = ["## LLM judge", "", JUDGE_NOTE, "", f"Judge: `{who.get('model')}` at `{who.get('base_url')}`.", ""]
+    return lines + table(["arm vs base", "seeds", "win", "paper's protocol", "W/T/L", "complete"], rows)
 
 
 def arm_quality_section(summary: dict) -> list[str]:
