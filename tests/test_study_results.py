@@ -1,5 +1,5 @@
-"""The committed squeezing study (results/squeezing_study/full) is what its raw files give, and docs/study.md shows
-the report's own tables: a changed analysis or a hand-edited number fails here."""
+"""The committed squeezing studies (results/squeezing_study/full and .../remedies) are what their raw files give, and
+docs/study.md shows their reports' own tables: a changed analysis or a hand-edited number fails here."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from alignkit.study.records import load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "results" / "squeezing_study" / "full"
+REMEDIES = ROOT / "results" / "squeezing_study" / "remedies"
 SECTIONS = {  # report section -> docs/study.md section holding the same table
     "## The paper's claims": "### The paper's claims",
     "## Each arm against its baseline": "### Each arm against its baseline (the remedy table)",
@@ -45,6 +46,12 @@ def test_docs_show_the_reports_tables(report_heading):
     assert first_table(docs, SECTIONS[report_heading]) == table
 
 
+def test_docs_show_the_remedies_folders_table():
+    table = first_table((REMEDIES / "study.md").read_text(), "## Each arm against its baseline")
+    docs = (ROOT / "docs" / "study.md").read_text()
+    assert table and first_table(docs, "### Two more remedies: the SFT mix and the negative floor (3 seeds)") == table
+
+
 def means(tree, path=()):
     """Every estimate's mean in a summary subtree, by its path (intervals depend on the bootstrap's size)."""
     if isinstance(tree, dict):
@@ -55,9 +62,10 @@ def means(tree, path=()):
             yield from means(value, (*path, key))
 
 
-def test_the_committed_summary_is_what_the_raw_files_give():
-    committed = json.loads((FULL / "summary.json").read_text())
-    fresh = json_safe(summarize(load_runs(FULL), n_boot=20))
+@pytest.mark.parametrize("folder", [FULL, REMEDIES], ids=["full", "remedies"])
+def test_the_committed_summary_is_what_the_raw_files_give(folder):
+    committed = json.loads((folder / "summary.json").read_text())
+    fresh = json_safe(summarize(load_runs(folder), n_boot=20))
     for part in ("comparisons", "arm_quality", "quality_change", "sft_effect", "outcomes"):
         want, got = dict(means(committed[part])), dict(means(fresh[part]))
         assert want, part
