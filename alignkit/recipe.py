@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("alignkit").setLevel(logging.INFO)  # stage progress and probe headlines; libraries stay quiet
     try:
         run_recipe(parse_recipe_config(argv))
+        # The process exits next: close the process group first, as PyTorch asks, so that no gloo/NCCL thread is
+        # still running while the interpreter tears down (a finished rank could abort with "terminate called").
+        PartialState().destroy_process_group()
     except AlignkitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
