@@ -59,6 +59,7 @@ from alignkit.config import DataConfig
 from alignkit.data import load_preference_data
 from alignkit.errors import AlignkitError
 from alignkit.jsonl import json_safe
+from alignkit.monitors.stage_files import evaluations
 from alignkit.sequences import response_text
 from alignkit.stats import (
     LEVEL,
@@ -95,7 +96,6 @@ from alignkit.study.records import (
     load_runs,
     mechanism_units,
     probe_splits,
-    snapshots,
 )
 
 CHECK_MIN_NATS = 1.0  # nats/token: the gap M1 demands between the valleys and the lift M2 demands from extended SFT
@@ -154,7 +154,7 @@ def trajectories(runs: dict[tuple[int, str], Run]) -> dict[str, dict[str, list[l
     """
     acc: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs.values():
-        snaps = snapshots(run.probes)
+        snaps = evaluations(run.probes)
         begin = next((snap for _, e, snap in snaps if e == "begin"), None)
         splits = probe_splits(run.probes)
         for step, _, snap in snaps if begin else []:

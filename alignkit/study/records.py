@@ -92,14 +92,9 @@ def arm_grid(runs: dict[tuple[int, str], Run]) -> dict[tuple[str, str, str], str
     return {run.cell: run.arm for run in runs.values()}
 
 
-def snapshots(records: list[dict]) -> list[tuple[int, str, Snapshot]]:
-    """The DPO stage's evaluations in order, each as (step, event, probe -> family -> record)."""
-    return evaluations(records)
-
-
 def checkpoints(run: Run) -> dict[str, Snapshot]:
     """`begin`, the intermediate `epoch<e>` evaluations (steps from the JSON's `dpo.epoch_steps`) and `end`."""
-    snaps = snapshots(run.probes)
+    snaps = evaluations(run.probes)  # the DPO stage's evaluations in order: (step, event, snapshot)
     out = {event: snap for _, event, snap in snaps if event in ("begin", "end")}
     end_step = max((s for s, e, _ in snaps if e == "end"), default=math.inf)
     for epoch, step in sorted(run.meta.get("dpo", {}).get("epoch_steps", {}).items(), key=lambda kv: int(kv[0])):
